@@ -1,0 +1,275 @@
+//! Starting and stopping a whole proxy from a validated config: bind every socket, build
+//! the first snapshot, spawn the accept loops and the admin/stats servers, and later drain.
+//! Nothing here knows the CLI, so tests start proxies in-process on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Capture, Config, ConfigError, ConfigErrors, ListenerTarget, Protocol};
+use crate::drain::{self, Drain};
+use crate::metrics::Metrics;
+use crate::proxy::listener::{self, ListenerCtx};
+use crate::proxy::Shared;
+use crate::snapshot::Snapshot;
+use crate::telemetry::LogHandle;
+
+/// Start-up choices that are not part of the config file.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Allow the admin server on a non-loopback address.
+    pub unsafe_admin: bool,
+    /// Lets `POST /logging` change the live filter.
+    pub log: Option<LogHandle>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Exit code for the CLI: 2 for config problems, 1 for runtime failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) => 2,
+            StartError::Bind { .. } => 1,
+        }
+    }
+}
+
+/// A started proxy.
+pub struct Running {
+    /// Each listener's name and bound address, in config order.
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: SocketAddr,
+    pub stats: SocketAddr,
+    pub shared: Arc<Shared>,
+    drain: Drain,
+    drain_timeout: Duration,
+    servers: Vec<JoinHandle<()>>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+/// Parts of the config this version cannot act on yet. Starting with any of them set is
+/// an error, so nothing is silently ignored.
+pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    let mut no = |path: String, what: &str| {
+        out.push(ConfigError {
+            path,
+            message: format!("{what} is not supported by this version of spoke proxy yet"),
+        })
+    };
+    if cfg.tls.is_some() {
+        no("tls".into(), "mutual TLS");
+    }
+    if cfg.control.is_some() {
+        no("control".into(), "the control plane client");
+    }
+    if !cfg.routes.is_empty() {
+        no("routes".into(), "HTTP routing");
+    }
+    if !cfg.services.is_empty() {
+        no("services".into(), "transparent outbound service mapping");
+    }
+    if !cfg.inbound.is_empty() {
+        no(
+            "inbound".into(),
+            "inbound port policy (mTLS and authorization)",
+        );
+    }
+    if !cfg.workloads.is_empty() {
+        out.push(ConfigError {
+            path: "workloads".into(),
+            message: "belongs in the control plane's mesh config, not a proxy config".into(),
+        });
+        return out;
+    }
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if let ListenerTarget::Capture(c) = l.target {
+            let what = match c {
+                Capture::Inbound => "transparent inbound capture",
+                Capture::Outbound => "transparent outbound capture",
+            };
+            no(format!("listeners[{i}].capture"), what);
+        }
+        if l.protocol == Protocol::Http {
+            no(format!("listeners[{i}].protocol"), "protocol http");
+        }
+    }
+    for (i, c) in cfg.clusters.iter().enumerate() {
+        let raw = &cfg.raw.clusters[i];
+        if c.tls.is_some() {
+            no(format!("clusters[{i}].tls"), "upstream mTLS");
+        }
+        if c.lb != crate::config::Lb::RoundRobin {
+            no(
+                format!("clusters[{i}].lb"),
+                "a balancer other than round_robin",
+            );
+        }
+        if raw.outlier_detection.is_some() {
+            no(
+                format!("clusters[{i}].outlier_detection"),
+                "outlier detection",
+            );
+        }
+        if raw.circuit_breaker.is_some() {
+            no(format!("clusters[{i}].circuit_breaker"), "circuit breaking");
+        }
+    }
+    out
+}
+
+async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Binds everything and starts serving. Returns once the proxy is ready.
+pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
+    let unsupported = unsupported(&cfg);
+    if !unsupported.is_empty() {
+        return Err(StartError::Config(ConfigErrors(unsupported)));
+    }
+    if !opts.unsafe_admin && !cfg.admin.ip().is_loopback() {
+        return Err(StartError::Config(ConfigErrors(vec![ConfigError {
+            path: "admin.address".into(),
+            message: format!(
+                "{} is not a loopback address; the admin server can drain the proxy and change logging, so it stays on loopback unless --unsafe-admin is given",
+                cfg.admin
+            ),
+        }])));
+    }
+    for l in &cfg.listeners {
+        if l.protocol == Protocol::Auto {
+            tracing::warn!(listener = %l.name, "protocol auto: HTTP detection is not in this version; proxying as opaque tcp");
+        }
+    }
+
+    // Bind every socket first, so a port clash fails start-up before anything serves.
+    let mut bound = Vec::with_capacity(cfg.listeners.len());
+    for l in &cfg.listeners {
+        bound.push(bind(format!("listener {}", l.name), l.address).await?);
+    }
+    let admin_l = bind("admin".into(), cfg.admin).await?;
+    let stats_l = bind("stats".into(), cfg.stats).await?;
+    let admin_addr = admin_l.local_addr().map_err(|source| StartError::Bind {
+        what: "admin".into(),
+        addr: cfg.admin,
+        source,
+    })?;
+    let stats_addr = stats_l.local_addr().map_err(|source| StartError::Bind {
+        what: "stats".into(),
+        addr: cfg.stats,
+        source,
+    })?;
+
+    let metrics = Arc::new(Metrics::new());
+    let drain_timeout = cfg.drain_timeout;
+    let listener_cfgs = cfg.listeners.clone();
+    let snapshot = Snapshot::from_static(cfg);
+    metrics.set_config_version(&snapshot.version);
+    metrics.config_updates.with_label_values(&["applied"]).inc();
+    let shared = Arc::new(Shared::new(snapshot, metrics));
+    shared.readiness.set_config_loaded();
+
+    let (drain, watch) = Drain::new();
+    let state = Arc::new(AdminState {
+        shared: shared.clone(),
+        drain: drain.trigger(),
+        log: opts.log,
+    });
+    let servers = vec![
+        tokio::spawn(admin::serve_admin(admin_l, state.clone())),
+        tokio::spawn(admin::serve_stats(stats_l, state)),
+    ];
+
+    let mut listeners = Vec::with_capacity(bound.len());
+    let mut accept_loops = Vec::with_capacity(bound.len());
+    for (l, sock) in listener_cfgs.into_iter().zip(bound) {
+        let addr = sock.local_addr().map_err(|source| StartError::Bind {
+            what: format!("listener {}", l.name),
+            addr: l.address,
+            source,
+        })?;
+        tracing::info!(listener = %l.name, address = %addr, "listening");
+        listeners.push((l.name.clone(), addr));
+        let ctx = Arc::new(ListenerCtx {
+            cfg: l,
+            shared: shared.clone(),
+            drain: watch.clone(),
+        });
+        accept_loops.push(tokio::spawn(listener::run(sock, ctx)));
+    }
+    drop(watch);
+    shared.readiness.set_listeners_bound();
+    tracing::info!(admin = %admin_addr, stats = %stats_addr, "spoke proxy ready");
+
+    Ok(Running {
+        listeners,
+        admin: admin_addr,
+        stats: stats_addr,
+        shared,
+        drain,
+        drain_timeout,
+        servers,
+        accept_loops,
+    })
+}
+
+// === impl Running ===
+
+impl Running {
+    /// The bound address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Starts a drain from outside (tests, signal handlers).
+    pub fn trigger(&self) -> drain::Trigger {
+        self.drain.trigger()
+    }
+
+    /// Resolves when something (a signal handler, `POST /drain`) starts a drain.
+    pub async fn drain_requested(&self) {
+        self.drain.requested().await
+    }
+
+    /// Drains: stop accepting, let open connections finish up to the drain timeout, cut
+    /// the rest, stop the admin servers. Returns true when nothing had to be cut.
+    pub async fn shutdown(self) -> bool {
+        self.shared.readiness.set_draining();
+        tracing::info!(timeout = ?self.drain_timeout, "draining");
+        let clean = self.drain.run(self.drain_timeout).await;
+        for t in self.accept_loops {
+            let _ = t.await;
+        }
+        if clean {
+            tracing::info!("drained: every connection finished");
+        } else {
+            tracing::warn!("drain deadline passed: open connections were closed");
+        }
+        for s in self.servers {
+            s.abort();
+        }
+        clean
+    }
+}

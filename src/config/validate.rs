@@ -1,0 +1,489 @@
+//! Turns a `raw::File` into a validated `Config`, collecting every error with its path
+//! (`clusters[1].endpoints[0].address: "10.0.0.1" is not host:port`) instead of stopping at
+//! the first.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::model::*;
+use super::raw;
+use super::{duration, ConfigError};
+
+/// Collects errors while a config is walked.
+#[derive(Default)]
+pub(super) struct Errors(pub(super) Vec<ConfigError>);
+
+impl Errors {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match v {
+            None => default,
+            Some(s) => duration::parse(s).unwrap_or_else(|e| {
+                self.push(path, e);
+                default
+            }),
+        }
+    }
+
+    fn socket(&mut self, path: &str, v: &str) -> Option<SocketAddr> {
+        match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(path, format!("{v:?} is not ip:port"));
+                None
+            }
+        }
+    }
+
+    fn identity(&mut self, path: &str, v: &str) -> Option<Identity> {
+        Identity::parse(v).map_err(|e| self.push(path, e)).ok()
+    }
+
+    fn name(&mut self, path: &str, v: &str) {
+        let ok = !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:|".contains(&b));
+        if !ok {
+            self.push(
+                path,
+                format!("{v:?} is not a valid name (1-128 of a-z A-Z 0-9 - _ . : |)"),
+            );
+        }
+    }
+}
+
+/// Parses `host:port` where host is an IP literal or a DNS name.
+pub fn endpoint_addr(v: &str) -> Option<EndpointAddr> {
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        return Some(EndpointAddr::Ip(a));
+    }
+    let (host, port) = v.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        // An all-numeric "host" is a mistyped IP address, not a name.
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    host_ok.then(|| EndpointAddr::Host(host.to_ascii_lowercase(), port))
+}
+
+/// Validates a whole file. `Err` holds every problem found.
+pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
+    let mut e = Errors::default();
+
+    let node = match &f.node {
+        None => Node::default(),
+        Some(n) => Node {
+            id: n.id.clone().unwrap_or_default(),
+            identity: n
+                .identity
+                .as_ref()
+                .and_then(|i| e.identity("node.identity", i)),
+        },
+    };
+    let admin_s = f
+        .admin
+        .as_ref()
+        .and_then(|a| a.address.clone())
+        .unwrap_or_else(|| DEFAULT_ADMIN.to_string());
+    let admin = e.socket("admin.address", &admin_s);
+    let stats_s = f
+        .stats
+        .as_ref()
+        .and_then(|a| a.address.clone())
+        .unwrap_or_else(|| DEFAULT_STATS.to_string());
+    let stats = e.socket("stats.address", &stats_s);
+
+    let tls = f.tls.as_ref().map(|t| {
+        for (field, v) in [("cert", &t.cert), ("key", &t.key), ("roots", &t.roots)] {
+            if v.is_empty() {
+                e.push(format!("tls.{field}"), "must not be empty");
+            }
+        }
+        let min_version = match t.min_version.as_deref() {
+            None | Some("1.3") => TlsVersion::Tls13,
+            Some("1.2") => TlsVersion::Tls12,
+            Some(v) => {
+                e.push("tls.min_version", format!("{v:?} is not 1.2 or 1.3"));
+                TlsVersion::Tls13
+            }
+        };
+        TlsFiles {
+            cert: PathBuf::from(&t.cert),
+            key: PathBuf::from(&t.key),
+            roots: PathBuf::from(&t.roots),
+            min_version,
+            handshake_timeout: e.duration(
+                "tls.handshake_timeout",
+                &t.handshake_timeout,
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+        }
+    });
+
+    let control = f.control.as_ref().and_then(|c| {
+        if endpoint_addr(&c.address).is_none() {
+            e.push(
+                "control.address",
+                format!("{:?} is not host:port", c.address),
+            );
+        }
+        let identity = e.identity(
+            "control.identity",
+            c.identity.as_deref().unwrap_or(DEFAULT_CONTROL_IDENTITY),
+        )?;
+        Some(Control {
+            address: c.address.clone(),
+            token_file: c.token_file.as_ref().map(PathBuf::from),
+            roots: c.roots.as_ref().map(PathBuf::from),
+            identity,
+        })
+    });
+    if let Some(c) = &f.control {
+        if c.roots.is_none() && f.tls.is_none() {
+            e.push(
+                "control.roots",
+                "is required (the trust bundle that verifies the control plane)",
+            );
+        }
+    }
+
+    let drain_timeout = e.duration("drain_timeout", &f.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+
+    let clusters = clusters(&mut e, &f.clusters);
+    let cluster_names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
+    let check_ref = |e: &mut Errors, path: String, name: &str| {
+        if !cluster_names.contains(name) {
+            e.push(path, format!("cluster {name:?} is not defined in clusters"));
+        }
+    };
+
+    let listeners = listeners(&mut e, &f.listeners, &check_ref);
+
+    let mut vips = HashSet::new();
+    let services = f
+        .services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let p = format!("services[{i}]");
+            check_ref(&mut e, format!("{p}.cluster"), &s.cluster);
+            let vip = e.socket(&format!("{p}.vip"), &s.vip)?;
+            if !vips.insert(vip) {
+                e.push(format!("{p}.vip"), format!("{vip} is listed twice"));
+            }
+            Some(Service {
+                vip,
+                cluster: s.cluster.clone(),
+                protocol: s.protocol.unwrap_or_default(),
+            })
+        })
+        .collect();
+
+    let routes = super::routes::routes(&mut e, &f.routes, &check_ref);
+
+    let inbound = inbound_ports(&mut e, "inbound", &f.inbound);
+    let mut workload_ids = HashSet::new();
+    let workloads = f
+        .workloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let p = format!("workloads[{i}]");
+            let inbound = inbound_ports(&mut e, &format!("{p}.inbound"), &w.inbound);
+            let identity = e.identity(&format!("{p}.identity"), &w.identity)?;
+            if !workload_ids.insert(identity.clone()) {
+                e.push(
+                    format!("{p}.identity"),
+                    format!("{identity} is listed twice"),
+                );
+            }
+            Some(Workload { identity, inbound })
+        })
+        .collect();
+
+    match (admin, stats, e.0.is_empty()) {
+        (Some(admin), Some(stats), true) => Ok(Config {
+            node,
+            admin,
+            stats,
+            tls,
+            control,
+            drain_timeout,
+            listeners,
+            clusters,
+            services,
+            routes,
+            inbound,
+            default_policy: f.default_policy.unwrap_or_default(),
+            workloads,
+            raw: f.clone(),
+        }),
+        _ => Err(e.0),
+    }
+}
+
+fn clusters(e: &mut Errors, raw: &[raw::Cluster]) -> Vec<Cluster> {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, c) in raw.iter().enumerate() {
+        let p = format!("clusters[{i}]");
+        e.name(&format!("{p}.name"), &c.name);
+        if !names.insert(c.name.as_str()) {
+            e.push(
+                format!("{p}.name"),
+                format!("{:?} is defined twice", c.name),
+            );
+        }
+        let tls = c
+            .tls
+            .as_ref()
+            .and_then(|t| e.identity(&format!("{p}.tls.identity"), &t.identity));
+        let connect_timeout = e.duration(
+            &format!("{p}.connect_timeout"),
+            &c.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        if connect_timeout.is_zero() {
+            e.push(format!("{p}.connect_timeout"), "must be more than 0");
+        }
+        let connect_attempts = c.connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS);
+        if !(1..=10).contains(&connect_attempts) {
+            e.push(
+                format!("{p}.connect_attempts"),
+                format!("{connect_attempts} is not between 1 and 10"),
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut endpoints = Vec::with_capacity(c.endpoints.len());
+        for (j, ep) in c.endpoints.iter().enumerate() {
+            let ep_path = format!("{p}.endpoints[{j}]");
+            let weight = ep.weight.unwrap_or(1);
+            if !(1..=10_000).contains(&weight) {
+                e.push(
+                    format!("{ep_path}.weight"),
+                    format!("{weight} is not between 1 and 10000"),
+                );
+            }
+            match endpoint_addr(&ep.address) {
+                Some(address) => {
+                    if !seen.insert(address.clone()) {
+                        e.push(
+                            format!("{ep_path}.address"),
+                            format!("{:?} is listed twice", ep.address),
+                        );
+                    }
+                    endpoints.push(Endpoint { address, weight });
+                }
+                None => e.push(
+                    format!("{ep_path}.address"),
+                    format!("{:?} is not host:port", ep.address),
+                ),
+            }
+        }
+        let d = CircuitBreaker::default();
+        let circuit_breaker = match &c.circuit_breaker {
+            None => d,
+            Some(cb) => {
+                let mut get = |field: &str, v: Option<u32>, def: u32| {
+                    let v = v.unwrap_or(def);
+                    if v == 0 {
+                        e.push(
+                            format!("{p}.circuit_breaker.{field}"),
+                            "must be more than 0",
+                        );
+                    }
+                    v
+                };
+                CircuitBreaker {
+                    max_connections: get("max_connections", cb.max_connections, d.max_connections),
+                    max_pending: get("max_pending", cb.max_pending, d.max_pending),
+                    max_requests: get("max_requests", cb.max_requests, d.max_requests),
+                }
+            }
+        };
+        let outlier_detection = c.outlier_detection.as_ref().map(|o| {
+            let pct = o.max_ejection_percent.unwrap_or(50);
+            if pct > 100 {
+                e.push(
+                    format!("{p}.outlier_detection.max_ejection_percent"),
+                    format!("{pct} is more than 100"),
+                );
+            }
+            let consecutive_5xx = o.consecutive_5xx.unwrap_or(5);
+            if consecutive_5xx == 0 {
+                e.push(
+                    format!("{p}.outlier_detection.consecutive_5xx"),
+                    "must be more than 0",
+                );
+            }
+            OutlierDetection {
+                consecutive_5xx,
+                base_ejection: e.duration(
+                    &format!("{p}.outlier_detection.base_ejection"),
+                    &o.base_ejection,
+                    Duration::from_secs(30),
+                ),
+                max_ejection_percent: pct,
+            }
+        });
+        out.push(Cluster {
+            name: c.name.clone(),
+            lb: c.lb.unwrap_or_default(),
+            tls,
+            connect_timeout,
+            connect_attempts,
+            endpoints,
+            circuit_breaker,
+            outlier_detection,
+        });
+    }
+    out
+}
+
+fn listeners(
+    e: &mut Errors,
+    raw: &[raw::Listener],
+    check_ref: &dyn Fn(&mut Errors, String, &str),
+) -> Vec<Listener> {
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, l) in raw.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        e.name(&format!("{p}.name"), &l.name);
+        if !names.insert(l.name.as_str()) {
+            e.push(
+                format!("{p}.name"),
+                format!("{:?} is defined twice", l.name),
+            );
+        }
+        let address = e.socket(&format!("{p}.address"), &l.address);
+        if let Some(a) = address {
+            // Port 0 asks the kernel for a free port, so two of them never clash.
+            if a.port() != 0 && !addrs.insert(a) {
+                e.push(
+                    format!("{p}.address"),
+                    format!("{a} is used by another listener"),
+                );
+            }
+        }
+        let direction = l.direction.unwrap_or_default();
+        let target = match (&l.cluster, &l.forward, l.capture) {
+            (Some(c), None, None) => {
+                if direction == Direction::Inbound {
+                    e.push(
+                        format!("{p}.cluster"),
+                        "an inbound listener forwards to the app: use forward, not cluster",
+                    );
+                }
+                check_ref(e, format!("{p}.cluster"), c);
+                Some(ListenerTarget::Cluster(c.clone()))
+            }
+            (None, Some(f), None) => {
+                if l.direction != Some(Direction::Inbound) {
+                    e.push(format!("{p}.direction"), "forward needs direction: inbound");
+                }
+                e.socket(&format!("{p}.forward"), f)
+                    .map(ListenerTarget::Forward)
+            }
+            (None, None, Some(c)) => Some(ListenerTarget::Capture(c)),
+            (None, None, None) => {
+                e.push(
+                    p.clone(),
+                    "needs one of cluster (outbound), forward (inbound) or capture",
+                );
+                None
+            }
+            _ => {
+                e.push(p.clone(), "takes only one of cluster, forward and capture");
+                None
+            }
+        };
+        let max_connections = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            e.push(format!("{p}.max_connections"), "must be more than 0");
+        }
+        let idle_timeout = e.duration(
+            &format!("{p}.idle_timeout"),
+            &l.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+        );
+        let detect_timeout = e.duration(
+            &format!("{p}.detect_timeout"),
+            &l.detect_timeout,
+            DEFAULT_DETECT_TIMEOUT,
+        );
+        if let (Some(address), Some(target)) = (address, target) {
+            out.push(Listener {
+                name: l.name.clone(),
+                address,
+                protocol: l.protocol.unwrap_or_default(),
+                target,
+                max_connections,
+                idle_timeout,
+                detect_timeout,
+            });
+        }
+    }
+    out
+}
+
+fn inbound_ports(e: &mut Errors, base: &str, raw: &[raw::InboundPort]) -> Vec<InboundPort> {
+    let mut ports = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let p = format!("{base}[{i}]");
+            if ip.port == 0 {
+                e.push(format!("{p}.port"), "must not be 0");
+            }
+            if !ports.insert(ip.port) {
+                e.push(format!("{p}.port"), format!("{} is listed twice", ip.port));
+            }
+            let allow = ip
+                .allow
+                .iter()
+                .enumerate()
+                .filter_map(|(j, a)| {
+                    AllowRule::parse(a)
+                        .map_err(|m| e.push(format!("{p}.allow[{j}]"), m))
+                        .ok()
+                })
+                .collect();
+            let tls = ip.tls.unwrap_or_default();
+            if tls == TlsMode::Disabled && !ip.allow.is_empty() {
+                e.push(
+                    format!("{p}.allow"),
+                    "needs tls strict or permissive: plaintext peers have no identity",
+                );
+            }
+            InboundPort {
+                port: ip.port,
+                protocol: ip.protocol.unwrap_or_default(),
+                tls,
+                allow,
+            }
+        })
+        .collect()
+}

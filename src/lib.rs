@@ -1,0 +1,15 @@
+//! Spoke: a small, fast service-mesh sidecar proxy. The library holds every part so tests
+//! can start them in-process on port 0; `main.rs` only parses the CLI and calls in.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod metrics;
+pub mod proxy;
+pub mod readiness;
+pub mod snapshot;
+pub mod telemetry;

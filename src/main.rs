@@ -1,0 +1,113 @@
+//! The `spoke` binary: parse the CLI, set up logging, run the chosen command, and map the
+//! result to an exit code (0 ok, 1 runtime failure, 2 bad usage or invalid config).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use spoke::cli::{CheckArgs, Cli, Command, ProxyArgs};
+use spoke::{app, config, telemetry};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Proxy(args) => {
+            let log = match telemetry::init(cli.log_format, cli.log_level.as_deref()) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_async(proxy(args, log))
+        }
+        Command::Demo(args) => {
+            let level = cli.log_level.as_deref().or(Some("warn"));
+            if let Err(e) = telemetry::init(cli.log_format, level) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            run_async(spoke::demo::run(args.duration))
+        }
+    }
+}
+
+fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let mut failed = false;
+    for f in &args.files {
+        if let Err(errs) = config::load(f) {
+            failed = true;
+            for e in &errs.0 {
+                eprintln!("{}: {e}", f.display());
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(2)
+    } else {
+        println!("ok");
+        ExitCode::SUCCESS
+    }
+}
+
+async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
+    let cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                tracing::error!(file = %args.config.display(), "{e}");
+                eprintln!("{}: {e}", args.config.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let opts = app::Options {
+        unsafe_admin: args.unsafe_admin,
+        log: Some(log),
+    };
+    let running = match app::start(cfg, opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("{line}");
+                eprintln!("{}: {line}", args.config.display());
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            return ExitCode::from(1);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = running.drain_requested() => {}
+    }
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}

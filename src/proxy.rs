@@ -1,0 +1,42 @@
+//! The data plane: accept loops and per-connection handling. Each connection loads one
+//! config snapshot when it starts and keeps it to its end.
+
+pub mod connect;
+pub mod copy;
+pub mod error;
+pub mod listener;
+pub mod tcp;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::snapshot::Snapshot;
+
+pub use error::ProxyError;
+
+/// What every listener and connection shares: the current snapshot (the one bridge from
+/// the control side to the data plane), metrics and readiness.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Self {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            readiness: Readiness::default(),
+        }
+    }
+
+    /// Swaps in a new snapshot; connections already open keep the one they loaded.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.metrics.set_config_version(&snapshot.version);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}
