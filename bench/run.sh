@@ -107,15 +107,19 @@ run_fg() { # CMD... in the background and wait, so a signal reaches the trap pro
 
 cleanup() {
     local pid i
-    [[ -n $FG_PID ]] && kill -TERM "$FG_PID" 2>/dev/null || true
-    for pid in "${PIDS[@]}"; do alive "$pid" && kill -TERM "$pid" 2>/dev/null || true; done
+    if [[ -n $FG_PID ]]; then kill -TERM "$FG_PID" 2>/dev/null || true; fi
+    for pid in "${PIDS[@]}"; do
+        if alive "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done
     for ((i = 0; i < 40; i++)); do
         local any=0
         for pid in "${PIDS[@]}"; do alive "$pid" && any=1; done
         ((any)) || break
         sleep 0.05
     done
-    for pid in "${PIDS[@]}"; do alive "$pid" && kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     PIDS=()
 }
@@ -292,7 +296,7 @@ write_meta() {
         cpu_model "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
         kernel "$(uname -sr)" \
         mem_total "$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
-        os "$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}")" \
+        os "$(awk -F= '$1 == "PRETTY_NAME" { gsub(/"/, "", $2); print $2 }' /etc/os-release 2>/dev/null)" \
         spoke_rev "$spoke_rev" spoke_version "$spoke_version" \
         spoke_bin "${SPOKE_BIN#"$ROOT"/}" \
         envoy_version "$envoy_version" envoy_bin "${ENVOY_BIN#"$ROOT"/}" \
@@ -470,7 +474,7 @@ scenario_tcp() {
     : >"$RESULTS"
     log "scenario tcp: iperf3 ${BENCH_SECONDS}s and connrate ${BENCH_CONN_SECONDS}s x $BENCH_RUNS runs per target"
     start_upstreams
-    json_obj scenario tcp kind upstreams \
+    json_obj scenario tcp kind upstreams iperf_port "$IPERF_PORT" echo_port "$ECHO_PORT" \
         iperf_server "$(show_cmd iperf3 -s -p "$IPERF_PORT" -B 127.0.0.1)" \
         echo_server "$(show_cmd "$OUT/echo-server" 127.0.0.1 "$ECHO_PORT")" \
         iperf_client "$(show_cmd iperf3 -c 127.0.0.1 -p PORT -t "$BENCH_SECONDS" -J)" \

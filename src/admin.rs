@@ -215,7 +215,7 @@ fn logging(state: &AdminState, req: &Request<Incoming>) -> Resp {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "level")
-            .map(|(_, v)| v.replace("%2C", ",").replace("%3D", "="))
+            .map(|(_, v)| percent_decode(v))
     });
     let Some(level) = level else {
         return text(
@@ -238,6 +238,34 @@ fn logging(state: &AdminState, req: &Request<Incoming>) -> Resp {
     }
 }
 
+/// Decodes `%XX` escapes and `+` in a query value; bad escapes are kept as written.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +284,12 @@ mod tests {
             let addr: SocketAddr = a.parse().unwrap();
             assert_eq!(is_local(&addr), want, "{a}");
         }
+    }
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("info%2Cspoke%3Ddebug"), "info,spoke=debug");
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

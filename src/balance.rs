@@ -51,7 +51,14 @@ impl EndpointSet {
     /// (so a retry lands elsewhere when it can). `None` only when there is none left.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
         let total = *self.cum.last()?;
-        let pos = self.next.fetch_add(1, Ordering::Relaxed) % total;
+        // A retry reads the cursor without moving it, so it lands on the endpoint the next
+        // connection would get, and a dead endpoint does not steal every first pick.
+        let ticket = if tried.is_empty() {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed)
+        };
+        let pos = ticket % total;
         let first = self.cum.partition_point(|&c| c <= pos);
         let n = self.endpoints.len();
         (0..n).map(|k| (first + k) % n).find(|i| !tried.contains(i))

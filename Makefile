@@ -1,0 +1,35 @@
+# Spoke: build, test, lint, bench, dev certificates.
+CARGO ?= cargo
+
+.PHONY: build release test lint fmt bench certs demo clean
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# Unit and integration tests (real sockets on 127.0.0.1; netns tests run when root).
+test:
+	$(CARGO) test --all-targets -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: release
+	bash bench/run.sh
+
+certs: build
+	./target/debug/spoke ca init --out certs --force
+	./target/debug/spoke ca issue --ca certs --id spiffe://cluster.local/ns/default/sa/web --out certs/web --force
+	./target/debug/spoke ca issue --ca certs --id spiffe://cluster.local/ns/default/sa/backend --out certs/backend --force
+
+demo:
+	$(CARGO) run --release -- demo
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,232 @@
+//! The `spoke` binary as a user runs it: `check`, `proxy` start-up errors, SIGTERM drain of
+//! a live connection, admin endpoints, log level changes, and `demo`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_spoke");
+
+fn write_tmp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spoke-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A proxy child process; killed on drop if the test did not stop it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_blocking(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split(' ').nth(1)?.parse().ok()?;
+    Some((code, buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()))
+}
+
+fn wait_ready(port: u16) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Some((200, _)) = http_blocking(port, "GET", "/ready") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("proxy not ready on {port}");
+}
+
+#[test]
+fn check_reports_every_error_and_exits_2() {
+    let bad = write_tmp(
+        "bad.yaml",
+        "listeners:\n  - { name: l, address: 127.0.0.1:9000, protocol: tcp, cluster: missing }\nclusters:\n  - { name: c, endpoints: [ { address: \"10.0.0.1\" } ], connect_timeout: 3 }\n",
+    );
+    let (code, out, err) = run(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("listeners[0].cluster: cluster \"missing\" is not defined"), "{err}");
+    assert!(err.contains("clusters[0].endpoints[0].address: \"10.0.0.1\" is not host:port"), "{err}");
+    assert!(err.contains("clusters[0].connect_timeout"), "{err}");
+
+    let good = write_tmp(
+        "good.yaml",
+        "listeners:\n  - { name: l, address: 127.0.0.1:9000, protocol: tcp, cluster: c }\nclusters:\n  - { name: c, endpoints: [ { address: 10.0.0.1:80 } ] }\n",
+    );
+    let (code, out, _) = run(&["check", good.to_str().unwrap()]);
+    assert_eq!((code, out.trim()), (0, "ok"));
+
+    let syntax = write_tmp("syntax.yaml", "listeners: [ { name: l\n");
+    let unknown = write_tmp("unknown.yaml", "listeners: []\nlisterners: []\n");
+    let (code, _, err) = run(&["check", syntax.to_str().unwrap(), unknown.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("line 1"), "{err}");
+    assert!(err.contains("unknown field `listerners`"), "{err}");
+
+    let (code, _, err) = run(&["check", "/nonexistent/spoke.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(run(&["proxy"]).0, 2);
+    assert_eq!(run(&["no-such-command"]).0, 2);
+    assert_eq!(run(&["--help"]).0, 0);
+}
+
+#[test]
+fn proxy_refuses_invalid_or_unsupported_config() {
+    let bad = write_tmp("invalid.yaml", "clusters: [ { name: c, endpoints: [ { address: nope } ] } ]\n");
+    let (code, _, err) = run(&["proxy", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("clusters[0].endpoints[0].address"), "{err}");
+
+    let routes = write_tmp(
+        "routes.yaml",
+        "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\nclusters: [ { name: c, endpoints: [] } ]\nroutes: [ { match: { path_prefix: / }, cluster: c } ]\n",
+    );
+    let (code, _, err) = run(&["proxy", "--config", routes.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("routes: HTTP routing is not supported"), "{err}");
+
+    let admin = write_tmp("admin.yaml", "admin: { address: 0.0.0.0:0 }\nstats: { address: 127.0.0.1:0 }\n");
+    let (code, _, err) = run(&["proxy", "--config", admin.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--unsafe-admin"), "{err}");
+}
+
+#[test]
+fn sigterm_drains_a_live_connection_then_exits_0() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(echo());
+    let (lp, ap, sp) = (free_port(), free_port(), free_port());
+    let cfg = write_tmp(
+        "drain.yaml",
+        &format!(
+            "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\ndrain_timeout: 10s\n\
+             listeners: [ {{ name: l, address: 127.0.0.1:{lp}, protocol: tcp, cluster: c }} ]\n\
+             clusters: [ {{ name: c, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
+        ),
+    );
+    let start = Instant::now();
+    let mut p = Proc(
+        Command::new(BIN)
+            .args(["proxy", "--config", cfg.to_str().unwrap(), "--log-format", "json"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(sp);
+    eprintln!("ready after {:?}", start.elapsed());
+
+    let mut live = std::net::TcpStream::connect(("127.0.0.1", lp)).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    live.write_all(b"one").unwrap();
+    let mut b = [0u8; 3];
+    live.read_exact(&mut b).unwrap();
+
+    Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http_blocking(sp, "GET", "/ready").map(|r| r.0), Some(503));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", lp)).is_err(), "still accepting");
+    live.write_all(b"two").unwrap();
+    live.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"two");
+    assert!(p.0.try_wait().unwrap().is_none(), "exited before the connection closed");
+    drop(live);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit after drain");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut logs = String::new();
+    p.0.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    // One JSON access event for the connection, with bytes both ways.
+    let access = logs
+        .lines()
+        .find(|l| l.contains("\"target\":\"access\""))
+        .unwrap_or_else(|| panic!("no access log in {logs}"));
+    let v: serde_json::Value = serde_json::from_str(access).unwrap();
+    assert_eq!(v["bytes_rx"], 6);
+    assert_eq!(v["bytes_tx"], 6);
+    assert_eq!(v["cluster"], "c");
+    assert_eq!(v["outcome"], "closed");
+}
+
+#[test]
+fn admin_endpoints_methods_and_logging() {
+    let (ap, sp) = (free_port(), free_port());
+    let cfg = write_tmp(
+        "admin-ok.yaml",
+        &format!(
+            "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\n\
+             tls_unused_marker_ok: false\n"
+        )
+        .replace("tls_unused_marker_ok: false\n", "listeners: [ { name: l, address: 127.0.0.1:0, protocol: tcp, cluster: c } ]\nclusters: [ { name: c, connect_timeout: 250ms, endpoints: [ { address: 127.0.0.1:9, weight: 2 } ] } ]\n"),
+    );
+    let _p = Proc(
+        Command::new(BIN)
+            .args(["proxy", "--config", cfg.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(sp);
+    assert_eq!(http_blocking(sp, "GET", "/live").unwrap().0, 200);
+    assert_eq!(http_blocking(ap, "GET", "/drain").unwrap().0, 405);
+    assert_eq!(http_blocking(ap, "GET", "/logging").unwrap().0, 405);
+    assert_eq!(http_blocking(sp, "POST", "/metrics").unwrap().0, 405);
+    assert_eq!(http_blocking(ap, "POST", "/logging?level=debug").unwrap().0, 200);
+    assert_eq!(http_blocking(ap, "POST", "/logging?level=spoke%3Dloudest").unwrap().0, 400);
+    let (code, body) = http_blocking(ap, "GET", "/config_dump").unwrap();
+    assert_eq!(code, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["clusters"][0]["name"], "c");
+    assert_eq!(dump["clusters"][0]["connect_timeout"], "250ms");
+    assert_eq!(dump["clusters"][0]["endpoints"][0]["weight"], 2);
+    assert_eq!(dump["listeners"][0]["cluster"], "c");
+    assert!(dump["version"].as_str().unwrap().starts_with("static-"));
+    let (code, body) = http_blocking(ap, "GET", "/clusters").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("127.0.0.1:9"));
+    // The stats server is read-only: no admin endpoints there.
+    assert_eq!(http_blocking(sp, "GET", "/config_dump").unwrap().0, 404);
+}
+
+#[test]
+fn demo_runs_and_stops_by_itself() {
+    let out = Command::new(BIN).args(["demo", "--duration", "1s"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("20 ok, 0 failed"), "{text}");
+    assert!(text.contains("/metrics"), "{text}");
+}

@@ -1,0 +1,144 @@
+//! Shared helpers for integration tests: echo and scripted upstreams, black-holed addresses,
+//! in-process proxies from YAML, a tiny HTTP/1.1 client for the admin servers, and a
+//! timeout around every await so a hang fails fast.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const T: Duration = Duration::from_secs(10);
+
+/// Awaits `f`, failing the test if it takes longer than 10 s.
+pub async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(T, f).await.expect("timed out")
+}
+
+/// An echo server on 127.0.0.1:0.
+pub async fn echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(spoke::demo::echo_server(l));
+    a
+}
+
+/// A server that answers every connection with `id` and closes.
+pub async fn named(id: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(id.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+/// An address where nothing listens (connects are refused).
+pub async fn refused() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// An address whose connects hang: a listener with a full accept queue never answers a
+/// new SYN. The returned value keeps it alive.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: std::net::TcpListener,
+    _fill: Vec<std::net::TcpStream>,
+}
+
+pub fn black_hole() -> BlackHole {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let listener: std::net::TcpListener = sock.into();
+    let addr = listener.local_addr().unwrap();
+    let mut fill = Vec::new();
+    // Fill the accept queue; once it is full, further connects stall.
+    for _ in 0..8 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        match s.connect_timeout(&addr.into(), Duration::from_millis(100)) {
+            Ok(()) => fill.push(s.into()),
+            Err(_) => break,
+        }
+    }
+    BlackHole {
+        addr,
+        _listener: listener,
+        _fill: fill,
+    }
+}
+
+/// Starts a proxy in-process from YAML.
+pub async fn proxy(yaml: &str) -> spoke::app::Running {
+    let cfg = spoke::config::from_yaml(yaml).unwrap_or_else(|e| panic!("bad test config: {e}"));
+    spoke::app::start(cfg, spoke::app::Options::default())
+        .await
+        .unwrap_or_else(|e| panic!("start failed: {e}"))
+}
+
+/// Sends `msg`, half-closes, and reads everything back.
+pub async fn roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await?;
+    Ok(back)
+}
+
+/// Reads what the peer sends until EOF; an error (reset) also counts as closed.
+pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back).await;
+    back
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the first series of `name` whose labels contain all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A free port on 127.0.0.1 (bound and released; fine for tests that start processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
