@@ -17,6 +17,7 @@ use crate::proxy::listener::{self, ListenerCtx};
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
 use crate::telemetry::LogHandle;
+use crate::tls::CertStore;
 
 /// Start-up choices that are not part of the config file.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +32,8 @@ pub struct Options {
 pub enum StartError {
     #[error("{0}")]
     Config(ConfigErrors),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -44,7 +47,7 @@ impl StartError {
     /// Exit code for the CLI: 2 for config problems, 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) => 2,
+            StartError::Config(_) | StartError::Tls(_) => 2,
             StartError::Bind { .. } => 1,
         }
     }
@@ -73,9 +76,6 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
             message: format!("{what} is not supported by this version of spoke proxy yet"),
         })
     };
-    if cfg.tls.is_some() {
-        no("tls".into(), "mutual TLS");
-    }
     if cfg.control.is_some() {
         no("control".into(), "the control plane client");
     }
@@ -84,12 +84,6 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
     }
     if !cfg.services.is_empty() {
         no("services".into(), "transparent outbound service mapping");
-    }
-    if !cfg.inbound.is_empty() {
-        no(
-            "inbound".into(),
-            "inbound port policy (mTLS and authorization)",
-        );
     }
     if !cfg.workloads.is_empty() {
         out.push(ConfigError {
@@ -112,9 +106,6 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
     }
     for (i, c) in cfg.clusters.iter().enumerate() {
         let raw = &cfg.raw.clusters[i];
-        if c.tls.is_some() {
-            no(format!("clusters[{i}].tls"), "upstream mTLS");
-        }
         if c.lb != crate::config::Lb::RoundRobin {
             no(
                 format!("clusters[{i}].lb"),
@@ -129,6 +120,26 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
         }
         if raw.circuit_breaker.is_some() {
             no(format!("clusters[{i}].circuit_breaker"), "circuit breaking");
+        }
+    }
+    // Parts that need a workload certificate.
+    if cfg.tls.is_none() {
+        let need = "needs a workload certificate: set tls (cert, key, roots)";
+        for (i, c) in cfg.clusters.iter().enumerate() {
+            if c.tls.is_some() {
+                out.push(ConfigError {
+                    path: format!("clusters[{i}].tls"),
+                    message: need.into(),
+                });
+            }
+        }
+        for (i, p) in cfg.inbound.iter().enumerate() {
+            if p.tls != crate::config::TlsMode::Disabled {
+                out.push(ConfigError {
+                    path: format!("inbound[{i}].tls"),
+                    message: format!("{:?} {need}", p.tls).to_lowercase(),
+                });
+            }
         }
     }
     out
@@ -180,12 +191,16 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     })?;
 
     let metrics = Arc::new(Metrics::new());
+    let tls = match &cfg.tls {
+        Some(files) => Some(Arc::new(CertStore::from_files(files, metrics.clone())?)),
+        None => None,
+    };
     let drain_timeout = cfg.drain_timeout;
     let listener_cfgs = cfg.listeners.clone();
     let snapshot = Snapshot::from_static(cfg);
     metrics.set_config_version(&snapshot.version);
     metrics.config_updates.with_label_values(&["applied"]).inc();
-    let shared = Arc::new(Shared::new(snapshot, metrics));
+    let shared = Arc::new(Shared::new(snapshot, metrics, tls.clone()));
     shared.readiness.set_config_loaded();
 
     let (drain, watch) = Drain::new();
@@ -194,10 +209,14 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         drain: drain.trigger(),
         log: opts.log,
     });
-    let servers = vec![
+    let mut servers = vec![
         tokio::spawn(admin::serve_admin(admin_l, state.clone())),
         tokio::spawn(admin::serve_stats(stats_l, state)),
     ];
+    if let Some(store) = tls {
+        tracing::info!(identity = %store.current().identity, "workload certificate loaded");
+        servers.push(tokio::spawn(store.watch()));
+    }
 
     let mut listeners = Vec::with_capacity(bound.len());
     let mut accept_loops = Vec::with_capacity(bound.len());

@@ -38,6 +38,43 @@ pub enum Command {
     Check(CheckArgs),
     /// Run a whole demo on loopback and print what happened.
     Demo(DemoArgs),
+    /// Make the mesh's root CA and workload certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Make a root CA: DIR/root.pem and DIR/root.key (0600).
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "cluster.local", env = "SPOKE_TRUST_DOMAIN")]
+        trust_domain: String,
+        /// Root lifetime.
+        #[arg(long, default_value = "87600h")]
+        validity: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a workload certificate: OUT/cert.pem, OUT/key.pem (0600), OUT/root.pem.
+    Issue {
+        /// The CA directory made by `spoke ca init`.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate lifetime.
+        #[arg(long, default_value = "24h")]
+        validity: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

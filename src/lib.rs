@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -13,3 +14,4 @@ pub mod proxy;
 pub mod readiness;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use spoke::cli::{CheckArgs, Cli, Command, ProxyArgs};
+use spoke::cli::{CaCommand, CheckArgs, Cli, Command, ProxyArgs};
 use spoke::{app, config, telemetry};
 
 fn main() -> ExitCode {
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(args) => check(&args),
+        Command::Ca(cmd) => ca(cmd),
         Command::Proxy(args) => {
             let log = match telemetry::init(cli.log_format, cli.log_level.as_deref()) {
                 Ok(h) => h,
@@ -68,6 +69,50 @@ fn check(args: &CheckArgs) -> ExitCode {
     } else {
         println!("ok");
         ExitCode::SUCCESS
+    }
+}
+
+fn ca(cmd: CaCommand) -> ExitCode {
+    let dur =
+        |flag: &str, v: &str| config::duration::parse(v).map_err(|e| format!("--{flag}: {e}"));
+    let result = match cmd {
+        CaCommand::Init {
+            out,
+            trust_domain,
+            validity,
+            force,
+        } => dur("validity", &validity).and_then(|v| {
+            let ca = spoke::ca::Ca::new(&trust_domain, v).map_err(|e| e.to_string())?;
+            ca.save(&out, force).map_err(|e| e.to_string())?;
+            println!(
+                "root CA for trust domain {trust_domain} written to {}/root.pem and root.key",
+                out.display()
+            );
+            Ok(())
+        }),
+        CaCommand::Issue {
+            ca,
+            id,
+            out,
+            validity,
+            force,
+        } => dur("validity", &validity).and_then(|v| {
+            let identity = config::Identity::parse(&id).map_err(|e| format!("--id: {e}"))?;
+            let ca = spoke::ca::Ca::load(&ca).map_err(|e| e.to_string())?;
+            spoke::ca::issue_to_dir(&ca, &identity, v, &out, force).map_err(|e| e.to_string())?;
+            println!(
+                "certificate for {identity} written to {}/cert.pem, key.pem, root.pem",
+                out.display()
+            );
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

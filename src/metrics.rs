@@ -32,8 +32,10 @@ pub struct Metrics {
     pub tls_handshake_errors: IntCounterVec,
     /// `{port}`
     pub authz_denied: IntCounterVec,
-    /// `{source}`: unix time the workload certificate expires.
-    pub cert_expiry: IntGaugeVec,
+    /// Unix time the workload certificate expires.
+    pub cert_expiry: IntGauge,
+    /// `{result}` applied | rejected: certificate file reloads.
+    pub cert_reloads: IntCounterVec,
     /// `{direction, cluster, code}`
     pub requests: IntCounterVec,
     /// `{direction, cluster}`
@@ -89,6 +91,12 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         register(&r, Box::new(control_connected.clone()));
+        let cert_expiry = IntGauge::new(
+            "spoke_cert_expiry_timestamp_seconds",
+            "unix time when the workload certificate expires",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        register(&r, Box::new(cert_expiry.clone()));
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "spoke_request_duration_seconds",
@@ -155,11 +163,12 @@ impl Metrics {
                 "inbound connections or requests denied by policy",
                 &["port"],
             ),
-            cert_expiry: gauge(
+            cert_expiry,
+            cert_reloads: counter(
                 &r,
-                "spoke_cert_expiry_timestamp_seconds",
-                "unix time when the workload certificate expires",
-                &["source"],
+                "spoke_cert_reloads_total",
+                "certificate rotations by result",
+                &["result"],
             ),
             requests: counter(
                 &r,

@@ -4,6 +4,8 @@
 pub mod connect;
 pub mod copy;
 pub mod error;
+pub mod inbound;
+pub mod io;
 pub mod listener;
 pub mod tcp;
 
@@ -14,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::snapshot::Snapshot;
+use crate::tls::CertStore;
 
 pub use error::ProxyError;
 
@@ -23,14 +26,17 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
+    /// The workload's TLS configs, when it has a certificate.
+    pub tls: Option<Arc<CertStore>>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Self {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, tls: Option<Arc<CertStore>>) -> Self {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             readiness: Readiness::default(),
+            tls,
         }
     }
 

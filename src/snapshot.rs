@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::balance::EndpointSet;
-use crate::config::{Cluster, Config};
+use crate::config::{AllowRule, Cluster, Config, DefaultPolicy, Protocol, TlsMode};
 
 /// One cluster as the data plane sees it.
 #[derive(Debug)]
@@ -53,6 +53,56 @@ impl Snapshot {
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterState>> {
         self.clusters.get(name)
+    }
+}
+
+/// Who may connect to an inbound port.
+#[derive(Debug, Clone)]
+pub enum Allow {
+    /// No policy for the port and the default is allow: anyone, plaintext included when
+    /// the proxy has no certificate.
+    Any,
+    /// A policy with an empty allow list: any authenticated peer.
+    Authenticated,
+    List(Vec<AllowRule>),
+    Deny,
+}
+
+/// The effective policy of one inbound port.
+#[derive(Debug, Clone)]
+pub struct InboundPolicy {
+    pub tls: TlsMode,
+    pub protocol: Protocol,
+    pub allow: Allow,
+}
+
+impl Snapshot {
+    /// The policy for `port`: its `inbound:` entry, else the default (strict mTLS when the
+    /// proxy has a certificate, plaintext otherwise; `default_policy` decides who may in).
+    pub fn inbound_policy(&self, port: u16, have_cert: bool) -> InboundPolicy {
+        if let Some(p) = self.config.inbound.iter().find(|p| p.port == port) {
+            return InboundPolicy {
+                tls: p.tls,
+                protocol: p.protocol,
+                allow: if p.allow.is_empty() {
+                    Allow::Authenticated
+                } else {
+                    Allow::List(p.allow.clone())
+                },
+            };
+        }
+        InboundPolicy {
+            tls: if have_cert {
+                TlsMode::Strict
+            } else {
+                TlsMode::Disabled
+            },
+            protocol: Protocol::Auto,
+            allow: match self.config.default_policy {
+                DefaultPolicy::Allow => Allow::Any,
+                DefaultPolicy::Deny => Allow::Deny,
+            },
+        }
     }
 }
 

@@ -43,11 +43,20 @@ impl Drop for Proc {
 fn http_blocking(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split(' ').nth(1)?.parse().ok()?;
-    Some((code, buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()))
+    Some((
+        code,
+        buf.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 fn wait_ready(port: u16) {
@@ -69,8 +78,14 @@ fn check_reports_every_error_and_exits_2() {
     );
     let (code, out, err) = run(&["check", bad.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("listeners[0].cluster: cluster \"missing\" is not defined"), "{err}");
-    assert!(err.contains("clusters[0].endpoints[0].address: \"10.0.0.1\" is not host:port"), "{err}");
+    assert!(
+        err.contains("listeners[0].cluster: cluster \"missing\" is not defined"),
+        "{err}"
+    );
+    assert!(
+        err.contains("clusters[0].endpoints[0].address: \"10.0.0.1\" is not host:port"),
+        "{err}"
+    );
     assert!(err.contains("clusters[0].connect_timeout"), "{err}");
 
     let good = write_tmp(
@@ -101,7 +116,10 @@ fn bad_usage_exits_2() {
 
 #[test]
 fn proxy_refuses_invalid_or_unsupported_config() {
-    let bad = write_tmp("invalid.yaml", "clusters: [ { name: c, endpoints: [ { address: nope } ] } ]\n");
+    let bad = write_tmp(
+        "invalid.yaml",
+        "clusters: [ { name: c, endpoints: [ { address: nope } ] } ]\n",
+    );
     let (code, _, err) = run(&["proxy", "--config", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("clusters[0].endpoints[0].address"), "{err}");
@@ -112,9 +130,15 @@ fn proxy_refuses_invalid_or_unsupported_config() {
     );
     let (code, _, err) = run(&["proxy", "--config", routes.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("routes: HTTP routing is not supported"), "{err}");
+    assert!(
+        err.contains("routes: HTTP routing is not supported"),
+        "{err}"
+    );
 
-    let admin = write_tmp("admin.yaml", "admin: { address: 0.0.0.0:0 }\nstats: { address: 127.0.0.1:0 }\n");
+    let admin = write_tmp(
+        "admin.yaml",
+        "admin: { address: 0.0.0.0:0 }\nstats: { address: 127.0.0.1:0 }\n",
+    );
     let (code, _, err) = run(&["proxy", "--config", admin.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("--unsafe-admin"), "{err}");
@@ -136,7 +160,13 @@ fn sigterm_drains_a_live_connection_then_exits_0() {
     let start = Instant::now();
     let mut p = Proc(
         Command::new(BIN)
-            .args(["proxy", "--config", cfg.to_str().unwrap(), "--log-format", "json"])
+            .args([
+                "proxy",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -150,14 +180,23 @@ fn sigterm_drains_a_live_connection_then_exits_0() {
     let mut b = [0u8; 3];
     live.read_exact(&mut b).unwrap();
 
-    Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(http_blocking(sp, "GET", "/ready").map(|r| r.0), Some(503));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", lp)).is_err(), "still accepting");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", lp)).is_err(),
+        "still accepting"
+    );
     live.write_all(b"two").unwrap();
     live.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"two");
-    assert!(p.0.try_wait().unwrap().is_none(), "exited before the connection closed");
+    assert!(
+        p.0.try_wait().unwrap().is_none(),
+        "exited before the connection closed"
+    );
     drop(live);
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
@@ -169,7 +208,11 @@ fn sigterm_drains_a_live_connection_then_exits_0() {
     };
     assert_eq!(status.code(), Some(0));
     let mut logs = String::new();
-    p.0.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    p.0.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
     // One JSON access event for the connection, with bytes both ways.
     let access = logs
         .lines()
@@ -205,8 +248,16 @@ fn admin_endpoints_methods_and_logging() {
     assert_eq!(http_blocking(ap, "GET", "/drain").unwrap().0, 405);
     assert_eq!(http_blocking(ap, "GET", "/logging").unwrap().0, 405);
     assert_eq!(http_blocking(sp, "POST", "/metrics").unwrap().0, 405);
-    assert_eq!(http_blocking(ap, "POST", "/logging?level=debug").unwrap().0, 200);
-    assert_eq!(http_blocking(ap, "POST", "/logging?level=spoke%3Dloudest").unwrap().0, 400);
+    assert_eq!(
+        http_blocking(ap, "POST", "/logging?level=debug").unwrap().0,
+        200
+    );
+    assert_eq!(
+        http_blocking(ap, "POST", "/logging?level=spoke%3Dloudest")
+            .unwrap()
+            .0,
+        400
+    );
     let (code, body) = http_blocking(ap, "GET", "/config_dump").unwrap();
     assert_eq!(code, 200);
     let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -224,9 +275,17 @@ fn admin_endpoints_methods_and_logging() {
 
 #[test]
 fn demo_runs_and_stops_by_itself() {
-    let out = Command::new(BIN).args(["demo", "--duration", "1s"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--duration", "1s"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("20 ok, 0 failed"), "{text}");
     assert!(text.contains("/metrics"), "{text}");
 }

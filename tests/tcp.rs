@@ -11,7 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn one_cluster(endpoints: &[String], extra_cluster: &str, extra_listener: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|e| format!("{{ address: \"{e}\" }}")).collect();
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("{{ address: \"{e}\" }}"))
+        .collect();
     format!(
         "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:0 }}\n\
          listeners:\n  - {{ name: l, address: 127.0.0.1:0, protocol: tcp, cluster: c{extra_listener} }}\n\
@@ -27,7 +30,10 @@ async fn echoes_and_counts_bytes() {
     let l = p.listener("l").unwrap();
     for i in 0..10 {
         let msg = format!("hello {i}");
-        assert_eq!(within(roundtrip(l, msg.as_bytes())).await.unwrap(), msg.as_bytes());
+        assert_eq!(
+            within(roundtrip(l, msg.as_bytes())).await.unwrap(),
+            msg.as_bytes()
+        );
     }
     // A large transfer crosses many reads and grows the buffers.
     let big = vec![7u8; 3 * 1024 * 1024 + 17];
@@ -36,12 +42,25 @@ async fn echoes_and_counts_bytes() {
     assert_eq!(code, 200);
     let want_bytes = (10 * 7 + big.len()) as f64;
     assert_eq!(
-        metric(&text, "spoke_tcp_connections_opened_total", &["cluster=\"c\"", "direction=\"outbound\""]),
+        metric(
+            &text,
+            "spoke_tcp_connections_opened_total",
+            &["cluster=\"c\"", "direction=\"outbound\""]
+        ),
         Some(11.0)
     );
-    assert_eq!(metric(&text, "spoke_tcp_bytes_total", &["flow=\"rx\""]), Some(want_bytes));
-    assert_eq!(metric(&text, "spoke_tcp_bytes_total", &["flow=\"tx\""]), Some(want_bytes));
-    assert_eq!(metric(&text, "spoke_tcp_connections_active", &["cluster=\"c\""]), Some(0.0));
+    assert_eq!(
+        metric(&text, "spoke_tcp_bytes_total", &["flow=\"rx\""]),
+        Some(want_bytes)
+    );
+    assert_eq!(
+        metric(&text, "spoke_tcp_bytes_total", &["flow=\"tx\""]),
+        Some(want_bytes)
+    );
+    assert_eq!(
+        metric(&text, "spoke_tcp_connections_active", &["cluster=\"c\""]),
+        Some(0.0)
+    );
     assert!(text.contains("process_resident_memory_bytes"));
     assert!(text.contains("process_cpu_seconds_total"));
     assert!(text.contains("process_open_fds"));
@@ -78,10 +97,17 @@ async fn refused_endpoint_is_skipped_and_counted() {
     let l = p.listener("l").unwrap();
     for i in 0..6 {
         let msg = format!("m{i}");
-        assert_eq!(within(roundtrip(l, msg.as_bytes())).await.unwrap(), msg.as_bytes());
+        assert_eq!(
+            within(roundtrip(l, msg.as_bytes())).await.unwrap(),
+            msg.as_bytes()
+        );
     }
     let (_, text) = within(http(p.stats, "GET", "/metrics")).await;
-    let refused = metric(&text, "spoke_upstream_connect_errors_total", &["kind=\"connect_refused\""]);
+    let refused = metric(
+        &text,
+        "spoke_upstream_connect_errors_total",
+        &["kind=\"connect_refused\""],
+    );
     assert_eq!(refused, Some(3.0), "{text}");
 }
 
@@ -89,9 +115,11 @@ async fn refused_endpoint_is_skipped_and_counted() {
 async fn black_holed_endpoint_times_out_then_next() {
     let hole = black_hole();
     // Sanity: the hole really stalls a connect.
-    assert!(tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hole.addr))
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hole.addr))
+            .await
+            .is_err()
+    );
     let up = echo().await;
     let p = proxy(&one_cluster(
         &[hole.addr.to_string(), up.to_string()],
@@ -108,7 +136,11 @@ async fn black_holed_endpoint_times_out_then_next() {
     assert!(start.elapsed() >= Duration::from_millis(190));
     let (_, text) = within(http(p.stats, "GET", "/metrics")).await;
     assert_eq!(
-        metric(&text, "spoke_upstream_connect_errors_total", &["kind=\"connect_timeout\""]),
+        metric(
+            &text,
+            "spoke_upstream_connect_errors_total",
+            &["kind=\"connect_timeout\""]
+        ),
         Some(1.0)
     );
 }
@@ -124,13 +156,24 @@ async fn all_endpoints_down_closes_client_and_keeps_serving() {
         echo().await
     );
     let p = proxy(&yaml).await;
-    let mut s = within(TcpStream::connect(p.listener("dead").unwrap())).await.unwrap();
+    let mut s = within(TcpStream::connect(p.listener("dead").unwrap()))
+        .await
+        .unwrap();
     let _ = s.write_all(b"anyone?").await;
     assert!(within(read_all(&mut s)).await.is_empty());
-    assert_eq!(within(roundtrip(p.listener("ok").unwrap(), b"still")).await.unwrap(), b"still");
+    assert_eq!(
+        within(roundtrip(p.listener("ok").unwrap(), b"still"))
+            .await
+            .unwrap(),
+        b"still"
+    );
     let (_, text) = within(http(p.stats, "GET", "/metrics")).await;
     assert_eq!(
-        metric(&text, "spoke_upstream_connect_errors_total", &["cluster=\"dead\"", "kind=\"connect_refused\""]),
+        metric(
+            &text,
+            "spoke_upstream_connect_errors_total",
+            &["cluster=\"dead\"", "kind=\"connect_refused\""]
+        ),
         Some(2.0)
     );
 }
@@ -146,11 +189,15 @@ async fn half_close_keeps_the_other_direction() {
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        s.write_all(format!("got {} bytes", got.len()).as_bytes()).await.unwrap();
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
     });
     let p = proxy(&one_cluster(&[up.to_string()], "", "")).await;
-    let back = within(roundtrip(p.listener("l").unwrap(), b"0123456789")).await.unwrap();
+    let back = within(roundtrip(p.listener("l").unwrap(), b"0123456789"))
+        .await
+        .unwrap();
     assert_eq!(back, b"got 10 bytes");
 }
 
@@ -169,7 +216,9 @@ async fn upstream_half_close_keeps_client_direction() {
         let _ = tx.send(got);
     });
     let p = proxy(&one_cluster(&[up.to_string()], "", "")).await;
-    let mut c = within(TcpStream::connect(p.listener("l").unwrap())).await.unwrap();
+    let mut c = within(TcpStream::connect(p.listener("l").unwrap()))
+        .await
+        .unwrap();
     let mut hello = Vec::new();
     within(c.read_to_end(&mut hello)).await.unwrap();
     assert_eq!(hello, b"hello");
@@ -189,7 +238,10 @@ async fn idle_connection_is_closed_at_idle_timeout() {
     let mut s = within(TcpStream::connect(l)).await.unwrap();
     assert!(within(read_all(&mut s)).await.is_empty());
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(280) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     // Activity resets the timer: 5 exchanges 150 ms apart outlive one timeout.
     let mut s = within(TcpStream::connect(l)).await.unwrap();
     for _ in 0..5 {
@@ -217,7 +269,10 @@ async fn connection_limit_refuses_excess_cleanly() {
     let _ = third.write_all(b"hi").await;
     assert!(within(read_all(&mut third)).await.is_empty());
     let (_, text) = within(http(p.stats, "GET", "/metrics")).await;
-    assert_eq!(metric(&text, "spoke_listener_overflow_total", &["listener=\"l\""]), Some(1.0));
+    assert_eq!(
+        metric(&text, "spoke_listener_overflow_total", &["listener=\"l\""]),
+        Some(1.0)
+    );
     // Closing one frees a slot.
     drop(open.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -260,7 +315,9 @@ async fn drain_deadline_cuts_what_is_left() {
     let up = echo().await;
     let yaml = one_cluster(&[up.to_string()], "", "") + "drain_timeout: 300ms\n";
     let p = proxy(&yaml).await;
-    let mut live = within(TcpStream::connect(p.listener("l").unwrap())).await.unwrap();
+    let mut live = within(TcpStream::connect(p.listener("l").unwrap()))
+        .await
+        .unwrap();
     live.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
     within(live.read_exact(&mut b)).await.unwrap();

@@ -8,22 +8,29 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::error::ProxyError;
-use crate::config::EndpointAddr;
+use super::io::Io;
+use crate::config::{EndpointAddr, Identity};
 use crate::metrics::Metrics;
 use crate::snapshot::ClusterState;
+use crate::tls::CertStore;
 
 /// An upstream connection and which endpoint it reached.
 pub struct Connected {
-    pub stream: TcpStream,
+    pub io: Io,
     pub endpoint: SocketAddr,
     /// Connect tries it took, 1 when the first one worked.
     pub attempts: u32,
+    /// The server's verified identity, for meshed clusters.
+    pub peer_id: Option<Identity>,
 }
 
-/// Connects to one of the cluster's endpoints.
+/// Connects to one of the cluster's endpoints; for a cluster with `tls.identity`, also
+/// completes mTLS and checks that the server is that identity. A failed handshake or a
+/// wrong identity is a failed try like a refused connect.
 pub async fn connect_cluster(
     cluster: &ClusterState,
     metrics: &Metrics,
+    tls: Option<&CertStore>,
 ) -> Result<Connected, ProxyError> {
     let cfg = &cluster.config;
     let set = &cluster.endpoints;
@@ -34,12 +41,33 @@ pub async fn connect_cluster(
         let Some(i) = set.pick(&tried) else { break };
         tried.push(i);
         let Some(ep) = set.get(i) else { break };
-        match connect_endpoint(&ep.address, cfg.connect_timeout).await {
-            Ok((stream, endpoint)) => {
+        let tried = tokio::time::timeout(cfg.connect_timeout, async {
+            let (stream, endpoint) = connect_endpoint(&ep.address, cfg.connect_timeout).await?;
+            match (&cfg.tls, tls) {
+                (None, _) => Ok((Io::Plain(stream), endpoint, None)),
+                (Some(want), Some(store)) => {
+                    let (io, id) = tls_connect(stream, endpoint, want, store, metrics).await?;
+                    Ok((io, endpoint, Some(id)))
+                }
+                (Some(_), None) => Err(ProxyError::TlsFailed {
+                    endpoint: endpoint.to_string(),
+                    reason: "no workload certificate configured".into(),
+                }),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProxyError::ConnectTimeout {
+                endpoint: ep.address.to_string(),
+            })
+        });
+        match tried {
+            Ok((io, endpoint, peer_id)) => {
                 return Ok(Connected {
-                    stream,
+                    io,
                     endpoint,
                     attempts: attempt as u32,
+                    peer_id,
                 })
             }
             Err(e) => {
@@ -63,6 +91,52 @@ pub async fn connect_cluster(
     Err(last_err.unwrap_or_else(|| ProxyError::NoHealthyEndpoints {
         cluster: cfg.name.clone(),
     }))
+}
+
+/// mTLS over a connected stream, then the identity check.
+async fn tls_connect(
+    stream: TcpStream,
+    endpoint: SocketAddr,
+    want: &Identity,
+    store: &CertStore,
+    metrics: &Metrics,
+) -> Result<(Io, Identity), ProxyError> {
+    let configs = store.current();
+    let connector = tokio_rustls::TlsConnector::from(configs.client.clone());
+    let fail = |reason: &'static str, detail: String| {
+        metrics
+            .tls_handshake_errors
+            .with_label_values(&["outbound", reason])
+            .inc();
+        ProxyError::TlsFailed {
+            endpoint: endpoint.to_string(),
+            reason: detail,
+        }
+    };
+    let tls = connector
+        .connect(crate::tls::placeholder_name(), stream)
+        .await
+        .map_err(|e| fail(crate::tls::handshake_reason(&e), e.to_string()))?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| fail("no_server_cert", "server sent no certificate".into()))?;
+    let got = crate::tls::verify::spiffe_id(leaf).map_err(|e| fail(e.reason(), e.to_string()))?;
+    if &got != want {
+        tracing::warn!(
+            endpoint = %endpoint,
+            expected = %want,
+            peer.id = %got,
+            "upstream has the wrong identity"
+        );
+        return Err(fail(
+            "wrong_identity",
+            format!("server is {got}, expected {want}"),
+        ));
+    }
+    Ok((Io::Client(Box::new(tls)), got))
 }
 
 /// One connect try: resolve (for host names) and connect, both within `timeout`.

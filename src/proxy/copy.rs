@@ -122,7 +122,8 @@ where
             Err(_) => return Err(read_fail),
         };
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if w.write_all(&buf[..n]).await.is_err() {
+        // TLS writers buffer records until flushed; for TCP flush is free.
+        if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
             return Err(write_fail);
         }
         counter.inc_by(n as u64);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::{tcp, Shared};
+use super::{inbound, tcp, Shared};
 use crate::config::{Listener, ListenerTarget};
 use crate::drain;
 
@@ -70,7 +70,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>) {
 async fn handle(ctx: &ListenerCtx, sock: TcpStream, peer: SocketAddr) {
     match &ctx.cfg.target {
         ListenerTarget::Cluster(cluster) => tcp::outbound(ctx, sock, peer, cluster).await,
-        ListenerTarget::Forward(app) => tcp::inbound_plain(ctx, sock, peer, *app).await,
+        ListenerTarget::Forward(app) => inbound::serve(ctx, sock, peer, *app).await,
         ListenerTarget::Capture(_) => {
             // Refused at start-up until transparent capture lands; never reached.
             tracing::error!(listener = %ctx.cfg.name, "capture listeners are not supported");

@@ -1,22 +1,27 @@
-//! Opaque TCP proxying: connect upstream, then copy both ways. Emits one access event per
-//! connection (`target: "access"`) with endpoint, bytes each way, duration and outcome.
+//! Opaque TCP proxying for explicit outbound listeners: connect upstream (with mTLS for
+//! meshed clusters), then copy both ways. Also holds the per-connection bookkeeping shared
+//! with the inbound side: the active-connection gauge and the one access event per
+//! connection (`target: "access"`).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
 
-use super::connect::{connect_cluster, connect_endpoint};
-use super::copy::{self, Copied, Counters};
+use super::connect::connect_cluster;
+use super::copy::{Copied, Counters};
+use super::io::{splice, Io};
 use super::listener::ListenerCtx;
 use super::ProxyError;
+use crate::config::Identity;
 use crate::metrics::Metrics;
 
-/// Keeps `spoke_tcp_connections_active` right however the connection ends.
-struct ActiveGuard(prometheus::IntGauge);
+/// Counts a connection as opened and keeps `spoke_tcp_connections_active` right however
+/// it ends.
+pub struct ActiveGuard(prometheus::IntGauge);
 
 impl ActiveGuard {
-    fn new(m: &Metrics, direction: &str, cluster: &str) -> Self {
+    pub fn new(m: &Metrics, direction: &str, cluster: &str) -> Self {
         m.tcp_connections_opened
             .with_label_values(&[direction, cluster])
             .inc();
@@ -34,16 +39,66 @@ impl Drop for ActiveGuard {
     }
 }
 
-fn counters(m: &Metrics, direction: &str, cluster: &str) -> Counters {
+pub fn counters(m: &Metrics, direction: &str, cluster: &str) -> Counters {
     Counters {
         rx: m.tcp_bytes.with_label_values(&[direction, cluster, "rx"]),
         tx: m.tcp_bytes.with_label_values(&[direction, cluster, "tx"]),
     }
 }
 
+/// What one access event says about a connection.
+pub struct Access<'a> {
+    pub ctx: &'a ListenerCtx,
+    pub peer: SocketAddr,
+    pub peer_id: Option<&'a Identity>,
+    pub cluster: &'a str,
+    pub start: Instant,
+}
+
+impl Access<'_> {
+    pub fn done(&self, endpoint: &str, upstream_id: Option<&Identity>, c: &Copied) {
+        tracing::info!(
+            target: "access",
+            listener = %self.ctx.cfg.name,
+            peer = %self.peer,
+            peer_id = self.peer_id.map(|i| i.as_str()).unwrap_or(""),
+            cluster = self.cluster,
+            endpoint,
+            upstream_id = upstream_id.map(|i| i.as_str()).unwrap_or(""),
+            bytes_rx = c.rx,
+            bytes_tx = c.tx,
+            duration_ms = self.start.elapsed().as_millis() as u64,
+            outcome = c.outcome.as_str(),
+            "tcp"
+        );
+    }
+
+    pub fn failed(&self, outcome: &str, error: &dyn std::fmt::Display) {
+        tracing::info!(
+            target: "access",
+            listener = %self.ctx.cfg.name,
+            peer = %self.peer,
+            peer_id = self.peer_id.map(|i| i.as_str()).unwrap_or(""),
+            cluster = self.cluster,
+            bytes_rx = 0u64,
+            bytes_tx = 0u64,
+            duration_ms = self.start.elapsed().as_millis() as u64,
+            outcome,
+            error = %error,
+            "tcp"
+        );
+    }
+}
+
 /// An explicit outbound listener: everything goes to `cluster`.
 pub async fn outbound(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, cluster: &str) {
-    let start = Instant::now();
+    let access = Access {
+        ctx,
+        peer,
+        peer_id: None,
+        cluster,
+        start: Instant::now(),
+    };
     let snapshot = ctx.shared.snapshot.load_full();
     let metrics = &ctx.shared.metrics;
     let _active = ActiveGuard::new(metrics, "outbound", cluster);
@@ -55,104 +110,22 @@ pub async fn outbound(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, clus
             .upstream_connect_errors
             .with_label_values(&[cluster, e.kind()])
             .inc();
-        access_failed(ctx, peer, cluster, start, &e);
+        access.failed(e.kind(), &e);
         return;
     };
-    match connect_cluster(state, metrics).await {
+    match connect_cluster(state, metrics, ctx.shared.tls.as_deref()).await {
         Ok(up) => {
-            let copied = splice(ctx, down, up.stream, metrics, "outbound", cluster).await;
-            access(ctx, peer, cluster, &up.endpoint.to_string(), start, &copied);
+            let counters = counters(metrics, "outbound", cluster);
+            let copied = splice(
+                Io::Plain(down),
+                up.io,
+                ctx.cfg.idle_timeout,
+                &counters,
+                ctx.drain.clone(),
+            )
+            .await;
+            access.done(&up.endpoint.to_string(), up.peer_id.as_ref(), &copied);
         }
-        Err(e) => access_failed(ctx, peer, cluster, start, &e),
+        Err(e) => access.failed(e.kind(), &e),
     }
-}
-
-/// An explicit inbound listener without TLS: forward to the app.
-pub async fn inbound_plain(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, app: SocketAddr) {
-    let start = Instant::now();
-    let metrics = &ctx.shared.metrics;
-    let cluster = format!("inbound:{}", app.port());
-    let _active = ActiveGuard::new(metrics, "inbound", &cluster);
-    let addr = crate::config::EndpointAddr::Ip(app);
-    let timeout = crate::config::DEFAULT_CONNECT_TIMEOUT;
-    match connect_endpoint(&addr, timeout).await {
-        Ok((stream, endpoint)) => {
-            let copied = splice(ctx, down, stream, metrics, "inbound", &cluster).await;
-            access(ctx, peer, &cluster, &endpoint.to_string(), start, &copied);
-        }
-        Err(e) => {
-            metrics
-                .upstream_connect_errors
-                .with_label_values(&[&cluster, e.kind()])
-                .inc();
-            tracing::warn!(listener = %ctx.cfg.name, app = %app, error = %e, "app connect failed");
-            access_failed(ctx, peer, &cluster, start, &e);
-        }
-    }
-}
-
-async fn splice(
-    ctx: &ListenerCtx,
-    mut down: TcpStream,
-    mut up: TcpStream,
-    metrics: &Metrics,
-    direction: &str,
-    cluster: &str,
-) -> Copied {
-    let counters = counters(metrics, direction, cluster);
-    let (dr, dw) = down.split();
-    let (ur, uw) = up.split();
-    copy::bidirectional(
-        dr,
-        dw,
-        ur,
-        uw,
-        ctx.cfg.idle_timeout,
-        &counters,
-        ctx.drain.clone(),
-    )
-    .await
-}
-
-fn access(
-    ctx: &ListenerCtx,
-    peer: SocketAddr,
-    cluster: &str,
-    endpoint: &str,
-    start: Instant,
-    c: &Copied,
-) {
-    tracing::info!(
-        target: "access",
-        listener = %ctx.cfg.name,
-        peer = %peer,
-        cluster,
-        endpoint,
-        bytes_rx = c.rx,
-        bytes_tx = c.tx,
-        duration_ms = start.elapsed().as_millis() as u64,
-        outcome = c.outcome.as_str(),
-        "tcp"
-    );
-}
-
-fn access_failed(
-    ctx: &ListenerCtx,
-    peer: SocketAddr,
-    cluster: &str,
-    start: Instant,
-    e: &ProxyError,
-) {
-    tracing::info!(
-        target: "access",
-        listener = %ctx.cfg.name,
-        peer = %peer,
-        cluster,
-        bytes_rx = 0u64,
-        bytes_tx = 0u64,
-        duration_ms = start.elapsed().as_millis() as u64,
-        outcome = e.kind(),
-        error = %e,
-        "tcp"
-    );
 }

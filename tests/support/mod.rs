@@ -3,6 +3,8 @@
 //! timeout around every await so a hang fails fast.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pki;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -107,7 +109,9 @@ pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
 /// A minimal HTTP/1.1 request; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();

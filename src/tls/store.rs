@@ -1,0 +1,158 @@
+//! The workload's current TLS configs and their rotation. Files are watched (inotify via
+//! `notify` on their directories, which also sees Kubernetes' `..data` symlink swap) and
+//! re-read on a timer as a fallback. A new valid set is swapped in for new connections;
+//! open connections keep theirs; an invalid set is refused with a warning.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+
+use super::{build_configs, load_material, TlsConfigs, TlsError};
+use crate::config::{TlsFiles, TlsVersion};
+use crate::metrics::Metrics;
+
+/// How often files are re-read when no change notification arrived.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct CertStore {
+    current: ArcSwap<TlsConfigs>,
+    files: Option<TlsFiles>,
+    min_version: TlsVersion,
+    /// The bytes the current configs were built from, to skip no-op reloads.
+    source: std::sync::Mutex<Vec<u8>>,
+    metrics: Arc<Metrics>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl CertStore {
+    /// Loads the files once; start-up fails if they are not a valid set.
+    pub fn from_files(files: &TlsFiles, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
+        let (bytes, configs) = Self::read_and_build(files)?;
+        metrics.cert_expiry.set(configs.not_after);
+        Ok(CertStore {
+            current: ArcSwap::from_pointee(configs),
+            files: Some(files.clone()),
+            min_version: files.min_version,
+            source: std::sync::Mutex::new(bytes),
+            metrics,
+        })
+    }
+
+    fn read_and_build(files: &TlsFiles) -> Result<(Vec<u8>, TlsConfigs), TlsError> {
+        let cert = read(&files.cert)?;
+        let key = read(&files.key)?;
+        let roots = read(&files.roots)?;
+        let material = load_material(&cert, &key, &roots)?;
+        let configs = build_configs(&material, files.min_version)?;
+        let mut all = cert;
+        all.extend_from_slice(&key);
+        all.extend_from_slice(&roots);
+        Ok((all, configs))
+    }
+
+    /// The configs for a new connection.
+    pub fn current(&self) -> Arc<TlsConfigs> {
+        self.current.load_full()
+    }
+
+    pub fn min_version(&self) -> TlsVersion {
+        self.min_version
+    }
+
+    /// Swaps in configs built elsewhere (certificates from the control plane).
+    pub fn store(&self, configs: TlsConfigs) {
+        self.metrics.cert_expiry.set(configs.not_after);
+        self.current.store(Arc::new(configs));
+    }
+
+    /// Re-reads the files; swaps in a changed valid set. `Ok(true)` when it swapped.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
+        let result = Self::read_and_build(files);
+        let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((bytes, _)) if bytes == *source => Ok(false),
+            Ok((bytes, configs)) => {
+                tracing::info!(identity = %configs.identity, not_after = configs.not_after, "workload certificate rotated");
+                *source = bytes;
+                drop(source);
+                self.metrics
+                    .cert_reloads
+                    .with_label_values(&["applied"])
+                    .inc();
+                self.store(configs);
+                Ok(true)
+            }
+            Err(e) => {
+                // A half-written rotation (new cert, old key) lands here too; the next
+                // change notification or poll picks up the finished set.
+                self.metrics
+                    .cert_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::warn!(error = %e, "new certificate files refused; keeping the current ones");
+                Err(e)
+            }
+        }
+    }
+
+    /// Watches the files until the task is dropped.
+    pub async fn watch(self: Arc<Self>) {
+        let Some(files) = self.files.clone() else {
+            return;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.try_send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "file watching unavailable; polling certificate files");
+                None
+            }
+        };
+        if let Some(w) = watcher.as_mut() {
+            let dirs: std::collections::HashSet<PathBuf> = [&files.cert, &files.key, &files.roots]
+                .iter()
+                .map(|p| {
+                    p.parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."))
+                        .to_path_buf()
+                })
+                .collect();
+            for d in dirs {
+                if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch certificate directory");
+                }
+            }
+        }
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    // Let a writer finish the set (cert, key and roots are separate files).
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = tick.tick() => {}
+            }
+            let _ = self.reload();
+        }
+    }
+}
