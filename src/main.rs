@@ -116,7 +116,23 @@ fn ca(cmd: CaCommand) -> ExitCode {
     }
 }
 
+/// Raises the open-file limit to its hard maximum: each proxied connection takes two
+/// descriptors, and the default soft limit (often 1024) would cap a listener far below its
+/// `max_connections`.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        match setrlimit(Resource::Nofile, lim) {
+            Ok(()) => tracing::debug!(limit = ?lim.current, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+}
+
 async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
+    raise_fd_limit();
     let cfg = match config::load(&args.config) {
         Ok(c) => c,
         Err(errs) => {

@@ -1,5 +1,5 @@
 //! The connection types the proxy copies between (plain TCP, or TLS either side) and the
-//! splice that joins two of them. Plain-to-plain keeps the direct, lock-free halves; any
+//! splice that joins two of them. Plain-to-plain uses the direct, lock-free halves; any
 //! TLS side goes through boxed halves (one allocation per connection, none per read).
 
 use tokio::io::{AsyncRead, AsyncWrite};
