@@ -232,9 +232,9 @@ fn admin_endpoints_methods_and_logging() {
         "admin-ok.yaml",
         &format!(
             "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\n\
-             tls_unused_marker_ok: false\n"
-        )
-        .replace("tls_unused_marker_ok: false\n", "listeners: [ { name: l, address: 127.0.0.1:0, protocol: tcp, cluster: c } ]\nclusters: [ { name: c, connect_timeout: 250ms, endpoints: [ { address: 127.0.0.1:9, weight: 2 } ] } ]\n"),
+             listeners: [ {{ name: l, address: 127.0.0.1:0, protocol: tcp, cluster: c }} ]\n\
+             clusters: [ {{ name: c, connect_timeout: 250ms, endpoints: [ {{ address: 127.0.0.1:9, weight: 2 }} ] }} ]\n"
+        ),
     );
     let _p = Proc(
         Command::new(BIN)
@@ -288,4 +288,234 @@ fn demo_runs_and_stops_by_itself() {
     );
     assert!(text.contains("20 ok, 0 failed"), "{text}");
     assert!(text.contains("/metrics"), "{text}");
+}
+
+#[test]
+fn ca_init_and_issue_write_files_with_safe_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("spoke-ca-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = dir.join("ca");
+    let web = dir.join("web");
+    let (code, out, err) = run(&[
+        "ca",
+        "init",
+        "--out",
+        ca.to_str().unwrap(),
+        "--trust-domain",
+        "example.org",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(ca.join("root.key")), 0o600);
+    // Refuses to overwrite without --force.
+    let (code, _, err) = run(&[
+        "ca",
+        "init",
+        "--out",
+        ca.to_str().unwrap(),
+        "--trust-domain",
+        "example.org",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--force"), "{err}");
+    let id = "spiffe://example.org/ns/default/sa/web";
+    let (code, _, err) = run(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--id",
+        id,
+        "--out",
+        web.to_str().unwrap(),
+        "--validity",
+        "2h",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode(web.join("key.pem")), 0o600);
+    let (code, _, _) = run(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--id",
+        id,
+        "--out",
+        web.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    let (code, _, _) = run(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--id",
+        id,
+        "--out",
+        web.to_str().unwrap(),
+        "--force",
+        "--validity",
+        "2h",
+    ]);
+    assert_eq!(code, 0);
+    // The issued set is valid material for the proxy: one URI SAN, CA:FALSE, within dates.
+    let m = spoke::tls::load_material(
+        &std::fs::read(web.join("cert.pem")).unwrap(),
+        &std::fs::read(web.join("key.pem")).unwrap(),
+        &std::fs::read(web.join("root.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.identity.as_str(), id);
+    let lifetime = m.not_after - m.not_before;
+    assert!((2 * 3600..2 * 3600 + 600).contains(&lifetime), "{lifetime}");
+    // Wrong trust domain and malformed ids are refused.
+    let (code, _, err) = run(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--id",
+        "spiffe://other.org/ns/a/sa/b",
+        "--out",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("trust domain"), "{err}");
+    let (code, _, _) = run(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--id",
+        "web",
+        "--out",
+        dir.join("y").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two proxy processes with certificates from `spoke ca`: the inbound one logs the
+/// caller's verified identity in its access event.
+#[test]
+fn mtls_between_processes_logs_the_peer_identity() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(echo());
+    let dir = std::env::temp_dir().join(format!("spoke-mtls-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = dir.join("ca");
+    assert_eq!(run(&["ca", "init", "--out", ca.to_str().unwrap()]).0, 0);
+    let web_id = "spiffe://cluster.local/ns/default/sa/web";
+    let backend_id = "spiffe://cluster.local/ns/default/sa/backend";
+    for (name, id) in [("web", web_id), ("backend", backend_id)] {
+        let out = dir.join(name);
+        assert_eq!(
+            run(&[
+                "ca",
+                "issue",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--id",
+                id,
+                "--out",
+                out.to_str().unwrap()
+            ])
+            .0,
+            0
+        );
+    }
+    let tls = |name: &str| {
+        let d = dir.join(name);
+        format!(
+            "tls: {{ cert: {}, key: {}, roots: {} }}\n",
+            d.join("cert.pem").display(),
+            d.join("key.pem").display(),
+            d.join("root.pem").display()
+        )
+    };
+    let (in_port, in_stats, out_port, out_stats) =
+        (free_port(), free_port(), free_port(), free_port());
+    let server_cfg = write_tmp(
+        "mtls-server.yaml",
+        &format!(
+            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{in_stats} }}\n{}\
+             listeners: [ {{ name: in, address: 127.0.0.1:{in_port}, direction: inbound, forward: \"{app}\" }} ]\n\
+             inbound: [ {{ port: {}, tls: strict, allow: [ \"{web_id}\" ] }} ]\n",
+            tls("backend"),
+            app.port()
+        ),
+    );
+    let client_cfg = write_tmp(
+        "mtls-client.yaml",
+        &format!(
+            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{out_stats} }}\n{}\
+             listeners: [ {{ name: out, address: 127.0.0.1:{out_port}, protocol: tcp, cluster: backend }} ]\n\
+             clusters: [ {{ name: backend, tls: {{ identity: \"{backend_id}\" }}, endpoints: [ {{ address: \"127.0.0.1:{in_port}\" }} ] }} ]\n",
+            tls("web")
+        ),
+    );
+    let spawn = |cfg: &PathBuf| {
+        Proc(
+            Command::new(BIN)
+                .args([
+                    "proxy",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--log-format",
+                    "json",
+                ])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut server = spawn(&server_cfg);
+    let mut client = spawn(&client_cfg);
+    wait_ready(in_stats);
+    wait_ready(out_stats);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", out_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"who am i").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    s.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "who am i");
+    std::thread::sleep(Duration::from_millis(200));
+    for p in [&mut server, &mut client] {
+        Command::new("kill")
+            .args(["-TERM", &p.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert_eq!(p.0.wait().unwrap().code(), Some(0));
+    }
+    let mut logs = String::new();
+    server
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let access: serde_json::Value = logs
+        .lines()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .next()
+        .unwrap_or_else(|| panic!("no access event in {logs}"));
+    assert_eq!(access["peer_id"], web_id, "{access}");
+    assert_eq!(access["bytes_rx"], 8);
+    let mut logs = String::new();
+    client
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains(&format!("\"upstream_id\":\"{backend_id}\"")),
+        "{logs}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
