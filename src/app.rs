@@ -26,6 +26,8 @@ pub struct Options {
     pub unsafe_admin: bool,
     /// Lets `POST /logging` change the live filter.
     pub log: Option<LogHandle>,
+    /// Receives every inbound authorization decision.
+    pub observer: Option<tokio::sync::mpsc::UnboundedSender<crate::proxy::AuthzEvent>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +202,9 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     let snapshot = Snapshot::from_static(cfg);
     metrics.set_config_version(&snapshot.version);
     metrics.config_updates.with_label_values(&["applied"]).inc();
-    let shared = Arc::new(Shared::new(snapshot, metrics, tls.clone()));
+    let mut shared = Shared::new(snapshot, metrics, tls.clone());
+    shared.observer = opts.observer;
+    let shared = Arc::new(shared);
     shared.readiness.set_config_loaded();
 
     let (drain, watch) = Drain::new();

@@ -1,18 +1,26 @@
-//! `spoke demo`: a whole setup on loopback from one command. Starts a demo echo service and
-//! a proxy from the embedded default config (`demo.yaml`), sends traffic through it, prints
-//! what happened and where to look, and keeps serving until Ctrl-C or `--duration`.
+//! `spoke demo`: a small mesh on loopback from one command, from the embedded configs in
+//! `demo/`. It makes a throw-away PKI with `spoke ca`'s code, starts a demo echo service,
+//! a sidecar beside it (mTLS in, allow list: sa/web) and two client sidecars (sa/web and
+//! sa/intruder), sends traffic, prints the verified identities, the denied call and the
+//! metrics, and keeps serving until Ctrl-C or `--duration`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
-use crate::app;
-use crate::config;
+use crate::app::{self, Running};
+use crate::ca::{self, Ca};
+use crate::config::{self, Identity};
+use crate::proxy::AuthzEvent;
 
-const DEFAULT_CONFIG: &str = include_str!("demo.yaml");
+const BACKEND_CONFIG: &str = include_str!("demo/backend.yaml");
+const CLIENT_CONFIG: &str = include_str!("demo/client.yaml");
+const TRUST_DOMAIN: &str = "cluster.local";
 
 /// A TCP echo service: what the demo's traffic reaches.
 pub async fn echo_server(listener: TcpListener) {
@@ -24,7 +32,7 @@ pub async fn echo_server(listener: TcpListener) {
     }
 }
 
-/// One request through the proxy: send a line, read it back.
+/// One request through a sidecar: send a line, read it back.
 async fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<usize> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(msg).await?;
@@ -32,7 +40,11 @@ async fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<usize> {
     let mut back = Vec::with_capacity(msg.len());
     s.read_to_end(&mut back).await?;
     if back != msg {
-        return Err(std::io::Error::other("echo mismatch"));
+        return Err(std::io::Error::other(if back.is_empty() {
+            "connection closed without a reply".to_string()
+        } else {
+            "echo mismatch".to_string()
+        }));
     }
     Ok(back.len())
 }
@@ -46,7 +58,10 @@ pub async fn run(duration: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match demo(stop_after).await {
+    let dir = std::env::temp_dir().join(format!("spoke-demo-{}", std::process::id()));
+    let result = demo(&dir, stop_after).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo failed: {e:#}");
@@ -55,24 +70,87 @@ pub async fn run(duration: Option<String>) -> ExitCode {
     }
 }
 
-async fn demo(stop_after: Option<Duration>) -> anyhow::Result<()> {
+/// Makes the demo's PKI under `dir`: a root and one certificate per workload.
+fn make_pki(dir: &Path) -> anyhow::Result<()> {
+    let ca = Ca::new(TRUST_DOMAIN, Duration::from_secs(24 * 3600))?;
+    for name in ["backend", "web", "intruder"] {
+        let id = Identity::parse(&format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}"))
+            .map_err(anyhow::Error::msg)?;
+        ca::issue_to_dir(&ca, &id, Duration::from_secs(3600), &dir.join(name), true)?;
+    }
+    Ok(())
+}
+
+async fn start(
+    template: &str,
+    vars: &[(&str, String)],
+    observer: Option<mpsc::UnboundedSender<AuthzEvent>>,
+) -> anyhow::Result<Running> {
+    let mut yaml = template.to_string();
+    for (k, v) in vars {
+        yaml = yaml.replace(&format!("{{{k}}}"), v);
+    }
+    let cfg = config::from_yaml(&yaml)?;
+    Ok(app::start(
+        cfg,
+        app::Options {
+            observer,
+            ..Default::default()
+        },
+    )
+    .await?)
+}
+
+async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
+    make_pki(dir)?;
+    let certs: PathBuf = dir.to_path_buf();
+    let certs = certs.display().to_string();
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo.local_addr()?;
     tokio::spawn(echo_server(echo));
 
-    let yaml = DEFAULT_CONFIG.replace("{echo}", &echo_addr.to_string());
-    let cfg = config::from_yaml(&yaml)?;
-    let running = app::start(cfg, app::Options::default()).await?;
-    let proxy = running
-        .listener("to-echo")
-        .ok_or_else(|| anyhow::anyhow!("demo listener missing"))?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let backend = start(
+        BACKEND_CONFIG,
+        &[
+            ("certs", certs.clone()),
+            ("echo", echo_addr.to_string()),
+            ("echo_port", echo_addr.port().to_string()),
+        ],
+        Some(events_tx),
+    )
+    .await?;
+    let backend_addr = backend
+        .listener("from-mesh")
+        .ok_or_else(|| anyhow::anyhow!("backend listener missing"))?;
+    let client = |name: &str| {
+        vec![
+            ("certs", certs.clone()),
+            ("name", name.to_string()),
+            ("backend", backend_addr.to_string()),
+        ]
+    };
+    let web = start(CLIENT_CONFIG, &client("web"), None).await?;
+    let intruder = start(CLIENT_CONFIG, &client("intruder"), None).await?;
+    let web_out = web
+        .listener("to-backend")
+        .ok_or_else(|| anyhow::anyhow!("web listener missing"))?;
+    let intruder_out = intruder
+        .listener("to-backend")
+        .ok_or_else(|| anyhow::anyhow!("intruder listener missing"))?;
 
-    println!("spoke demo: echo service on {echo_addr}, proxy listener on {proxy}");
+    println!("spoke demo: a mesh of three sidecars on loopback, trust domain {TRUST_DOMAIN}");
+    println!("  demo echo service            {echo_addr}");
+    println!("  backend sidecar (mTLS in)    {backend_addr}   allows spiffe://{TRUST_DOMAIN}/ns/default/sa/web");
+    println!("  web sidecar (app dials)      {web_out}");
+    println!("  intruder sidecar (app dials) {intruder_out}");
+    println!();
+
     let started = Instant::now();
     let (mut ok, mut failed, mut bytes) = (0u32, 0u32, 0usize);
     for i in 0..20 {
-        let msg = format!("hello from demo client, request {i}\n");
-        match echo_once(proxy, msg.as_bytes()).await {
+        let msg = format!("hello from web, request {i}\n");
+        match echo_once(web_out, msg.as_bytes()).await {
             Ok(n) => {
                 ok += 1;
                 bytes += n;
@@ -83,35 +161,60 @@ async fn demo(stop_after: Option<Duration>) -> anyhow::Result<()> {
             }
         }
     }
-    let took = started.elapsed();
     println!(
-        "sent 20 requests through the proxy: {ok} ok, {failed} failed, {bytes} bytes echoed each way, in {:.1} ms",
-        took.as_secs_f64() * 1000.0
+        "web -> web sidecar -> mTLS -> backend sidecar -> echo: {ok} ok, {failed} failed, {bytes} bytes echoed, {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
     );
-    let m = &running.shared.metrics;
+    let intruder_result = echo_once(intruder_out, b"let me in\n").await;
+    // Decisions arrive from the backend sidecar's connection tasks.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut allowed_ids = std::collections::BTreeMap::<String, u32>::new();
+    let mut denied = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        let id = ev.peer_id.unwrap_or_else(|| "(plaintext)".into());
+        if ev.allowed {
+            *allowed_ids.entry(id).or_default() += 1;
+        } else {
+            denied.push(id);
+        }
+    }
+    for (id, n) in &allowed_ids {
+        println!(
+            "  verified peer identity at the backend sidecar: {id} ({n} connections, allowed)"
+        );
+    }
+    match (&intruder_result, denied.first()) {
+        (Err(_), Some(id)) => println!("intruder -> backend: denied, peer identity {id} is not on the allow list (connection closed before reaching the app)"),
+        (Ok(_), _) => println!("intruder -> backend: unexpectedly allowed"),
+        (Err(e), None) => println!("intruder -> backend: failed ({e})"),
+    }
+    let m = &backend.shared.metrics;
+    println!();
+    println!("backend sidecar metrics:");
     println!(
-        "  spoke_tcp_connections_opened_total{{direction=\"outbound\",cluster=\"echo\"}} = {}",
+        "  spoke_tcp_connections_opened_total{{direction=\"inbound\"}} = {}",
         m.tcp_connections_opened
-            .with_label_values(&["outbound", "echo"])
+            .with_label_values(&["inbound", &format!("inbound:{}", echo_addr.port())])
             .get()
     );
     println!(
-        "  spoke_tcp_bytes_total{{flow=\"rx\"}} = {}, {{flow=\"tx\"}} = {}",
-        m.tcp_bytes
-            .with_label_values(&["outbound", "echo", "rx"])
-            .get(),
-        m.tcp_bytes
-            .with_label_values(&["outbound", "echo", "tx"])
+        "  spoke_authz_denied_total{{port=\"{}\"}} = {}",
+        echo_addr.port(),
+        m.authz_denied
+            .with_label_values(&[&echo_addr.port().to_string()])
             .get()
     );
     println!("where to look:");
-    println!("  metrics:     curl http://{}/metrics", running.stats);
-    println!("  readiness:   curl http://{}/ready", running.stats);
-    println!("  config dump: curl http://{}/config_dump", running.admin);
+    println!(
+        "  metrics:     curl http://{}/metrics   (web: http://{}/metrics)",
+        backend.stats, web.stats
+    );
+    println!("  readiness:   curl http://{}/ready", backend.stats);
+    println!("  config dump: curl http://{}/config_dump", backend.admin);
     println!(
         "  try it:      echo hi | nc -q1 {} {}",
-        proxy.ip(),
-        proxy.port()
+        web_out.ip(),
+        web_out.port()
     );
     match stop_after {
         Some(d) => {
@@ -126,10 +229,15 @@ async fn demo(stop_after: Option<Duration>) -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-    running.shutdown().await;
+    for r in [web, intruder, backend] {
+        r.shutdown().await;
+    }
     println!("demo stopped");
-    if failed > 0 {
-        anyhow::bail!("{failed} demo requests failed");
+    if failed > 0 || intruder_result.is_ok() || allowed_ids.is_empty() {
+        anyhow::bail!(
+            "the demo did not behave: {failed} failed requests, intruder allowed: {}",
+            intruder_result.is_ok()
+        );
     }
     Ok(())
 }

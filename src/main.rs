@@ -146,6 +146,7 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
     let opts = app::Options {
         unsafe_admin: args.unsafe_admin,
         log: Some(log),
+        observer: None,
     };
     let running = match app::start(cfg, opts).await {
         Ok(r) => r,

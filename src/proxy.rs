@@ -28,6 +28,17 @@ pub struct Shared {
     pub readiness: Readiness,
     /// The workload's TLS configs, when it has a certificate.
     pub tls: Option<Arc<CertStore>>,
+    /// Receives every inbound authorization decision (the demo prints them).
+    pub observer: Option<tokio::sync::mpsc::UnboundedSender<AuthzEvent>>,
+}
+
+/// One inbound authorization decision.
+#[derive(Debug, Clone)]
+pub struct AuthzEvent {
+    pub port: u16,
+    /// The verified SPIFFE ID, or `None` for a plaintext peer.
+    pub peer_id: Option<String>,
+    pub allowed: bool,
 }
 
 impl Shared {
@@ -37,6 +48,7 @@ impl Shared {
             metrics,
             readiness: Readiness::default(),
             tls,
+            observer: None,
         }
     }
 

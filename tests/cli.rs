@@ -287,6 +287,8 @@ fn demo_runs_and_stops_by_itself() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("20 ok, 0 failed"), "{text}");
+    assert!(text.contains("verified peer identity at the backend sidecar: spiffe://cluster.local/ns/default/sa/web"), "{text}");
+    assert!(text.contains("intruder -> backend: denied"), "{text}");
     assert!(text.contains("/metrics"), "{text}");
 }
 

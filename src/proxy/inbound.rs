@@ -134,6 +134,13 @@ pub async fn serve(ctx: &ListenerCtx, sock: TcpStream, peer: SocketAddr, app: So
             .as_ref()
             .is_some_and(|id| rules.iter().any(|r| r.matches(id))),
     };
+    if let Some(o) = &shared.observer {
+        let _ = o.send(crate::proxy::AuthzEvent {
+            port,
+            peer_id: peer_id.as_ref().map(|i| i.to_string()),
+            allowed,
+        });
+    }
     if !allowed {
         metrics
             .authz_denied
