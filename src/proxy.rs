@@ -3,7 +3,9 @@
 
 pub mod connect;
 pub mod copy;
+pub mod detect;
 pub mod error;
+pub mod http;
 pub mod inbound;
 pub mod io;
 pub mod listener;

@@ -1,0 +1,5 @@
+//! HTTP proxying: downstream servers (HTTP/1.1 behind a framing guard, HTTP/2), routing,
+//! the upstream connection pool, retries and timeouts, and the responses the proxy makes
+//! itself.
+
+pub mod guard;
