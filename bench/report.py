@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -204,6 +204,317 @@ def tcp_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === mtls ===
+
+# What each proxy checks of its peer on the A -> B hop (from the configs in bench/).
+PEER_CHECKS = {
+    "spoke": "A: chain + B's SPIFFE ID; B: chain + client's SPIFFE ID in `allow`",
+    "envoy": "A: chain + URI SAN exact (backend); B: client cert required, chain + URI SAN exact (web)",
+    "haproxy": "A: chain only (no URI SAN check); B: client cert required, chain only (no URI SAN check)",
+}
+
+
+def kib_median(values: list) -> float | None:
+    return median([v for v in values if v is not None])
+
+
+def mtls_rows(records: list[dict]) -> tuple[list[str], dict[str, dict]]:
+    order: list[str] = []
+    rows: dict[str, dict] = {}
+    for r in records:
+        if r.get("kind") == "target":
+            order.append(r["target"])
+            rows[r["target"]] = dict(r, iperf=[], connrate=[], idle=[])
+    for r in records:
+        if r.get("kind") in ("iperf", "connrate", "idle") and r["target"] in rows:
+            rows[r["target"]][r["kind"]].append(r)
+    for row in rows.values():
+        ok_ip = [r for r in row["iperf"] if r.get("bps")]
+        row["gbps"] = median([r["bps"] / 1e9 for r in ok_ip])
+        row["cpu_tp"] = median([r["proxy_cpu_s"] for r in ok_ip if r.get("proxy_cpu_s") is not None])
+        row["cpu_tp_pct"] = median([100 * r["proxy_cpu_s"] / r["wall_s"] for r in ok_ip
+                                    if r.get("proxy_cpu_s") is not None and r.get("wall_s")])
+        each = [r["proxy_cpu_each_s"] for r in ok_ip if isinstance(r.get("proxy_cpu_each_s"), list)]
+        row["cpu_tp_a"] = median([e[0] for e in each if len(e) == 2])
+        row["cpu_tp_b"] = median([e[1] for e in each if len(e) == 2])
+        # CPU seconds per GB moved: comparable across rows with different throughput
+        row["cpu_per_gb"] = median([r["proxy_cpu_s"] / (r["bps"] * r["wall_s"] / 8e9) for r in ok_ip
+                                    if r.get("proxy_cpu_s") is not None and r.get("wall_s")])
+        ok = [r for r in row["connrate"] if isinstance(r.get("result"), dict)]
+        row["cps"] = median([r["result"]["rate"] for r in ok])
+        row["cpu_cr_pct"] = median([100 * r["proxy_cpu_s"] / r["result"]["seconds"] for r in ok
+                                    if r.get("proxy_cpu_s") is not None and r["result"].get("seconds")])
+        row["cpu_per_conn_us"] = median([1e6 * r["proxy_cpu_s"] / r["result"]["ok"] for r in ok
+                                         if r.get("proxy_cpu_s") is not None and r["result"].get("ok")])
+        row["conn_errors"] = sum(sum(r["result"]["errors"].values()) for r in ok)
+        idle = [r["result"] for r in row["idle"]
+                if isinstance(r.get("result"), dict) and "held" in r["result"]]
+        row["idle_runs"] = idle
+        full = [d for d in idle if d.get("failed") == 0]
+
+        def held(d: dict, who: str) -> float | None:
+            return d["held"][who]["rss_kib"]
+
+        row["held_a"] = mib(kib_median([held(d, "A") for d in full]))
+        row["held_b"] = mib(kib_median([held(d, "B") for d in full]))
+        sums = [held(d, "A") + held(d, "B") for d in full
+                if held(d, "A") is not None and held(d, "B") is not None]
+        row["held"] = mib(kib_median(sums))
+        a, b = row.get("idle_rss_a_kib"), row.get("idle_rss_b_kib")
+        held_kib = kib_median(sums)
+        # Growth over the freshly started pair, per connection. (Growth within a run is not
+        # used: after the first run the allocators keep the freed memory, so later runs start
+        # high and grow little.)
+        row["per_conn_kib"] = None
+        if held_kib is not None and a is not None and b is not None and full:
+            row["per_conn_kib"] = (held_kib - a - b) / full[0]["count"]
+        row["idle_failed"] = sum(d.get("failed", 0) for d in idle) + (len(row["idle"]) - len(idle))
+        row["idle_a"], row["idle_b"] = mib(a), mib(b)
+        row["idle_sum"] = mib(a + b) if a is not None and b is not None else None
+    return order, rows
+
+
+def mtls_ref(name: str, rows: dict) -> dict:
+    return rows.get(ENVOY_REF.get(name, "envoy"), {})
+
+
+def mtls_section(records: list[dict], meta: dict) -> list[str]:
+    order, rows = mtls_rows(records)
+    up = next((r for r in records if r.get("kind") == "upstreams"), {})
+    n_idle = up.get("idle_conns", "?")
+    out = [
+        "## Two-hop mutual TLS (`bench/run.sh mtls`)",
+        "",
+        "client → proxy A (plaintext listener, identity `spiffe://cluster.local/ns/default/sa/web`) "
+        "→ TLS 1.3 with client certificates → proxy B (identity `…/sa/backend`, requires the "
+        "client's certificate) → upstream (iperf3 server, or `bench/echo-server.c`). "
+        "Certificates are ECDSA P-256 from `spoke ca` (only SAN: the SPIFFE URI), made fresh in "
+        "`bench/out/certs/` for each run. Every row runs both A and B as the same proxy with the "
+        "same worker count, on the same 2 cores as the clients and upstreams.",
+        "",
+        f"Run {meta.get('date', '?')}. Each number is the median of {meta.get('runs', '?')} runs: "
+        f"iperf3 {meta.get('seconds', '?')} s single stream; new connections for "
+        f"{meta.get('conn_seconds', '?')} s with {meta.get('conn_workers', '?')} client threads, "
+        f"{meta.get('payload', '?')} B echoed per connection (each one is a new A→B TLS "
+        f"connection); {n_idle} idle connections opened through A and B (each echoes 16 B first, "
+        "so the B→upstream leg exists too), held 2 s, then VmRSS of A and of B is read. "
+        "Idle RSS is A+B after start-up and 2 s of quiet, before any traffic. CPU is utime+stime "
+        "of A plus B. Ratios compare with the Envoy row of the same worker count (`envoy A+B "
+        "(--concurrency 1 each)` for the 1-worker rows); higher is better for throughput and "
+        "conns/s, lower for RSS. KiB per idle conn = (RSS A+B with the idle connections − "
+        "idle RSS A+B) / connections.",
+        "",
+        f"| target | threads A/B | throughput Gbit/s | mTLS conns/s | idle RSS A+B MiB "
+        f"| RSS A+B with {n_idle} idle conns MiB | (A / B) MiB | KiB per idle conn (A+B) "
+        "| CPU s A+B in iperf (A / B) | CPU s per GB | CPU µs per conn | throughput vs Envoy "
+        "| conns/s vs Envoy | idle-conn RSS vs Envoy |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            notes.append(f"- `{row['label']}` skipped: {row['skipped']}")
+            out.append(f"| {row['label']} | — | skipped | skipped |" + " — |" * 10)
+            continue
+        ref = mtls_ref(name, rows)
+        direct = name == "direct"
+        threads = "—" if direct else f"{row.get('threads_a', '?')} / {row.get('threads_b', '?')}"
+        out.append("| " + " | ".join([
+            row["label"], threads, fmt(row["gbps"], 2), fmt(row["cps"], 0),
+            "—" if direct else fmt(row["idle_sum"]),
+            "—" if direct else fmt(row["held"]),
+            "—" if direct else f"{fmt(row['held_a'])} / {fmt(row['held_b'])}",
+            "—" if direct else fmt(row["per_conn_kib"], 1),
+            "—" if direct else f"{fmt(row['cpu_tp'], 2)} ({fmt(row['cpu_tp_a'], 2)} / {fmt(row['cpu_tp_b'], 2)})",
+            "—" if direct else fmt(row["cpu_per_gb"], 3),
+            "—" if direct else fmt(row["cpu_per_conn_us"], 0),
+            ratio(row["gbps"], ref.get("gbps")),
+            ratio(row["cps"], ref.get("cps")),
+            "—" if direct else ratio(row["held"], ref.get("held")),
+        ]) + " |")
+    out.append("")
+    out.append(
+        "The direct row is plain TCP to the upstreams (no proxy, no TLS): the ceiling of this "
+        "machine, not an mTLS figure. CPU s per GB = CPU seconds of A+B per GB carried by "
+        "iperf3 (lower is better; fair across rows of different throughput); CPU µs per conn = "
+        "CPU of A+B per completed short connection."
+    )
+    out.append("")
+
+    # Targets from the issue.
+    goals = [
+        ("two-hop mTLS throughput", "gbps", "≥ 1.20× Envoy", lambda r: r >= 1.2),
+        ("new mTLS connections per second", "cps", "≥ 1.20× Envoy", lambda r: r >= 1.2),
+        (f"RSS A+B with {n_idle} idle mTLS connections", "held", "≤ 0.25× Envoy", lambda r: r <= 0.25),
+    ]
+    pairs = [(s, e) for s, e in (("spoke", "envoy"), ("spoke", "envoy-x25519"),
+                                 ("spoke-w2", "envoy-c2"))
+             if s in rows and e in rows and not rows[s].get("skipped") and not rows[e].get("skipped")]
+    if pairs:
+        out += [
+            "### Targets (from the issue)",
+            "",
+            "| goal | target | " + " | ".join(f"`{s}` vs `{e}`" for s, e in pairs) + " |",
+            "|---|---|" + "--:|" * len(pairs),
+        ]
+        for label, key, goal, ok in goals:
+            cells = []
+            for s, e in pairs:
+                a, b = rows[s].get(key), rows[e].get(key)
+                if a is None or not b:
+                    cells.append("n/a")
+                    continue
+                r = a / b
+                cells.append(f"{r:.2f}× {'met' if ok(r) else '**not met**'}")
+            out.append(f"| {label} | {goal} | " + " | ".join(cells) + " |")
+        out.append("")
+        if "envoy-x25519" in rows:
+            out += [
+                "`envoy-x25519` is Envoy with `ecdh_curves: [ X25519 ]` on both sides, the key "
+                "exchange Spoke negotiates; Envoy 1.40 (BoringSSL) otherwise negotiates the "
+                "hybrid post-quantum X25519MLKEM768 (see the handshake table), which costs it "
+                "more bytes and CPU per handshake.",
+                "",
+            ]
+
+    # Handshake probe.
+    out += [
+        "### What the A→B handshake negotiates",
+        "",
+        f"After the measurements a second proxy A is started whose upstream is a relay in front "
+        f"of B (`bench/handshake-probe.py`); {up.get('probe_conns', '?')} short connections go "
+        "through it one after another and the relay reads the cleartext ClientHello and "
+        "ServerHello. *Resumed* means B accepted a TLS 1.3 pre-shared key from an earlier "
+        "session (PSK with (EC)DHE: a fresh key exchange, but no certificates sent, signed or "
+        "verified); *full* is a handshake with both certificates.",
+        "",
+        "| target | full / resumed | version | cipher | key exchange | ClientHello B | peer checks |",
+        "|---|--:|---|---|---|--:|---|",
+    ]
+    for name in order:
+        row = rows[name]
+        pr = row.get("probe")
+        if name == "direct" or row.get("skipped") or not isinstance(pr, dict):
+            continue
+        if pr.get("error"):
+            out.append(f"| {row['label']} | probe failed: {pr['error']} | | | | | |")
+            continue
+        keys = lambda d: ", ".join(f"{k}" + (f" ×{v}" if len(d) > 1 else "") for k, v in (d or {}).items()) or "?"
+        out.append("| " + " | ".join([
+            row["label"], f"{pr.get('full', '?')} / {pr.get('resumed', '?')}"
+            + (f" ({pr['ok']}/{pr['count']} ok)" if pr.get("ok") != pr.get("count") else ""),
+            keys(pr.get("version")), keys(pr.get("cipher")), keys(pr.get("group")),
+            str(pr.get("client_hello_bytes", "?")), PEER_CHECKS.get(name.split("-")[0], "?"),
+        ]) + " |")
+    out.append("")
+    out.append(
+        "All three proxies resume TLS sessions on the A→B hop by default (their clients cache "
+        "tickets), so in the conns/s runs almost every A→B handshake after the first is a "
+        "resumption, not a full handshake with certificates; the configs leave that default "
+        "alone for every proxy. HAProxy cannot match a URI SAN: its rows check the chain to the "
+        "mesh root only (any workload certificate of the mesh is accepted either way)."
+    )
+    out.append("")
+
+    errors = [f"`{rows[n]['label']}`: {rows[n]['conn_errors']}" for n in order
+              if rows[n].get("conn_errors")]
+    if errors:
+        notes.append("- connection errors during the conns/s runs: " + ", ".join(errors))
+    idle_fail = [f"`{rows[n]['label']}`: {rows[n]['idle_failed']}" for n in order
+                 if rows[n].get("idle_failed")]
+    if idle_fail:
+        notes.append(f"- idle connections that failed to open (those runs are left out of the "
+                     f"RSS medians): " + ", ".join(idle_fail))
+    exits = [f"`{rows[n]['label']}` exited A {rows[n].get('exit_status_a')} / B {rows[n].get('exit_status_b')}"
+             for n in order if n.startswith("spoke")
+             and (rows[n].get("exit_status_a"), rows[n].get("exit_status_b")) not in ((0, 0), (None, None))]
+    if exits:
+        notes.append("- spoke exit status on SIGTERM other than 0: " + ", ".join(exits))
+    if notes:
+        out += notes + [""]
+
+    out += [
+        "### Per-run numbers",
+        "",
+        "| target | run | Gbit/s | CPU s A / B (iperf) | conns/s | conn errors | p50 µs | p99 µs "
+        f"| idle conns open | RSS before A / B MiB | RSS held A / B MiB | RSS after close A / B MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            continue
+        n = max(len(row["iperf"]), len(row["connrate"]), len(row["idle"]))
+        for i in range(n):
+            ip = row["iperf"][i] if i < len(row["iperf"]) else {}
+            cr = row["connrate"][i] if i < len(row["connrate"]) else {}
+            idr = row["idle"][i].get("result", {}) if i < len(row["idle"]) else {}
+            res = cr.get("result") if isinstance(cr.get("result"), dict) else {}
+            each = ip.get("proxy_cpu_each_s")
+            gbps = fmt(ip["bps"] / 1e9, 2) if ip.get("bps") else f"failed: {ip.get('error', '?')}"
+
+            def ab(key: str) -> str:
+                if not isinstance(idr, dict) or key not in idr:
+                    return "—"
+                return " / ".join(fmt(mib(idr[key][p]["rss_kib"])) for p in ("A", "B"))
+
+            opened = "—"
+            if isinstance(idr, dict) and "opened" in idr:
+                opened = f"{idr['opened']}/{idr['count']}"
+            elif isinstance(idr, dict) and idr.get("error"):
+                opened = f"failed: {idr['error']}"
+            out.append("| " + " | ".join([
+                row["label"], str(i + 1), gbps,
+                " / ".join(fmt(v, 2) for v in each) if isinstance(each, list) else "—",
+                fmt(res.get("rate"), 0) if res else "failed",
+                str(sum(res["errors"].values())) if res else "—",
+                str(res.get("p50_us", "—")), str(res.get("p99_us", "—")),
+                opened, ab("before"), ab("held"), ab("after_close"),
+            ]) + " |")
+    out += ["", "### Commands", "", "```sh"]
+    if up:
+        out += ["# certificates (bench/out/certs, recreated each run)"]
+        out += list(up.get("certs") or [])
+        out += [
+            "# upstreams",
+            f"{up['iperf_server']}",
+            f"{up['echo_server']}",
+            "# proxies: B (inbound, terminates mTLS) first, then A (outbound)",
+        ]
+    for name in order:
+        row = rows[name]
+        if row.get("cmd_b"):
+            out.append(f"{row['cmd_b']}")
+            out.append(f"{row['cmd_a']}")
+    if up:
+        out += [
+            "# clients; PORT is proxy A's iperf or echo listener (table below), or the upstream "
+            "for the direct row",
+            f"{up['iperf_client']}",
+            f"{up['connrate_client']}",
+            f"{up['idle_client']}",
+            f"{up['probe_client']}",
+        ]
+    out += [
+        "```",
+        "",
+        "Configs are rendered from `bench/{spoke,envoy}-mtls-{a,b}.yaml.tmpl` and "
+        "`bench/haproxy-mtls-{a,b}.cfg.tmpl`; the rendered files, proxy logs and every raw "
+        f"output are in `bench/{meta.get('run_dir', 'out/runs/...')}/` (not committed). "
+        "Ports (A's listeners; B listens 10 above A):",
+        "",
+        "| target | iperf listener | echo listener |",
+        "|---|--:|--:|",
+    ]
+    for name in order:
+        row = rows[name]
+        if not row.get("skipped"):
+            out.append(f"| {row['label']} | {row.get('iperf_port')} | {row.get('echo_port')} |")
+    out.append("")
+    return out
+
+
 # === startup ===
 
 
@@ -306,6 +617,8 @@ def main() -> None:
         records = load_jsonl(run_dir / f"{scenario}.jsonl")
         if scenario == "tcp":
             sections += tcp_section(records, meta)
+        elif scenario == "mtls":
+            sections += mtls_section(records, meta)
         elif scenario == "startup":
             sections += startup_section(records, meta)
     args.results.write_text("\n".join(header(newest) + sections).rstrip() + "\n")

@@ -23,7 +23,8 @@
 #   BENCH_CONN_WORKERS   concurrent connection-rate client threads [4]
 #   BENCH_PAYLOAD        bytes sent and echoed per short connection [64]
 #   BENCH_WIDE           1: also run 2-worker variants (envoy --concurrency 2, spoke 2 workers) [1]
-#   BENCH_TARGETS        subset of: direct spoke spoke-w2 envoy envoy-c2 haproxy [all]
+#   BENCH_TARGETS        subset of: direct spoke spoke-w2 envoy envoy-c2 haproxy, and for
+#                        mtls also envoy-x25519 [all]
 #   BENCH_IDLE_CONNS     mtls: idle connections held open through A and B [1000]
 #   BENCH_PROBE_CONNS    mtls: connections the handshake probe watches [20]
 #   BENCH_NO_BUILD       1: skip `cargo build --release`, use SPOKE_BIN as it is [0]
@@ -567,13 +568,15 @@ scenario_tcp() {
 # proxy B at +10, the handshake probe's second proxy A at +20 (each: +1 iperf listener,
 # +2 echo listener, +5 admin, +6 stats/ready) and the probe's relay at +28.
 
-declare -A MTLS_BASE=([spoke]=19400 [spoke-w2]=19430 [envoy]=19460 [envoy-c2]=19490 [haproxy]=19520)
+declare -A MTLS_BASE=([spoke]=19400 [spoke-w2]=19430 [envoy]=19460 [envoy-c2]=19490 [haproxy]=19520
+    [envoy-x25519]=19550)
 declare -A MTLS_LABEL=(
     [direct]="direct (no proxy, no TLS)"
     [spoke]="spoke A+B (1 worker each)"
     [spoke-w2]="spoke A+B (2 workers each)"
     [envoy]="envoy A+B (--concurrency 1 each)"
     [envoy-c2]="envoy A+B (--concurrency 2 each)"
+    [envoy-x25519]="envoy A+B (--concurrency 1 each, X25519 only)"
     [haproxy]="haproxy A+B (nbthread 1 each)"
 )
 declare -A MTLS_ROLE_OFFSET=([a]=0 [b]=10 [probe]=20)
@@ -588,11 +591,10 @@ make_certs() { # -> CERTS (recreated), CERT_CMDS (for the report)
     local cmds=("$SPOKE_BIN ca init --out $CERTS/ca --force"
         "$SPOKE_BIN ca issue --ca $CERTS/ca --id $SPIFFE_WEB --out $CERTS/web --force"
         "$SPOKE_BIN ca issue --ca $CERTS/ca --id $SPIFFE_BACKEND --out $CERTS/backend --force")
-    local c id
-    CERT_CMDS=""
+    local c id list=""
     for c in "${cmds[@]}"; do
         $c >>"$RUN_DIR/certs.log" 2>&1 || die "certificate generation failed: $c: $(tail_log "$RUN_DIR/certs.log")"
-        CERT_CMDS+="${c//$ROOT\//}"$'\n'
+        list+="\"${c//$ROOT\//}\","
     done
     for id in web backend; do
         [[ -s $CERTS/$id/cert.pem && -s $CERTS/$id/key.pem && -s $CERTS/$id/root.pem ]] ||
@@ -600,11 +602,23 @@ make_certs() { # -> CERTS (recreated), CERT_CMDS (for the report)
         # HAProxy wants certificate and key in one file.
         (umask 077 && cat "$CERTS/$id/cert.pem" "$CERTS/$id/key.pem" >"$CERTS/$id/haproxy.pem")
     done
-    CERT_CMDS+="cat bench/out/certs/ID/cert.pem bench/out/certs/ID/key.pem > bench/out/certs/ID/haproxy.pem   # HAProxy only"
+    list+="\"cat bench/out/certs/ID/cert.pem bench/out/certs/ID/key.pem > bench/out/certs/ID/haproxy.pem   # ID: web, backend; HAProxy only\""
+    CERT_CMDS="json:[$list]"
+}
+
+mtls_target_list() { # like target_list, plus envoy-x25519: Envoy with its key exchange
+    # pinned to X25519, the group Spoke negotiates (Envoy 1.40 prefers X25519MLKEM768)
+    local all=(direct spoke envoy envoy-x25519 haproxy) t
+    [[ $BENCH_WIDE == 1 ]] && all=(direct spoke spoke-w2 envoy envoy-c2 envoy-x25519 haproxy)
+    if [[ -n ${BENCH_TARGETS:-} ]]; then
+        for t in "${all[@]}"; do [[ " $BENCH_TARGETS " == *" $t "* ]] && echo "$t"; done
+        return 0
+    fi
+    printf '%s\n' "${all[@]}"
 }
 
 mtls_prepare() { # NAME ROLE(a|b|probe) -> M_CMD, M_ENV, M_URL, M_LISTEN, M_CFG; 1 + T_SKIP on failure
-    local name=$1 role=$2 base workers p kind=${1%-*} ext=yaml
+    local name=$1 role=$2 base workers p kind=${1%%-*} ext=yaml curves=""
     base=$((${MTLS_BASE[$name]} + ${MTLS_ROLE_OFFSET[$role]}))
     local admin=$((base + 5)) ready=$((base + 6)) iperf=$((base + 1)) echo=$((base + 2))
     local b=$((${MTLS_BASE[$name]} + 10))
@@ -619,10 +633,11 @@ mtls_prepare() { # NAME ROLE(a|b|probe) -> M_CMD, M_ENV, M_URL, M_LISTEN, M_CFG;
     local tmpl_role=$role
     [[ $role == probe ]] && tmpl_role=a
     [[ $kind == haproxy ]] && ext=cfg
+    [[ $name == envoy-x25519 ]] && curves=", ecdh_curves: [ X25519 ]"
     M_CFG=$RUN_DIR/mtls-$name-$role.$ext
     render "$BENCH_DIR/$kind-mtls-$tmpl_role.$ext.tmpl" ADMIN_PORT="$admin" READY_PORT="$ready" \
         IPERF_LISTEN="$iperf" ECHO_LISTEN="$echo" IPERF_PORT="$IPERF_PORT" ECHO_PORT="$ECHO_PORT" \
-        B_IPERF=$((b + 1)) B_ECHO="$b_echo" CERTS="$CERTS" THREADS="$workers" >"$M_CFG"
+        B_IPERF=$((b + 1)) B_ECHO="$b_echo" CERTS="$CERTS" THREADS="$workers" ECDH_CURVES="$curves" >"$M_CFG"
     case $kind in
     spoke)
         if [[ ! -x $SPOKE_BIN ]]; then T_SKIP="${SPOKE_BIN#"$ROOT"/} not found (not built yet?)"; return 1; fi
@@ -716,7 +731,7 @@ scenario_mtls() {
         probe_client "$(show_cmd python3 "$BENCH_DIR/handshake-probe.py" --relay RELAY --upstream B_ECHO --client A2_ECHO --count "$BENCH_PROBE_CONNS")" \
         idle_conns "$BENCH_IDLE_CONNS" probe_conns "$BENCH_PROBE_CONNS" >>"$RESULTS"
     local name pa pb idle_a idle_b thr_a thr_b hwm_a hwm_b end_a end_b rc_a rc_b cmd_a cmd_b cfg_a cfg_b port_iperf port_echo
-    for name in $(target_list); do
+    for name in $(mtls_target_list); do
         log "target $name: ${MTLS_LABEL[$name]}"
         if [[ $name == direct ]]; then
             measure_throughput mtls direct "$IPERF_PORT"
@@ -827,7 +842,9 @@ main() {
     for s in "${want[@]}"; do
         [[ " ${SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s' (have: ${SCENARIOS[*]})"
     done
-    for s in ${BENCH_TARGETS:-}; do [[ -n ${TARGET_LABEL[$s]:-} ]] || die "unknown target '$s' in BENCH_TARGETS"; done
+    for s in ${BENCH_TARGETS:-}; do
+        [[ -n ${TARGET_LABEL[$s]:-}${MTLS_LABEL[$s]:-} ]] || die "unknown target '$s' in BENCH_TARGETS"
+    done
     # The mtls scenario holds BENCH_IDLE_CONNS connections through two proxies: every
     # process (client, proxies, echo upstream) needs a few thousand descriptors.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

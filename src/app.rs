@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Capture, Config, ConfigError, ConfigErrors, ListenerTarget, Protocol};
+use crate::config::{Capture, Config, ConfigError, ConfigErrors, ListenerTarget};
 use crate::drain::{self, Drain};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ListenerCtx};
@@ -81,9 +81,6 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
     if cfg.control.is_some() {
         no("control".into(), "the control plane client");
     }
-    if !cfg.routes.is_empty() {
-        no("routes".into(), "HTTP routing");
-    }
     if !cfg.services.is_empty() {
         no("services".into(), "transparent outbound service mapping");
     }
@@ -101,9 +98,6 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
                 Capture::Outbound => "transparent outbound capture",
             };
             no(format!("listeners[{i}].capture"), what);
-        }
-        if l.protocol == Protocol::Http {
-            no(format!("listeners[{i}].protocol"), "protocol http");
         }
     }
     for (i, c) in cfg.clusters.iter().enumerate() {
@@ -167,11 +161,6 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
                 cfg.admin
             ),
         }])));
-    }
-    for l in &cfg.listeners {
-        if l.protocol == Protocol::Auto {
-            tracing::warn!(listener = %l.name, "protocol auto: HTTP detection is not in this version; proxying as opaque tcp");
-        }
     }
 
     // Bind every socket first, so a port clash fails start-up before anything serves.

@@ -30,6 +30,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// The workload's TLS configs, when it has a certificate.
     pub tls: Option<Arc<CertStore>>,
+    /// Upstream HTTP connections; outlives snapshots so swaps keep warm connections.
+    pub pool: http::pool::Pool,
     /// Receives every inbound authorization decision (the demo prints them).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<AuthzEvent>>,
 }
@@ -50,6 +52,7 @@ impl Shared {
             metrics,
             readiness: Readiness::default(),
             tls,
+            pool: Default::default(),
             observer: None,
         }
     }

@@ -8,12 +8,41 @@ use std::sync::Arc;
 
 use crate::balance::EndpointSet;
 use crate::config::{AllowRule, Cluster, Config, DefaultPolicy, Protocol, TlsMode};
+use crate::proxy::http::retry::Budget;
 
 /// One cluster as the data plane sees it.
 #[derive(Debug)]
 pub struct ClusterState {
     pub config: Cluster,
     pub endpoints: EndpointSet,
+    pub budget: Budget,
+}
+
+impl ClusterState {
+    pub fn new(config: Cluster) -> Self {
+        ClusterState {
+            endpoints: EndpointSet::new(config.endpoints.clone()),
+            config,
+            budget: Budget::default(),
+        }
+    }
+
+    /// The local app behind an inbound listener, as a one-endpoint plaintext cluster.
+    pub fn local(name: &str, app: std::net::SocketAddr) -> Self {
+        Self::new(Cluster {
+            name: name.to_string(),
+            lb: crate::config::Lb::RoundRobin,
+            tls: None,
+            connect_timeout: crate::config::DEFAULT_CONNECT_TIMEOUT,
+            connect_attempts: 1,
+            endpoints: vec![crate::config::Endpoint {
+                address: crate::config::EndpointAddr::Ip(app),
+                weight: 1,
+            }],
+            circuit_breaker: Default::default(),
+            outlier_detection: None,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -28,15 +57,7 @@ impl Snapshot {
         let clusters = config
             .clusters
             .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    Arc::new(ClusterState {
-                        config: c.clone(),
-                        endpoints: EndpointSet::new(c.endpoints.clone()),
-                    }),
-                )
-            })
+            .map(|c| (c.name.clone(), Arc::new(ClusterState::new(c.clone()))))
             .collect();
         Snapshot {
             version,

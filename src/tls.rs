@@ -155,7 +155,12 @@ fn validity(der: &CertificateDer<'_>) -> Result<(i64, i64), TlsError> {
 /// Prebuilt rustls configs for one set of material; swapped whole on rotation.
 pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
+    /// Outbound, no ALPN: opaque TCP.
     pub client: Arc<ClientConfig>,
+    /// Outbound HTTP/2 between sidecars (ALPN `h2`).
+    pub client_h2: Arc<ClientConfig>,
+    /// Outbound HTTP/1.1 (ALPN `http/1.1`), for upgrades such as WebSocket.
+    pub client_h1: Arc<ClientConfig>,
     pub identity: Identity,
     pub not_after: i64,
 }
@@ -200,8 +205,15 @@ pub fn build_configs(m: &Material, min: TlsVersion) -> Result<TlsConfigs, TlsErr
         .map_err(build)?;
     // The server name is a placeholder (identities are URIs), so do not send it.
     client.enable_sni = false;
+    let with_alpn = |p: &[u8]| {
+        let mut c = client.clone();
+        c.alpn_protocols = vec![p.to_vec()];
+        Arc::new(c)
+    };
     Ok(TlsConfigs {
         server: Arc::new(server),
+        client_h2: with_alpn(b"h2"),
+        client_h1: with_alpn(b"http/1.1"),
         client: Arc::new(client),
         identity: m.identity.clone(),
         not_after: m.not_after,

@@ -17,6 +17,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_CONTROL_IDENTITY: &str =
@@ -88,6 +89,8 @@ pub struct Listener {
     pub idle_timeout: Duration,
     #[serde(serialize_with = "ser_dur")]
     pub detect_timeout: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub header_read_timeout: Duration,
 }
 
 /// Where a listener's connections go.
@@ -104,6 +107,14 @@ pub enum ListenerTarget {
 }
 
 impl Listener {
+    /// `outbound` or `inbound`, the `direction` metric label.
+    pub fn direction_str(&self) -> &'static str {
+        match self.direction() {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+
     pub fn direction(&self) -> Direction {
         match self.target {
             ListenerTarget::Cluster(_) | ListenerTarget::Capture(Capture::Outbound) => {

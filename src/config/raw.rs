@@ -140,6 +140,10 @@ pub struct Listener {
     /// How long protocol detection waits for the first bytes. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detect_timeout: Option<String>,
+    /// HTTP: a request head must arrive within this once it has begun (slowloris -> 408).
+    /// Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

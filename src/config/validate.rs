@@ -434,6 +434,11 @@ fn listeners(
             &l.detect_timeout,
             DEFAULT_DETECT_TIMEOUT,
         );
+        let header_read_timeout = e.duration(
+            &format!("{p}.header_read_timeout"),
+            &l.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT,
+        );
         if let (Some(address), Some(target)) = (address, target) {
             out.push(Listener {
                 name: l.name.clone(),
@@ -443,6 +448,7 @@ fn listeners(
                 max_connections,
                 idle_timeout,
                 detect_timeout,
+                header_read_timeout,
             });
         }
     }

@@ -46,7 +46,8 @@ pub async fn connect_cluster(
             match (&cfg.tls, tls) {
                 (None, _) => Ok((Io::Plain(stream), endpoint, None)),
                 (Some(want), Some(store)) => {
-                    let (io, id) = tls_connect(stream, endpoint, want, store, metrics).await?;
+                    let cfg = store.current().client.clone();
+                    let (io, id) = tls_connect(stream, endpoint, want, cfg, metrics).await?;
                     Ok((io, endpoint, Some(id)))
                 }
                 (Some(_), None) => Err(ProxyError::TlsFailed {
@@ -93,16 +94,15 @@ pub async fn connect_cluster(
     }))
 }
 
-/// mTLS over a connected stream, then the identity check.
-async fn tls_connect(
+/// mTLS over a connected stream with `cfg` (which decides ALPN), then the identity check.
+pub async fn tls_connect(
     stream: TcpStream,
     endpoint: SocketAddr,
     want: &Identity,
-    store: &CertStore,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
     metrics: &Metrics,
 ) -> Result<(Io, Identity), ProxyError> {
-    let configs = store.current();
-    let connector = tokio_rustls::TlsConnector::from(configs.client.clone());
+    let connector = tokio_rustls::TlsConnector::from(cfg);
     let fail = |reason: &'static str, detail: String| {
         metrics
             .tls_handshake_errors

@@ -2,4 +2,10 @@
 //! the upstream connection pool, retries and timeouts, and the responses the proxy makes
 //! itself.
 
+pub mod body;
+pub mod forward;
 pub mod guard;
+pub mod pool;
+pub mod retry;
+pub mod route;
+pub mod server;

@@ -6,14 +6,21 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect::connect_endpoint;
+use super::detect::{detect, Detected, Prefixed};
+use super::http::forward::{ConnCtx, Target};
+use super::http::server;
 use super::io::{splice, Io};
 use super::listener::ListenerCtx;
 use super::tcp::{counters, Access, ActiveGuard};
 use crate::config::{EndpointAddr, Identity, Protocol, TlsMode, DEFAULT_CONNECT_TIMEOUT};
-use crate::snapshot::Allow;
+use crate::snapshot::{Allow, ClusterState};
 use crate::tls;
 
 /// What the first bytes said.
@@ -35,7 +42,7 @@ async fn peek_first(sock: &TcpStream, wait: Duration) -> First {
     }
 }
 
-pub async fn serve(ctx: &ListenerCtx, sock: TcpStream, peer: SocketAddr, app: SocketAddr) {
+pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, app: SocketAddr) {
     let start = Instant::now();
     let shared = &ctx.shared;
     let metrics = &shared.metrics;
@@ -124,8 +131,6 @@ pub async fn serve(ctx: &ListenerCtx, sock: TcpStream, peer: SocketAddr, app: So
     } else {
         (Io::Plain(sock), None)
     };
-    access.peer_id = peer_id.as_ref();
-
     let allowed = match &policy.allow {
         Allow::Any => true,
         Allow::Deny => false,
@@ -152,15 +157,62 @@ pub async fn serve(ctx: &ListenerCtx, sock: TcpStream, peer: SocketAddr, app: So
             port,
             "authz: connection denied"
         );
+    }
+
+    // What the app speaks: fixed by the port's protocol, or detected.
+    let mut down = down;
+    let (http, prefix) = match policy.protocol {
+        Protocol::Tcp | Protocol::Opaque => (None, Bytes::new()),
+        Protocol::Http | Protocol::Auto if down.alpn() == Some(b"h2") => (Some(true), Bytes::new()),
+        p => {
+            let (found, prefix) = detect(&mut down, ctx.cfg.detect_timeout).await;
+            metrics
+                .protocol_detected
+                .with_label_values(&[&ctx.cfg.name, found.as_str()])
+                .inc();
+            match found {
+                Detected::Closed => return,
+                Detected::Http1 => (Some(false), prefix),
+                Detected::Http2 => (Some(true), prefix),
+                _ if p == Protocol::Http => (Some(false), prefix),
+                _ => (None, prefix),
+            }
+        }
+    };
+    access.peer_id = peer_id.as_ref();
+
+    if let Some(h2) = http {
+        let conn = Arc::new(ConnCtx {
+            listener: ctx.clone(),
+            peer,
+            peer_id: peer_id.clone(),
+            target: Target::Inbound {
+                app,
+                local: Arc::new(ClusterState::local(&cluster, app)),
+            },
+            h2,
+            denied: !allowed,
+        });
+        server::serve(conn, Prefixed::new(prefix, down), ctx.drain.clone()).await;
+        return;
+    }
+    if !allowed {
         access.failed("unauthorized", &"peer not allowed on this port");
         return;
     }
 
     let addr = EndpointAddr::Ip(app);
     match connect_endpoint(&addr, DEFAULT_CONNECT_TIMEOUT).await {
-        Ok((stream, endpoint)) => {
+        Ok((mut stream, endpoint)) => {
             let counters = counters(metrics, "inbound", &cluster);
-            let copied = splice(
+            if !prefix.is_empty() {
+                if let Err(e) = stream.write_all(&prefix).await {
+                    access.failed("upstream_error", &e);
+                    return;
+                }
+                counters.rx.inc_by(prefix.len() as u64);
+            }
+            let mut copied = splice(
                 down,
                 Io::Plain(stream),
                 ctx.cfg.idle_timeout,
@@ -168,6 +220,7 @@ pub async fn serve(ctx: &ListenerCtx, sock: TcpStream, peer: SocketAddr, app: So
                 ctx.drain.clone(),
             )
             .await;
+            copied.rx += prefix.len() as u64;
             access.done(&endpoint.to_string(), None, &copied);
         }
         Err(e) => {

@@ -9,8 +9,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use bytes::Bytes;
+
+use super::detect::{detect, Detected, Prefixed};
+use super::http::forward::{ConnCtx, Target};
+use super::http::server;
 use super::{inbound, tcp, Shared};
-use crate::config::{Listener, ListenerTarget};
+use crate::config::{Listener, ListenerTarget, Protocol};
 use crate::drain;
 
 /// A listener's fixed settings and shared state, handed to each of its connections.
@@ -67,9 +72,40 @@ pub async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>) {
     tracing::info!(listener = %ctx.cfg.name, "listener stopped accepting");
 }
 
-async fn handle(ctx: &ListenerCtx, sock: TcpStream, peer: SocketAddr) {
+async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
     match &ctx.cfg.target {
-        ListenerTarget::Cluster(cluster) => tcp::outbound(ctx, sock, peer, cluster).await,
+        ListenerTarget::Cluster(cluster) => match ctx.cfg.protocol {
+            Protocol::Tcp | Protocol::Opaque => {
+                tcp::outbound(ctx, sock, Bytes::new(), peer, cluster).await
+            }
+            Protocol::Http | Protocol::Auto => {
+                let (found, prefix) = detect(&mut sock, ctx.cfg.detect_timeout).await;
+                ctx.shared
+                    .metrics
+                    .protocol_detected
+                    .with_label_values(&[&ctx.cfg.name, found.as_str()])
+                    .inc();
+                let h2 = match found {
+                    Detected::Closed => return,
+                    Detected::Http2 => true,
+                    Detected::Http1 => false,
+                    // A listener that is HTTP by config answers garbage with 400.
+                    _ if ctx.cfg.protocol == Protocol::Http => false,
+                    _ => return tcp::outbound(ctx, sock, prefix, peer, cluster).await,
+                };
+                let conn = Arc::new(ConnCtx {
+                    listener: ctx.clone(),
+                    peer,
+                    peer_id: None,
+                    target: Target::Outbound {
+                        default: Some(cluster.clone()),
+                    },
+                    h2,
+                    denied: false,
+                });
+                server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
+            }
+        },
         ListenerTarget::Forward(app) => inbound::serve(ctx, sock, peer, *app).await,
         ListenerTarget::Capture(_) => {
             // Refused at start-up until transparent capture lands; never reached.

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect::connect_cluster;
@@ -90,8 +92,15 @@ impl Access<'_> {
     }
 }
 
-/// An explicit outbound listener: everything goes to `cluster`.
-pub async fn outbound(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, cluster: &str) {
+/// An explicit outbound listener: everything goes to `cluster`. `prefix` holds bytes
+/// already read from the client (by protocol detection); they go upstream first.
+pub async fn outbound(
+    ctx: &ListenerCtx,
+    down: TcpStream,
+    prefix: Bytes,
+    peer: SocketAddr,
+    cluster: &str,
+) {
     let access = Access {
         ctx,
         peer,
@@ -114,9 +123,16 @@ pub async fn outbound(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, clus
         return;
     };
     match connect_cluster(state, metrics, ctx.shared.tls.as_deref()).await {
-        Ok(up) => {
+        Ok(mut up) => {
             let counters = counters(metrics, "outbound", cluster);
-            let copied = splice(
+            if !prefix.is_empty() {
+                if let Err(e) = up.io.write_all(&prefix).await {
+                    access.failed("upstream_error", &e);
+                    return;
+                }
+                counters.rx.inc_by(prefix.len() as u64);
+            }
+            let mut copied = splice(
                 Io::Plain(down),
                 up.io,
                 ctx.cfg.idle_timeout,
@@ -124,6 +140,7 @@ pub async fn outbound(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, clus
                 ctx.drain.clone(),
             )
             .await;
+            copied.rx += prefix.len() as u64;
             access.done(&up.endpoint.to_string(), up.peer_id.as_ref(), &copied);
         }
         Err(e) => access.failed(e.kind(), &e),

@@ -387,7 +387,24 @@ pin_project_lite::pin_project! {
         framer: Framer,
         verdict: Arc<Mutex<Option<Verdict>>>,
         deadline: Option<Pin<Box<Sleep>>>,
+        // The refusal, written when hyper closes the connection.
+        reply: Option<bytes::Bytes>,
     }
+}
+
+/// The bytes of the response to a refused request.
+pub fn reply_bytes(v: &Verdict) -> bytes::Bytes {
+    let reason = http::StatusCode::from_u16(v.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = format!("{}\n", v.detail);
+    bytes::Bytes::from(format!(
+        "HTTP/1.1 {} {reason}\r\nx-spoke-error: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        v.status,
+        v.kind,
+        body.len()
+    ))
 }
 
 impl<S> Guard<S> {
@@ -399,6 +416,7 @@ impl<S> Guard<S> {
                 framer: Framer::new(limits),
                 verdict: verdict.clone(),
                 deadline: None,
+                reply: None,
             },
             verdict,
         )

@@ -1,0 +1,194 @@
+//! Request and response bodies: a request body kept for replay when it fits the retry
+//! buffer (otherwise streamed once, its first frames put back in front), and a response
+//! body that counts an upstream failure mid-stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use prometheus::IntCounter;
+
+use super::pool::{Body, BoxError};
+
+/// A request body as the attempt loop sees it.
+pub enum ReqBody {
+    /// Fully read and small: every attempt gets a copy.
+    Replay {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// Streamed to the first attempt only.
+    Once(Option<Body>),
+}
+
+impl ReqBody {
+    pub fn replayable(&self) -> bool {
+        matches!(self, ReqBody::Replay { .. })
+    }
+
+    /// The body for the next attempt; `None` when a streamed body was already used.
+    pub fn take(&mut self) -> Option<Body> {
+        match self {
+            ReqBody::Replay { data, trailers } => {
+                if let Some(t) = trailers.clone() {
+                    let frames = VecDeque::from([Frame::data(data.clone()), Frame::trailers(t)]);
+                    Some(
+                        Prefixed {
+                            front: frames,
+                            rest: None,
+                        }
+                        .boxed_unsync(),
+                    )
+                } else if data.is_empty() {
+                    Some(Empty::new().map_err(|e| match e {}).boxed_unsync())
+                } else {
+                    Some(
+                        Full::new(data.clone())
+                            .map_err(|e| match e {})
+                            .boxed_unsync(),
+                    )
+                }
+            }
+            ReqBody::Once(b) => b.take(),
+        }
+    }
+}
+
+fn boxed(b: Incoming) -> Body {
+    b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+}
+
+/// Reads `body` for replay if it fits in `limit` bytes; otherwise streams it.
+pub async fn prepare(mut body: Incoming, limit: usize, replay: bool) -> Result<ReqBody, BoxError> {
+    if !replay {
+        return Ok(ReqBody::Once(Some(boxed(body))));
+    }
+    if body.is_end_stream() {
+        return Ok(ReqBody::Replay {
+            data: Bytes::new(),
+            trailers: None,
+        });
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(ReqBody::Once(Some(boxed(body))));
+    }
+    let mut front = VecDeque::new();
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(d) = frame.data_ref() {
+            data.extend_from_slice(d);
+        } else if let Some(t) = frame.trailers_ref() {
+            trailers = Some(t.clone());
+        }
+        front.push_back(frame);
+        if data.len() > limit {
+            // Too big to keep: stream it, the frames read so far first.
+            return Ok(ReqBody::Once(Some(
+                Prefixed {
+                    front,
+                    rest: Some(body),
+                }
+                .boxed_unsync(),
+            )));
+        }
+    }
+    Ok(ReqBody::Replay {
+        data: data.freeze(),
+        trailers,
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// Frames already read, then the rest of the stream.
+    struct Prefixed {
+        front: VecDeque<Frame<Bytes>>,
+        #[pin]
+        rest: Option<Incoming>,
+    }
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(f) = this.front.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match this.rest.as_pin_mut() {
+            Some(r) => r.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.front.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body; a failure mid-stream is counted and passed on, so the
+    /// client sees a broken response (never a complete-looking truncated one).
+    pub struct Observed {
+        #[pin]
+        inner: Incoming,
+        reset: Option<IntCounter>,
+    }
+}
+
+impl Observed {
+    pub fn boxed(inner: Incoming, reset: IntCounter) -> Body {
+        Observed {
+            inner,
+            reset: Some(reset),
+        }
+        .boxed_unsync()
+    }
+}
+
+impl HttpBody for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(c) = this.reset.take() {
+                    c.inc();
+                }
+                tracing::debug!(error = %e, "upstream response body failed");
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            other => other.map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A small complete body (proxy-made responses).
+pub fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
+}

@@ -1,0 +1,255 @@
+//! Upstream HTTP connections, pooled per endpoint: one multiplexed HTTP/2 connection per
+//! (endpoint, identity), or a set of HTTP/1.1 keep-alive connections. Between two sidecars
+//! the connection is HTTP/2 over mTLS (ALPN `h2`), so many requests share one handshake.
+//! The pool lives beside the snapshots, so a config swap does not drop warm connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::{EndpointAddr, Identity};
+use crate::metrics::Metrics;
+use crate::proxy::connect::{connect_endpoint, tls_connect};
+use crate::proxy::io::Io;
+use crate::proxy::ProxyError;
+use crate::tls::CertStore;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response the proxy builds.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_H1: usize = 64;
+
+/// What a pooled connection is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub addr: SocketAddr,
+    /// Meshed: mTLS, and the server must be this identity.
+    pub tls: Option<Identity>,
+    pub h2: bool,
+}
+
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection: the request was never sent (always safe to retry) and comes back.
+    Connect(ProxyError, Box<Request<Body>>),
+    /// The connection failed; `unsent` holds the request when hyper never wrote it.
+    Http {
+        error: hyper::Error,
+        unsent: Option<Box<Request<Body>>>,
+    },
+}
+
+#[derive(Default)]
+pub struct Pool {
+    h2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+    h1: Mutex<HashMap<Key, Vec<http1::SendRequest<Body>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Settings for one connect.
+pub struct Dial<'a> {
+    pub timeout: Duration,
+    pub tls: Option<&'a CertStore>,
+    pub metrics: &'a Metrics,
+}
+
+impl Pool {
+    /// Sends `req` over a pooled (or new) connection for `key`. Returns the response and,
+    /// for meshed connections, the server's verified identity.
+    pub async fn send(
+        &self,
+        key: &Key,
+        req: Request<Body>,
+        dial: &Dial<'_>,
+    ) -> Result<Response<Incoming>, SendError> {
+        if key.h2 {
+            self.send_h2(key, req, dial).await
+        } else {
+            self.send_h1(key, req, dial).await
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        key: &Key,
+        req: Request<Body>,
+        dial: &Dial<'_>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let pooled = lock(&self.h2).get(key).filter(|s| !s.is_closed()).cloned();
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => match connect_h2(key, dial).await {
+                Ok(s) => {
+                    lock(&self.h2).insert(key.clone(), s.clone());
+                    s
+                }
+                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+            },
+        };
+        if let Err(error) = sender.ready().await {
+            lock(&self.h2).remove(key);
+            return Err(SendError::Http {
+                error,
+                unsent: Some(Box::new(req)),
+            });
+        }
+        sender.try_send_request(req).await.map_err(|mut e| {
+            let unsent = e.take_message().map(Box::new);
+            if sender.is_closed() {
+                lock(&self.h2).remove(key);
+            }
+            SendError::Http {
+                error: e.into_error(),
+                unsent,
+            }
+        })
+    }
+
+    async fn send_h1(
+        &self,
+        key: &Key,
+        req: Request<Body>,
+        dial: &Dial<'_>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let pooled = {
+            let mut map = lock(&self.h1);
+            let list = map.entry(key.clone()).or_default();
+            list.retain(|s| !s.is_closed());
+            list.iter()
+                .position(|s| s.is_ready())
+                .map(|i| list.swap_remove(i))
+        };
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => match connect_h1(key, dial).await {
+                Ok(s) => s,
+                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+            },
+        };
+        let result = sender.try_send_request(req).await;
+        // Busy until its response body is read; `is_ready` tells when it can be reused.
+        if !sender.is_closed() {
+            let mut map = lock(&self.h1);
+            let list = map.entry(key.clone()).or_default();
+            if list.len() < MAX_IDLE_H1 {
+                list.push(sender);
+            }
+        }
+        result.map_err(|mut e| {
+            let unsent = e.take_message().map(Box::new);
+            SendError::Http {
+                error: e.into_error(),
+                unsent,
+            }
+        })
+    }
+
+    /// A fresh HTTP/1.1 connection for one upgraded request (WebSocket and the like).
+    pub async fn send_upgrade(
+        &self,
+        key: &Key,
+        req: Request<Body>,
+        dial: &Dial<'_>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut sender = match connect_h1(key, dial).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
+        sender.try_send_request(req).await.map_err(|mut e| {
+            let unsent = e.take_message().map(Box::new);
+            SendError::Http {
+                error: e.into_error(),
+                unsent,
+            }
+        })
+    }
+}
+
+/// TCP (and mTLS for meshed keys) within the connect timeout.
+async fn dial_io(key: &Key, dial: &Dial<'_>, h2: bool) -> Result<Io, ProxyError> {
+    let attempt = async {
+        let (stream, endpoint) =
+            connect_endpoint(&EndpointAddr::Ip(key.addr), dial.timeout).await?;
+        match (&key.tls, dial.tls) {
+            (None, _) => Ok(Io::Plain(stream)),
+            (Some(want), Some(store)) => {
+                let c = store.current();
+                let cfg = if h2 {
+                    c.client_h2.clone()
+                } else {
+                    c.client_h1.clone()
+                };
+                Ok(tls_connect(stream, endpoint, want, cfg, dial.metrics)
+                    .await?
+                    .0)
+            }
+            (Some(_), None) => Err(ProxyError::TlsFailed {
+                endpoint: endpoint.to_string(),
+                reason: "no workload certificate configured".into(),
+            }),
+        }
+    };
+    tokio::time::timeout(dial.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProxyError::ConnectTimeout {
+                endpoint: key.addr.to_string(),
+            })
+        })
+}
+
+async fn connect_h2(key: &Key, dial: &Dial<'_>) -> Result<http2::SendRequest<Body>, ProxyError> {
+    let io = dial_io(key, dial, true).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .adaptive_window(true)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ProxyError::ConnectFailed {
+            endpoint: key.addr.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+    let addr = key.addr;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(endpoint = %addr, error = %e, "upstream h2 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_h1(key: &Key, dial: &Dial<'_>) -> Result<http1::SendRequest<Body>, ProxyError> {
+    let io = dial_io(key, dial, false).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ProxyError::ConnectFailed {
+            endpoint: key.addr.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+    let addr = key.addr;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(endpoint = %addr, error = %e, "upstream h1 connection ended");
+        }
+    });
+    Ok(sender)
+}
