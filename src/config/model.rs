@@ -104,6 +104,9 @@ pub enum ListenerTarget {
     Forward(SocketAddr),
     /// Transparent capture via iptables; destination from SO_ORIGINAL_DST.
     Capture(Capture),
+    /// Explicit outbound HTTP with no default cluster: `routes:` alone decide (no match
+    /// is a 404).
+    Routes,
 }
 
 impl Listener {
@@ -117,9 +120,9 @@ impl Listener {
 
     pub fn direction(&self) -> Direction {
         match self.target {
-            ListenerTarget::Cluster(_) | ListenerTarget::Capture(Capture::Outbound) => {
-                Direction::Outbound
-            }
+            ListenerTarget::Cluster(_)
+            | ListenerTarget::Routes
+            | ListenerTarget::Capture(Capture::Outbound) => Direction::Outbound,
             ListenerTarget::Forward(_) | ListenerTarget::Capture(Capture::Inbound) => {
                 Direction::Inbound
             }

@@ -408,10 +408,13 @@ fn listeners(
                     .map(ListenerTarget::Forward)
             }
             (None, None, Some(c)) => Some(ListenerTarget::Capture(c)),
+            (None, None, None) if l.protocol == Some(Protocol::Http) => {
+                Some(ListenerTarget::Routes)
+            }
             (None, None, None) => {
                 e.push(
                     p.clone(),
-                    "needs one of cluster (outbound), forward (inbound) or capture",
+                    "needs one of cluster (outbound), forward (inbound) or capture (or protocol: http to route by routes: alone)",
                 );
                 None
             }

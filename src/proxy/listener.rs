@@ -74,6 +74,21 @@ pub async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>) {
 
 async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
     match &ctx.cfg.target {
+        ListenerTarget::Routes => {
+            let (found, prefix) = detect(&mut sock, ctx.cfg.detect_timeout).await;
+            if found == Detected::Closed {
+                return;
+            }
+            let conn = Arc::new(ConnCtx {
+                listener: ctx.clone(),
+                peer,
+                peer_id: None,
+                target: Target::Outbound { default: None },
+                h2: found == Detected::Http2,
+                denied: false,
+            });
+            server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
+        }
         ListenerTarget::Cluster(cluster) => match ctx.cfg.protocol {
             Protocol::Tcp | Protocol::Opaque => {
                 tcp::outbound(ctx, sock, Bytes::new(), peer, cluster).await

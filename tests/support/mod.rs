@@ -3,6 +3,7 @@
 //! timeout around every await so a hang fails fast.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http;
 pub mod pki;
 
 use std::future::Future;

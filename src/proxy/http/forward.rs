@@ -271,9 +271,21 @@ async fn forward(
     }
 
     let policy: Option<&RetryPolicy> = route.and_then(|r| r.retry.as_ref());
-    let replay = policy.is_some_and(|p| {
-        p.attempts > 0 && (p.non_idempotent || retry::is_idempotent(&parts.method))
-    }) && !upgrade;
+    // gRPC calls are POSTs; a policy that names gRPC codes means to retry them.
+    let grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let replay = !upgrade
+        && policy.is_some_and(|p| {
+            p.attempts > 0
+                && (p.non_idempotent
+                    || retry::is_idempotent(&parts.method)
+                    || (grpc
+                        && p.on
+                            .iter()
+                            .any(|o| matches!(o, crate::config::RetryOn::Grpc(_)))))
+        });
     let downstream_upgrade = if upgrade {
         // Take the upgrade handle before the body is moved on.
         let mut probe = Request::from_parts(clone_parts(parts), ());
