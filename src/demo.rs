@@ -1,15 +1,16 @@
 //! `spoke demo`: a small mesh on loopback from one command, from the embedded configs in
-//! `demo/`. It makes a throw-away PKI with `spoke ca`'s code, starts a demo echo service,
-//! a sidecar beside it (mTLS in, allow list: sa/web) and two client sidecars (sa/web and
-//! sa/intruder), sends traffic, prints the verified identities, the denied call and the
-//! metrics, and keeps serving until Ctrl-C or `--duration`.
+//! `demo/`. It makes a throw-away PKI with `spoke ca`'s code, starts a demo HTTP app in two
+//! versions (v1 flaky), a sidecar beside them (mTLS in, allow list: sa/web) and two client
+//! sidecars (sa/web and sa/intruder). The web sidecar splits 90/10 between the versions and
+//! retries 503s; the demo sends requests, prints what the app saw (the verified caller
+//! identity), the retries, the intruder's 403 and the request metrics, and keeps serving
+//! until Ctrl-C or `--duration`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -30,23 +31,6 @@ pub async fn echo_server(listener: TcpListener) {
             let _ = tokio::io::copy(&mut r, &mut w).await;
         });
     }
-}
-
-/// One request through a sidecar: send a line, read it back.
-async fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<usize> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(msg).await?;
-    s.shutdown().await?;
-    let mut back = Vec::with_capacity(msg.len());
-    s.read_to_end(&mut back).await?;
-    if back != msg {
-        return Err(std::io::Error::other(if back.is_empty() {
-            "connection closed without a reply".to_string()
-        } else {
-            "echo mismatch".to_string()
-        }));
-    }
-    Ok(back.len())
 }
 
 pub async fn run(duration: Option<String>) -> ExitCode {
@@ -101,121 +85,202 @@ async fn start(
     .await?)
 }
 
+/// The demo's HTTP app: answers with its version and the caller identity its sidecar
+/// passed in `x-spoke-peer-id`; v1 fails one request in `fail_every` with a 503.
+async fn demo_app(listener: TcpListener, version: &'static str, fail_every: u64) {
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    while let Ok((sock, _)) = listener.accept().await {
+        let count = count.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    let peer = req
+                        .headers()
+                        .get("x-spoke-peer-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("(none)")
+                        .to_string();
+                    async move {
+                        let mut r = http::Response::new(Full::new(bytes::Bytes::from(format!(
+                            "hello from backend {version}; you are {peer}\n"
+                        ))));
+                        r.headers_mut()
+                            .insert("x-version", http::HeaderValue::from_static(version));
+                        if let Ok(v) = http::HeaderValue::from_str(&peer) {
+                            r.headers_mut().insert("x-caller", v);
+                        }
+                        if fail_every > 0 && n % fail_every == 0 {
+                            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
+/// A plain HTTP/1.1 client connection, as an app would open to its sidecar.
+async fn client(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>> {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await?);
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get(
+    c: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) -> anyhow::Result<(u16, String, String)> {
+    let req = http::Request::get("/hello")
+        .header("host", "backend")
+        .body(http_body_util::Empty::new())?;
+    c.ready().await?;
+    let resp = c.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (version, caller) = (h("x-version"), h("x-caller"));
+    let kind = h("x-spoke-error");
+    use http_body_util::BodyExt;
+    let _ = resp.into_body().collect().await;
+    Ok((
+        status,
+        if version.is_empty() { kind } else { version },
+        caller,
+    ))
+}
+
 async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     make_pki(dir)?;
-    let certs: PathBuf = dir.to_path_buf();
-    let certs = certs.display().to_string();
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
-    let echo_addr = echo.local_addr()?;
-    tokio::spawn(echo_server(echo));
+    let certs = dir.display().to_string();
+    let v1 = TcpListener::bind("127.0.0.1:0").await?;
+    let v2 = TcpListener::bind("127.0.0.1:0").await?;
+    let (v1_addr, v2_addr) = (v1.local_addr()?, v2.local_addr()?);
+    // v1 is flaky: every 7th request fails with 503; retries hide it.
+    tokio::spawn(demo_app(v1, "v1", 7));
+    tokio::spawn(demo_app(v2, "v2", 0));
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let backend = start(
         BACKEND_CONFIG,
         &[
             ("certs", certs.clone()),
-            ("echo", echo_addr.to_string()),
-            ("echo_port", echo_addr.port().to_string()),
+            ("app_v1", v1_addr.to_string()),
+            ("app_v2", v2_addr.to_string()),
+            ("app_v1_port", v1_addr.port().to_string()),
+            ("app_v2_port", v2_addr.port().to_string()),
         ],
         Some(events_tx),
     )
     .await?;
-    let backend_addr = backend
-        .listener("from-mesh")
-        .ok_or_else(|| anyhow::anyhow!("backend listener missing"))?;
-    let client = |name: &str| {
+    let listener = |name: &str| {
+        backend
+            .listener(name)
+            .ok_or_else(|| anyhow::anyhow!("listener {name} missing"))
+    };
+    let (b1, b2) = (listener("from-mesh-v1")?, listener("from-mesh-v2")?);
+    let client_vars = |name: &str| {
         vec![
             ("certs", certs.clone()),
             ("name", name.to_string()),
-            ("backend", backend_addr.to_string()),
+            ("backend_v1", b1.to_string()),
+            ("backend_v2", b2.to_string()),
         ]
     };
-    let web = start(CLIENT_CONFIG, &client("web"), None).await?;
-    let intruder = start(CLIENT_CONFIG, &client("intruder"), None).await?;
-    let web_out = web
-        .listener("to-backend")
-        .ok_or_else(|| anyhow::anyhow!("web listener missing"))?;
-    let intruder_out = intruder
-        .listener("to-backend")
-        .ok_or_else(|| anyhow::anyhow!("intruder listener missing"))?;
+    let web = start(CLIENT_CONFIG, &client_vars("web"), None).await?;
+    let intruder = start(CLIENT_CONFIG, &client_vars("intruder"), None).await?;
+    let out = |r: &Running| {
+        r.listener("to-backend")
+            .ok_or_else(|| anyhow::anyhow!("listener to-backend missing"))
+    };
+    let (web_out, intruder_out) = (out(&web)?, out(&intruder)?);
 
     println!("spoke demo: a mesh of three sidecars on loopback, trust domain {TRUST_DOMAIN}");
-    println!("  demo echo service            {echo_addr}");
-    println!("  backend sidecar (mTLS in)    {backend_addr}   allows spiffe://{TRUST_DOMAIN}/ns/default/sa/web");
-    println!("  web sidecar (app dials)      {web_out}");
+    println!("  backend app v1 (flaky, 1 in 7 fails) {v1_addr}, v2 {v2_addr}");
+    println!("  backend sidecar (mTLS in)    {b1} -> v1, {b2} -> v2; allows spiffe://{TRUST_DOMAIN}/ns/default/sa/web");
+    println!("  web sidecar (app dials)      {web_out}   route: 90% backend (v1) / 10% backend-v2, retry on 503");
     println!("  intruder sidecar (app dials) {intruder_out}");
     println!();
 
     let started = Instant::now();
-    let (mut ok, mut failed, mut bytes) = (0u32, 0u32, 0usize);
-    for i in 0..20 {
-        let msg = format!("hello from web, request {i}\n");
-        match echo_once(web_out, msg.as_bytes()).await {
-            Ok(n) => {
-                ok += 1;
-                bytes += n;
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("  request {i} failed: {e}");
-            }
-        }
+    let mut c = client(web_out).await?;
+    let mut by_version = std::collections::BTreeMap::<String, u32>::new();
+    let mut by_status = std::collections::BTreeMap::<u16, u32>::new();
+    let mut callers = std::collections::BTreeSet::new();
+    const N: u32 = 100;
+    for _ in 0..N {
+        let (status, version, caller) = get(&mut c).await?;
+        *by_status.entry(status).or_default() += 1;
+        *by_version.entry(version).or_default() += 1;
+        callers.insert(caller);
     }
+    let took = started.elapsed();
+    let ok = by_status.get(&200).copied().unwrap_or(0);
     println!(
-        "web -> web sidecar -> mTLS -> backend sidecar -> echo: {ok} ok, {failed} failed, {bytes} bytes echoed, {:.1} ms",
-        started.elapsed().as_secs_f64() * 1000.0
+        "web: {N} HTTP/1.1 requests -> web sidecar -> HTTP/2 + mTLS -> backend sidecar -> app, in {:.0} ms",
+        took.as_secs_f64() * 1000.0
     );
-    let intruder_result = echo_once(intruder_out, b"let me in\n").await;
-    // Decisions arrive from the backend sidecar's connection tasks.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut allowed_ids = std::collections::BTreeMap::<String, u32>::new();
-    let mut denied = Vec::new();
-    while let Ok(ev) = events.try_recv() {
-        let id = ev.peer_id.unwrap_or_else(|| "(plaintext)".into());
-        if ev.allowed {
-            *allowed_ids.entry(id).or_default() += 1;
-        } else {
-            denied.push(id);
-        }
+    println!("  statuses: {by_status:?}   versions: {by_version:?}");
+    for id in &callers {
+        println!("  verified peer identity the backend app saw (x-spoke-peer-id): {id}");
     }
-    for (id, n) in &allowed_ids {
+    let wm = &web.shared.metrics;
+    let retries: u64 = ["status", "reset", "connect_failure"]
+        .iter()
+        .map(|r| wm.retries.with_label_values(&["backend", r]).get())
+        .sum();
+    println!(
+        "  retries that hid v1's 503s: {retries} (spoke_retries_total{{cluster=\"backend\"}})"
+    );
+
+    let mut ic = client(intruder_out).await?;
+    let (istatus, ikind, _) = get(&mut ic).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let denied: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e: &AuthzEvent| !e.allowed)
+        .filter_map(|e| e.peer_id)
+        .collect();
+    println!(
+        "intruder: HTTP {istatus} ({ikind}); the backend sidecar denied {}",
+        denied.first().map(String::as_str).unwrap_or("(nobody)")
+    );
+
+    println!();
+    println!("request metrics (web sidecar, outbound):");
+    for cluster in ["backend", "backend-v2"] {
+        let h = wm
+            .request_duration
+            .with_label_values(&["outbound", cluster]);
+        let n = h.get_sample_count();
+        let mean_ms = if n > 0 {
+            h.get_sample_sum() / n as f64 * 1000.0
+        } else {
+            0.0
+        };
         println!(
-            "  verified peer identity at the backend sidecar: {id} ({n} connections, allowed)"
+            "  spoke_requests_total{{cluster=\"{cluster}\",code=\"200\"}} = {:>3}   mean latency {mean_ms:.2} ms",
+            wm.requests.with_label_values(&["outbound", cluster, "200"]).get()
         );
     }
-    match (&intruder_result, denied.first()) {
-        (Err(_), Some(id)) => println!("intruder -> backend: denied, peer identity {id} is not on the allow list (connection closed before reaching the app)"),
-        (Ok(_), _) => println!("intruder -> backend: unexpectedly allowed"),
-        (Err(e), None) => println!("intruder -> backend: failed ({e})"),
-    }
-    let m = &backend.shared.metrics;
-    println!();
-    println!("backend sidecar metrics:");
-    println!(
-        "  spoke_tcp_connections_opened_total{{direction=\"inbound\"}} = {}",
-        m.tcp_connections_opened
-            .with_label_values(&["inbound", &format!("inbound:{}", echo_addr.port())])
-            .get()
-    );
-    println!(
-        "  spoke_authz_denied_total{{port=\"{}\"}} = {}",
-        echo_addr.port(),
-        m.authz_denied
-            .with_label_values(&[&echo_addr.port().to_string()])
-            .get()
-    );
     println!("where to look:");
     println!(
-        "  metrics:     curl http://{}/metrics   (web: http://{}/metrics)",
-        backend.stats, web.stats
+        "  metrics:     curl http://{}/metrics   (backend: http://{}/metrics)",
+        web.stats, backend.stats
     );
-    println!("  readiness:   curl http://{}/ready", backend.stats);
-    println!("  config dump: curl http://{}/config_dump", backend.admin);
-    println!(
-        "  try it:      echo hi | nc -q1 {} {}",
-        web_out.ip(),
-        web_out.port()
-    );
+    println!("  config dump: curl http://{}/config_dump", web.admin);
+    println!("  try it:      curl -s http://{web_out}/hello");
     match stop_after {
         Some(d) => {
             println!("running for {d:?} (--duration); Ctrl-C stops earlier");
@@ -229,15 +294,14 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+    drop(c);
+    drop(ic);
     for r in [web, intruder, backend] {
         r.shutdown().await;
     }
     println!("demo stopped");
-    if failed > 0 || intruder_result.is_ok() || allowed_ids.is_empty() {
-        anyhow::bail!(
-            "the demo did not behave: {failed} failed requests, intruder allowed: {}",
-            intruder_result.is_ok()
-        );
+    if ok != N || istatus != 403 || callers.len() != 1 {
+        anyhow::bail!("the demo did not behave: {ok}/{N} ok, intruder got {istatus}");
     }
     Ok(())
 }

@@ -286,9 +286,16 @@ fn demo_runs_and_stops_by_itself() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("20 ok, 0 failed"), "{text}");
-    assert!(text.contains("verified peer identity at the backend sidecar: spiffe://cluster.local/ns/default/sa/web"), "{text}");
-    assert!(text.contains("intruder -> backend: denied"), "{text}");
+    assert!(text.contains("statuses: {200: 100}"), "{text}");
+    assert!(
+        text.contains("verified peer identity the backend app saw (x-spoke-peer-id): spiffe://cluster.local/ns/default/sa/web"),
+        "{text}"
+    );
+    assert!(text.contains("intruder: HTTP 403 (unauthorized)"), "{text}");
+    assert!(
+        text.contains("spoke_requests_total{cluster=\"backend-v2\",code=\"200\"}"),
+        "{text}"
+    );
     assert!(text.contains("/metrics"), "{text}");
 }
 
