@@ -466,3 +466,47 @@ async fn websocket_upgrade_becomes_a_tunnel() {
     within(s.read_exact(&mut back)).await.unwrap();
     assert_eq!(&back, b"raw frames after the upgrade");
 }
+
+#[tokio::test]
+async fn request_size_limit_and_stream_idle_timeout() {
+    let (a, seen) = start_app("a").await;
+    let p = proxy(&format!(
+        "{BASE}listeners: [ {{ name: web, address: 127.0.0.1:0, protocol: http, cluster: a, max_request_bytes: 1000 }} ]\n\
+         clusters: [ {{ name: a, endpoints: [ {{ address: \"{a}\" }} ] }} ]\n\
+         routes: [ {{ match: {{ path_prefix: / }}, cluster: a, idle_timeout: 300ms }} ]\n"
+    ))
+    .await;
+    let addr = p.listener("web").unwrap();
+    let mut c = Client::connect(addr, false).await;
+    let r = within(c.send(req("POST", "/echo", &[], &"x".repeat(1001))))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-spoke-error").as_str()),
+        (413, "request_too_large")
+    );
+    let mut c = Client::connect(addr, false).await;
+    let r = within(c.send(req("POST", "/echo", &[], &"x".repeat(1000))))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.field("body-len").as_str()), (200, "1000"));
+    // A chunked body (no length up front) that grows past the limit.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let chunk = "y".repeat(600);
+    s.write_all(format!("POST /echo HTTP/1.1\r\nhost: a\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = within(s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("x-spoke-error: request_too_large"), "{text}");
+    assert!(seen.requests.load(Ordering::SeqCst) <= 2);
+
+    // A response stream that goes quiet is cut at the idle timeout: the client sees an error.
+    let mut c = Client::connect(addr, false).await;
+    let start = Instant::now();
+    let r = within(c.get("/stall")).await;
+    assert!(r.is_err(), "a stalled stream must not look complete");
+    assert!(
+        start.elapsed() >= Duration::from_millis(290) && start.elapsed() < Duration::from_secs(3)
+    );
+}

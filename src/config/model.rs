@@ -18,6 +18,7 @@ pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_CONTROL_IDENTITY: &str =
@@ -91,6 +92,7 @@ pub struct Listener {
     pub detect_timeout: Duration,
     #[serde(serialize_with = "ser_dur")]
     pub header_read_timeout: Duration,
+    pub max_request_bytes: Option<u64>,
 }
 
 /// Where a listener's connections go.
@@ -206,6 +208,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     #[serde(serialize_with = "ser_opt_dur")]
     pub per_try_timeout: Option<Duration>,
+    #[serde(serialize_with = "ser_dur")]
+    pub idle_timeout: Duration,
     pub retry: Option<RetryPolicy>,
 }
 

@@ -144,6 +144,9 @@ pub struct Listener {
     /// Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_read_timeout: Option<String>,
+    /// HTTP: request bodies larger than this are refused with 413. Default: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -235,6 +238,10 @@ pub struct Route {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<String>,
+    /// A request or response stream with no bytes for this long is reset (504 while
+    /// waiting for the response head). Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
 }

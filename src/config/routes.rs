@@ -141,6 +141,11 @@ pub(super) fn routes(
         };
         let timeout = opt_dur(e, "timeout", &r.timeout);
         let per_try_timeout = opt_dur(e, "per_try_timeout", &r.per_try_timeout);
+        let idle_timeout = e.duration(
+            &format!("{p}.idle_timeout"),
+            &r.idle_timeout,
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+        );
         let retry = r.retry.as_ref().map(|rt| {
             let attempts = rt.attempts.unwrap_or(2);
             if attempts > 10 {
@@ -193,6 +198,7 @@ pub(super) fn routes(
                 action,
                 timeout,
                 per_try_timeout,
+                idle_timeout,
                 retry,
             });
         }

@@ -452,6 +452,7 @@ fn listeners(
                 idle_timeout,
                 detect_timeout,
                 header_read_timeout,
+                max_request_bytes: l.max_request_bytes,
             });
         }
     }

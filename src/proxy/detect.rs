@@ -82,7 +82,9 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
 /// Reads until the protocol is known or `wait` passes. Returns the decision and the bytes
 /// read, which the caller must replay.
 pub async fn detect<S: AsyncRead + Unpin>(io: &mut S, wait: Duration) -> (Detected, Bytes) {
-    let mut buf = BytesMut::with_capacity(MAX_PEEK);
+    // One read takes whatever has arrived (usually a whole request), so what follows the
+    // decision is checked together with it.
+    let mut buf = BytesMut::with_capacity(16 * 1024);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;

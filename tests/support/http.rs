@@ -57,6 +57,9 @@ async fn app(
         } else {
             Response::new(full(format!("ok from {id}\n")))
         }
+    } else if path == "/stall" {
+        // One chunk, then silence: the stream never ends.
+        Response::new(Stall(Some(Bytes::from_static(b"first chunk"))).boxed())
     } else if path == "/hang" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Response::new(full(""))
@@ -131,6 +134,23 @@ async fn app(
     };
     resp.headers_mut().insert("x-server", id.parse().unwrap());
     Ok(resp)
+}
+
+/// A body that yields one chunk and then never another.
+pub struct Stall(pub Option<Bytes>);
+
+impl hyper::body::Body for Stall {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// A body made of the given frames (data and trailers), for gRPC-shaped responses.

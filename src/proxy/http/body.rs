@@ -1,10 +1,13 @@
 //! Request and response bodies: a request body kept for replay when it fits the retry
-//! buffer (otherwise streamed once, its first frames put back in front), and a response
-//! body that counts an upstream failure mid-stream.
+//! buffer (otherwise streamed once, its first frames put back in front), the listener's
+//! request size limit, and a response body that counts an upstream failure mid-stream and
+//! cuts a stream that stays idle too long.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -62,10 +65,34 @@ fn boxed(b: Incoming) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
 }
 
-/// Reads `body` for replay if it fits in `limit` bytes; otherwise streams it.
-pub async fn prepare(mut body: Incoming, limit: usize, replay: bool) -> Result<ReqBody, BoxError> {
+/// The error a body larger than the listener's `max_request_bytes` fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {0} bytes")]
+pub struct TooLarge(pub u64);
+
+pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<TooLarge>().is_some()
+        || e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+}
+
+fn limited(b: Body, max: Option<u64>) -> Body {
+    match max {
+        Some(m) => http_body_util::Limited::new(b, m as usize).boxed_unsync(),
+        None => b,
+    }
+}
+
+/// Reads `body` for replay if it fits in `limit` bytes; otherwise streams it. A body over
+/// `max` fails (`TooLarge` now, or mid-stream when streamed).
+pub async fn prepare(
+    mut body: Incoming,
+    limit: usize,
+    replay: bool,
+    max: Option<u64>,
+) -> Result<ReqBody, BoxError> {
     if !replay {
-        return Ok(ReqBody::Once(Some(boxed(body))));
+        return Ok(ReqBody::Once(Some(limited(boxed(body), max))));
     }
     if body.is_end_stream() {
         return Ok(ReqBody::Replay {
@@ -74,7 +101,7 @@ pub async fn prepare(mut body: Incoming, limit: usize, replay: bool) -> Result<R
         });
     }
     if body.size_hint().lower() > limit as u64 {
-        return Ok(ReqBody::Once(Some(boxed(body))));
+        return Ok(ReqBody::Once(Some(limited(boxed(body), max))));
     }
     let mut front = VecDeque::new();
     let mut data = BytesMut::new();
@@ -87,15 +114,19 @@ pub async fn prepare(mut body: Incoming, limit: usize, replay: bool) -> Result<R
             trailers = Some(t.clone());
         }
         front.push_back(frame);
+        if let Some(m) = max {
+            if data.len() as u64 > m {
+                return Err(Box::new(TooLarge(m)));
+            }
+        }
         if data.len() > limit {
             // Too big to keep: stream it, the frames read so far first.
-            return Ok(ReqBody::Once(Some(
-                Prefixed {
-                    front,
-                    rest: Some(body),
-                }
-                .boxed_unsync(),
-            )));
+            let b = Prefixed {
+                front,
+                rest: Some(body),
+            }
+            .boxed_unsync();
+            return Ok(ReqBody::Once(Some(limited(b, max))));
         }
     }
     Ok(ReqBody::Replay {
@@ -136,21 +167,32 @@ impl HttpBody for Prefixed {
     }
 }
 
+/// The error of a response stream cut by the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("response stream idle for {0:?}")]
+pub struct StreamIdle(pub Duration);
+
 pin_project_lite::pin_project! {
     /// An upstream response body; a failure mid-stream is counted and passed on, so the
-    /// client sees a broken response (never a complete-looking truncated one).
+    /// client sees a broken response (never a complete-looking truncated one). A stream
+    /// with no frame for `idle` is cut the same way.
     pub struct Observed {
         #[pin]
         inner: Incoming,
         reset: Option<IntCounter>,
+        idle: Duration,
+        #[pin]
+        timer: tokio::time::Sleep,
     }
 }
 
 impl Observed {
-    pub fn boxed(inner: Incoming, reset: IntCounter) -> Body {
+    pub fn boxed(inner: Incoming, reset: IntCounter, idle: Duration) -> Body {
         Observed {
             inner,
             reset: Some(reset),
+            idle,
+            timer: tokio::time::sleep(idle),
         }
         .boxed_unsync()
     }
@@ -164,7 +206,7 @@ impl HttpBody for Observed {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
                 if let Some(c) = this.reset.take() {
@@ -173,7 +215,22 @@ impl HttpBody for Observed {
                 tracing::debug!(error = %e, "upstream response body failed");
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other.map_err(|e| Box::new(e) as BoxError),
+            Poll::Ready(Some(Ok(f))) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    if let Some(c) = this.reset.take() {
+                        c.inc();
+                    }
+                    tracing::debug!(idle = ?this.idle, "response stream idle; cutting it");
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle(*this.idle)))));
+                }
+                Poll::Pending
+            }
         }
     }
 

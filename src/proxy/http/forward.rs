@@ -296,15 +296,40 @@ async fn forward(
     } else {
         None
     };
-    let mut reqbody = match body::prepare(incoming, REPLAY_LIMIT, replay).await {
+    let max_body = conn.listener.cfg.max_request_bytes;
+    if let Some(max) = max_body {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return fail(
+                "request_too_large",
+                "request body is larger than this listener accepts",
+            );
+        }
+    }
+    let mut reqbody = match body::prepare(incoming, REPLAY_LIMIT, replay, max_body).await {
         Ok(b) => b,
+        Err(e) if body::is_too_large(&*e) => {
+            return fail(
+                "request_too_large",
+                "request body is larger than this listener accepts",
+            );
+        }
         Err(e) => {
             tracing::debug!(error = %e, "downstream request body failed");
             return fail("bad_request", "request body could not be read");
         }
     };
 
-    let timeout = route.and_then(|r| r.timeout);
+    // Without a route timeout, waiting for the response head is bounded by the stream
+    // idle timeout, so a hung upstream always ends in a 504.
+    let idle = route
+        .map(|r| r.idle_timeout)
+        .unwrap_or(crate::config::DEFAULT_STREAM_IDLE_TIMEOUT);
+    let timeout = Some(route.and_then(|r| r.timeout).unwrap_or(idle));
     let per_try = route.and_then(|r| r.per_try_timeout);
     cluster.budget.request();
     let attempts = async {
@@ -365,7 +390,7 @@ async fn forward(
         .upstream_rq_errors
         .with_label_values(&[&info.cluster, "upstream_reset"]);
     (
-        Response::from_parts(rparts, Observed::boxed(rbody, reset)),
+        Response::from_parts(rparts, Observed::boxed(rbody, reset, idle)),
         None,
     )
 }
@@ -561,6 +586,12 @@ async fn attempt_loop(
                 error,
                 unsent: None,
             })) => {
+                if error_chain_has(&error, body::is_too_large) {
+                    return Err((
+                        "request_too_large",
+                        "request body is larger than this listener accepts".into(),
+                    ));
+                }
                 let f = if is_refused_stream(&error) {
                     Failure::RefusedStream
                 } else {
@@ -627,6 +658,17 @@ fn count_connect_error(metrics: &crate::metrics::Metrics, cluster: &str, e: &Pro
         .with_label_values(&[cluster, e.kind()])
         .inc();
     tracing::warn!(cluster, kind = e.kind(), error = %e, "upstream connect failed");
+}
+
+fn error_chain_has(e: &hyper::Error, pred: fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if pred(s) {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn is_refused_stream(e: &hyper::Error) -> bool {

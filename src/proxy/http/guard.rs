@@ -6,9 +6,10 @@
 //!
 //! A request head is withheld until it is complete and valid, and a request's head is not
 //! released until the bytes of its body that have arrived are valid too, so a rejected
-//! request never reaches hyper, let alone the upstream. On a violation the guard ends the
-//! stream for hyper (EOF) after the good requests before it; the server then writes the
-//! error response (`Verdict`) itself.
+//! request never reaches hyper, let alone the upstream. On a violation the guard hands
+//! hyper, after the good requests before it, one synthetic request for a secret
+//! per-connection path, then EOF; the server answers that request with the refusal
+//! (`Verdict`), so the error response is framed and ordered by hyper like any other.
 
 use std::future::Future;
 use std::io;
@@ -101,6 +102,12 @@ fn check_head(req: &httparse::Request<'_, '_>) -> Result<(Option<Body>, bool), V
             te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
+        } else if h.name.eq_ignore_ascii_case("transfer_encoding")
+            || h.name.eq_ignore_ascii_case("content_length")
+        {
+            // Some servers fold `_` into `-`; a framing header spelled so is a smuggling
+            // attempt, not a custom header.
+            return Err(bad("framing header name with an underscore"));
         }
     }
     if cl_count > 1 {
@@ -385,55 +392,62 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: S,
         framer: Framer,
-        verdict: Arc<Mutex<Option<Verdict>>>,
+        refusal: Arc<Refusal>,
         deadline: Option<Pin<Box<Sleep>>>,
-        // The refusal, written when hyper closes the connection.
-        reply: Option<bytes::Bytes>,
+        // The synthetic request was queued; after it, only EOF.
+        injected: bool,
     }
 }
 
-/// The bytes of the response to a refused request.
-pub fn reply_bytes(v: &Verdict) -> bytes::Bytes {
-    let reason = http::StatusCode::from_u16(v.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let body = format!("{}\n", v.detail);
-    bytes::Bytes::from(format!(
-        "HTTP/1.1 {} {reason}\r\nx-spoke-error: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        v.status,
-        v.kind,
-        body.len()
-    ))
+/// A connection's refusal: the verdict, and the secret path of the synthetic request that
+/// carries it to the server.
+#[derive(Debug)]
+pub struct Refusal {
+    verdict: Mutex<Option<Verdict>>,
+    pub path: String,
+}
+
+impl Refusal {
+    pub fn verdict(&self) -> Option<Verdict> {
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, v: Verdict) {
+        let mut g = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert(v);
+    }
+
+    /// Whether `path` is this connection's synthetic request.
+    pub fn is_synthetic(&self, path: &str) -> bool {
+        path == self.path && self.verdict().is_some_and(|v| v.clean)
+    }
 }
 
 impl<S> Guard<S> {
-    pub fn new(inner: S, limits: Limits) -> (Self, Arc<Mutex<Option<Verdict>>>) {
-        let verdict = Arc::new(Mutex::new(None));
+    pub fn new(inner: S, limits: Limits) -> (Self, Arc<Refusal>) {
+        let refusal = Arc::new(Refusal {
+            verdict: Mutex::new(None),
+            path: format!(
+                "/.spoke-refused/{:016x}{:016x}",
+                fastrand::u64(..),
+                fastrand::u64(..)
+            ),
+        });
         (
             Guard {
                 inner,
                 framer: Framer::new(limits),
-                verdict: verdict.clone(),
+                refusal: refusal.clone(),
                 deadline: None,
-                reply: None,
+                injected: false,
             },
-            verdict,
+            refusal,
         )
     }
 
     pub fn into_inner(self) -> S {
         self.inner
     }
-}
-
-fn set(verdict: &Mutex<Option<Verdict>>, v: Verdict) {
-    let mut g = verdict.lock().unwrap_or_else(|p| p.into_inner());
-    g.get_or_insert(v);
-}
-
-fn has(verdict: &Mutex<Option<Verdict>>) -> bool {
-    verdict.lock().unwrap_or_else(|p| p.into_inner()).is_some()
 }
 
 impl<S: AsyncRead> AsyncRead for Guard<S> {
@@ -449,7 +463,13 @@ impl<S: AsyncRead> AsyncRead for Guard<S> {
                 out.put_slice(&b);
                 return Poll::Ready(Ok(()));
             }
-            if has(this.verdict) {
+            if let Some(v) = this.refusal.verdict() {
+                if v.clean && !*this.injected {
+                    *this.injected = true;
+                    let req = format!("GET {} HTTP/1.1\r\nhost: spoke\r\n\r\n", this.refusal.path);
+                    this.framer.ready.extend_from_slice(req.as_bytes());
+                    continue;
+                }
                 return Poll::Ready(Ok(()));
             }
             // Slowloris: a head that started but did not finish in time.
@@ -459,31 +479,43 @@ impl<S: AsyncRead> AsyncRead for Guard<S> {
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if d.as_mut().poll(cx).is_ready() {
-                    set(
-                        this.verdict,
-                        Verdict {
-                            status: 408,
-                            kind: "header_timeout",
-                            detail: "request head not received in time",
-                            clean: true,
-                        },
-                    );
-                    return Poll::Ready(Ok(()));
+                    this.refusal.set(Verdict {
+                        status: 408,
+                        kind: "header_timeout",
+                        detail: "request head not received in time",
+                        clean: true,
+                    });
+                    continue;
                 }
             } else {
                 *this.deadline = None;
             }
+            // Read everything the socket already holds (up to 64 KiB) before releasing
+            // any of it, so a request is checked whole when it arrived whole.
             let mut tmp = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match this.inner.as_mut().poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
-                        return Poll::Ready(Ok(()));
+            let mut got_any = false;
+            for _ in 0..4 {
+                let mut rb = ReadBuf::new(&mut tmp);
+                match this.inner.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Pending if got_any => break,
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) if got_any => {
+                        tracing::debug!(error = %e, "read failed after data");
+                        break;
                     }
-                    if let Err(v) = this.framer.push(rb.filled()) {
-                        set(this.verdict, v);
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        if rb.filled().is_empty() {
+                            if got_any {
+                                break;
+                            }
+                            return Poll::Ready(Ok(()));
+                        }
+                        got_any = true;
+                        if let Err(v) = this.framer.push(rb.filled()) {
+                            this.refusal.set(v);
+                            break;
+                        }
                     }
                 }
             }

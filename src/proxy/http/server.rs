@@ -10,7 +10,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::{self, ConnCtx};
-use super::guard::{Guard, Limits};
+use super::guard::{Guard, Limits, Verdict};
+use super::pool::Body;
 use crate::drain;
 
 /// HTTP/2 server limits.
@@ -25,10 +26,10 @@ pub async fn serve<S>(conn: Arc<ConnCtx>, io: S, mut drain: drain::Watch)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = conn.clone();
-    let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
     let idle = conn.listener.cfg.idle_timeout;
     if conn.h2 {
+        let ctx = conn.clone();
+        let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -59,7 +60,19 @@ where
             header_timeout: conn.listener.cfg.header_read_timeout,
             ..Limits::default()
         };
-        let (guard, verdict) = Guard::new(io, limits);
+        let (guard, refusal) = Guard::new(io, limits);
+        let ctx = conn.clone();
+        let r2 = refusal.clone();
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let ctx = ctx.clone();
+            let refusal = r2.clone();
+            async move {
+                match refusal.verdict() {
+                    Some(v) if refusal.is_synthetic(req.uri().path()) => Ok(refused(&ctx, &v)),
+                    _ => forward::handle(ctx, req).await,
+                }
+            }
+        });
         let c = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             // The guard enforces head limits and the slowloris timeout first; hyper's own
@@ -67,6 +80,9 @@ where
             .header_read_timeout(idle)
             .max_buf_size(limits.max_header_bytes + 16 * 1024)
             .keep_alive(true)
+            // A client may half-close after its request (and the guard ends the stream
+            // after a synthetic refusal request): still answer.
+            .half_close(true)
             .serve_connection(TokioIo::new(guard), svc)
             .with_upgrades();
         tokio::pin!(c);
@@ -87,23 +103,34 @@ where
         if let Some(Err(e)) = r {
             tracing::debug!(peer = %conn.peer, error = %e, "h1 connection ended with error");
         }
-        let v = *verdict.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = v {
-            let direction = conn.listener.cfg.direction_str();
-            let m = &conn.listener.shared.metrics;
-            m.requests
-                .with_label_values(&[direction, "none", &v.status.to_string()])
-                .inc();
-            tracing::info!(
-                target: "access",
-                listener = %conn.listener.cfg.name,
-                direction,
-                peer = %conn.peer,
-                status = v.status,
-                error = v.kind,
-                detail = v.detail,
-                "http request refused"
-            );
-        }
     }
+}
+
+/// The response to a request the framing guard refused; the connection closes after it.
+fn refused(conn: &ConnCtx, v: &Verdict) -> http::Response<Body> {
+    let direction = conn.listener.cfg.direction_str();
+    let m = &conn.listener.shared.metrics;
+    m.requests
+        .with_label_values(&[direction, "none", &v.status.to_string()])
+        .inc();
+    m.upstream_rq_errors
+        .with_label_values(&["none", v.kind])
+        .inc();
+    tracing::info!(
+        target: "access",
+        listener = %conn.listener.cfg.name,
+        direction,
+        peer = %conn.peer,
+        status = v.status,
+        error = v.kind,
+        detail = v.detail,
+        "http request refused"
+    );
+    let status = http::StatusCode::from_u16(v.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    let mut r = forward::error_response(status, v.kind, v.detail);
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
 }
