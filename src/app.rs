@@ -78,9 +78,6 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
             message: format!("{what} is not supported by this version of spoke proxy yet"),
         })
     };
-    if cfg.control.is_some() {
-        no("control".into(), "the control plane client");
-    }
     if !cfg.services.is_empty() {
         no("services".into(), "transparent outbound service mapping");
     }
@@ -182,19 +179,55 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     })?;
 
     let metrics = Arc::new(Metrics::new());
-    let tls = match &cfg.tls {
-        Some(files) => Some(Arc::new(CertStore::from_files(files, metrics.clone())?)),
+    let tls = match (&cfg.tls, &cfg.control) {
+        (Some(files), _) => Some(Arc::new(CertStore::from_files(files, metrics.clone())?)),
+        // Certificates come from the control plane.
+        (None, Some(_)) => Some(Arc::new(CertStore::empty(
+            crate::control::client::default_min_version(),
+            metrics.clone(),
+        ))),
+        (None, None) => None,
+    };
+    let control_roots = match &cfg.control {
+        Some(c) => {
+            let path = c
+                .roots
+                .as_ref()
+                .or(cfg.tls.as_ref().map(|t| &t.roots))
+                .cloned()
+                .unwrap_or_default();
+            Some(std::fs::read(&path).map_err(|e| {
+                StartError::Config(ConfigErrors(vec![ConfigError {
+                    path: "control.roots".into(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                }]))
+            })?)
+        }
         None => None,
     };
+    let control_cfg = cfg
+        .control
+        .clone()
+        .map(|c| (c, cfg.raw.clone(), cfg.node.id.clone(), cfg.tls.is_none()));
     let drain_timeout = cfg.drain_timeout;
     let listener_cfgs = cfg.listeners.clone();
-    let snapshot = Snapshot::from_static(cfg);
-    metrics.set_config_version(&snapshot.version);
-    metrics.config_updates.with_label_values(&["applied"]).inc();
+    let dynamic = cfg.control.is_some();
+    let snapshot = if dynamic {
+        // Until the first push: the local file alone, and not ready.
+        Snapshot::new(cfg, String::new())
+    } else {
+        Snapshot::from_static(cfg)
+    };
+    if !dynamic {
+        metrics.set_config_version(&snapshot.version);
+        metrics.config_updates.with_label_values(&["applied"]).inc();
+    }
     let mut shared = Shared::new(snapshot, metrics, tls.clone());
     shared.observer = opts.observer;
     let shared = Arc::new(shared);
-    shared.readiness.set_config_loaded();
+    if !dynamic {
+        shared.readiness.set_config_loaded();
+    }
 
     let (drain, watch) = Drain::new();
     let state = Arc::new(AdminState {
@@ -206,8 +239,32 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         tokio::spawn(admin::serve_admin(admin_l, state.clone())),
         tokio::spawn(admin::serve_stats(stats_l, state)),
     ];
+    if let Some((control, local, node_id, certs_from_control)) = control_cfg {
+        let node_id = if node_id.is_empty() {
+            format!("spoke-{}", std::process::id())
+        } else {
+            node_id
+        };
+        servers.extend(crate::control::client::spawn(
+            crate::control::client::Client {
+                shared: shared.clone(),
+                local,
+                control,
+                node_id,
+                certs: if certs_from_control {
+                    tls.clone()
+                } else {
+                    None
+                },
+                roots_pem: control_roots.unwrap_or_default(),
+                have_config: Default::default(),
+            },
+        ));
+    }
     if let Some(store) = tls {
-        tracing::info!(identity = %store.current().identity, "workload certificate loaded");
+        if let Some(c) = store.current() {
+            tracing::info!(identity = %c.identity, "workload certificate loaded");
+        }
         servers.push(tokio::spawn(store.watch()));
     }
 

@@ -41,6 +41,43 @@ pub enum Command {
     /// Make the mesh's root CA and workload certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run the control plane (mesh config, discovery stream, CA), or make a token.
+    Control(ControlArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControlArgs {
+    #[command(subcommand)]
+    pub command: Option<ControlCommand>,
+    /// Directory of mesh config YAML files (watched).
+    #[arg(long, env = "SPOKE_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// The CA directory made by `spoke ca init` (root.pem, root.key; token.key is kept there).
+    #[arg(long, env = "SPOKE_CA")]
+    pub ca: Option<PathBuf>,
+    /// Address of the discovery stream and certificate service (gRPC over TLS).
+    #[arg(long, env = "SPOKE_LISTEN", default_value = "0.0.0.0:15010")]
+    pub listen: std::net::SocketAddr,
+    /// Address of /status, /metrics, /ready.
+    #[arg(long, env = "SPOKE_STATS", default_value = "0.0.0.0:15014")]
+    pub stats: std::net::SocketAddr,
+    /// Lifetime of workload certificates.
+    #[arg(long, env = "SPOKE_CERT_TTL", default_value = "24h")]
+    pub cert_ttl: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlCommand {
+    /// Print a bootstrap token for one identity.
+    Token {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

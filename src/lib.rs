@@ -7,6 +7,7 @@ pub mod balance;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod drain;
 pub mod metrics;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use spoke::cli::{CaCommand, CheckArgs, Cli, Command, ProxyArgs};
+use spoke::cli::{CaCommand, CheckArgs, Cli, Command, ControlArgs, ControlCommand, ProxyArgs};
 use spoke::{app, config, telemetry};
 
 fn main() -> ExitCode {
@@ -20,6 +20,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Ca(cmd) => ca(cmd),
+        Command::Control(args) => {
+            if let Some(ControlCommand::Token { ca, id, ttl }) = args.command {
+                return token(&ca, &id, &ttl);
+            }
+            if let Err(e) = telemetry::init(cli.log_format, cli.log_level.as_deref()) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            run_async(control(args))
+        }
         Command::Proxy(args) => {
             let log = match telemetry::init(cli.log_format, cli.log_level.as_deref()) {
                 Ok(h) => h,
@@ -129,6 +139,93 @@ fn raise_fd_limit() {
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
     }
+}
+
+fn token(ca: &std::path::Path, id: &str, ttl: &str) -> ExitCode {
+    let result = (|| -> Result<String, String> {
+        let id = config::Identity::parse(id).map_err(|e| format!("--id: {e}"))?;
+        let ttl = config::duration::parse(ttl).map_err(|e| format!("--ttl: {e}"))?;
+        let ca_cert = spoke::ca::Ca::load(ca).map_err(|e| e.to_string())?;
+        if id.trust_domain() != ca_cert.trust_domain() {
+            return Err(format!(
+                "{id} is not in this CA's trust domain {}",
+                ca_cert.trust_domain()
+            ));
+        }
+        let key = spoke::control::token::TokenKey::load_or_create(ca)?;
+        Ok(key.issue(&id, ttl))
+    })();
+    match result {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn control(args: ControlArgs) -> ExitCode {
+    let (Some(dir), Some(ca_dir)) = (args.config_dir, args.ca) else {
+        eprintln!("error: spoke control needs --config-dir DIR and --ca DIR");
+        return ExitCode::from(2);
+    };
+    let setup = (|| -> Result<spoke::control::server::Settings, String> {
+        let ca = spoke::ca::Ca::load(&ca_dir).map_err(|e| e.to_string())?;
+        let tokens = spoke::control::token::TokenKey::load_or_create(&ca_dir)?;
+        let cert_ttl =
+            config::duration::parse(&args.cert_ttl).map_err(|e| format!("--cert-ttl: {e}"))?;
+        Ok(spoke::control::server::Settings {
+            config_dir: dir.clone(),
+            ca,
+            tokens,
+            cert_ttl,
+        })
+    })();
+    let settings = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bind = |a| async move {
+        tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| format!("cannot bind {a}: {e}"))
+    };
+    let (listen, stats) = match (bind(args.listen).await, bind(args.stats).await) {
+        (Ok(l), Ok(s)) => (l, s),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let running = match spoke::control::server::start(settings, listen, stats).await {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("control plane stopping");
+    drop(running);
+    ExitCode::SUCCESS
 }
 
 async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {

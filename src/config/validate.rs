@@ -172,8 +172,12 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
 
     let clusters = clusters(&mut e, &f.clusters);
     let cluster_names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
+    // With a control plane, clusters arrive over the stream: a listener may name one the
+    // file does not define (the pushed config is validated whole before it is applied).
+    let dynamic = f.control.is_some();
     let check_ref = |e: &mut Errors, path: String, name: &str| {
-        if !cluster_names.contains(name) {
+        let pushed_later = dynamic && path.starts_with("listeners[");
+        if !cluster_names.contains(name) && !pushed_later {
             e.push(path, format!("cluster {name:?} is not defined in clusters"));
         }
     };

@@ -46,7 +46,13 @@ pub async fn connect_cluster(
             match (&cfg.tls, tls) {
                 (None, _) => Ok((Io::Plain(stream), endpoint, None)),
                 (Some(want), Some(store)) => {
-                    let cfg = store.current().client.clone();
+                    let Some(c) = store.current() else {
+                        return Err(ProxyError::TlsFailed {
+                            endpoint: endpoint.to_string(),
+                            reason: "no workload certificate yet".into(),
+                        });
+                    };
+                    let cfg = c.client.clone();
                     let (io, id) = tls_connect(stream, endpoint, want, cfg, metrics).await?;
                     Ok((io, endpoint, Some(id)))
                 }

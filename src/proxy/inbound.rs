@@ -105,7 +105,11 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
             hs_error("no_certificate");
             return;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(store.current().server.clone());
+        let Some(current) = store.current() else {
+            hs_error("no_certificate");
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(current.server.clone());
         let stream = match tokio::time::timeout(hs_timeout, acceptor.accept(sock)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

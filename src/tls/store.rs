@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use notify::Watcher;
 
 use super::{build_configs, load_material, TlsConfigs, TlsError};
@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct CertStore {
-    current: ArcSwap<TlsConfigs>,
+    /// Empty until the first certificate arrives (from the control plane).
+    current: ArcSwapOption<TlsConfigs>,
     files: Option<TlsFiles>,
     min_version: TlsVersion,
     /// The bytes the current configs were built from, to skip no-op reloads.
@@ -39,7 +40,7 @@ impl CertStore {
         let (bytes, configs) = Self::read_and_build(files)?;
         metrics.cert_expiry.set(configs.not_after);
         Ok(CertStore {
-            current: ArcSwap::from_pointee(configs),
+            current: ArcSwapOption::from_pointee(configs),
             files: Some(files.clone()),
             min_version: files.min_version,
             source: std::sync::Mutex::new(bytes),
@@ -59,8 +60,19 @@ impl CertStore {
         Ok((all, configs))
     }
 
-    /// The configs for a new connection.
-    pub fn current(&self) -> Arc<TlsConfigs> {
+    /// A store whose certificates come from elsewhere (`store`), empty until then.
+    pub fn empty(min_version: TlsVersion, metrics: Arc<Metrics>) -> Self {
+        CertStore {
+            current: ArcSwapOption::empty(),
+            files: None,
+            min_version,
+            source: std::sync::Mutex::new(Vec::new()),
+            metrics,
+        }
+    }
+
+    /// The configs for a new connection; `None` before the first certificate.
+    pub fn current(&self) -> Option<Arc<TlsConfigs>> {
         self.current.load_full()
     }
 
@@ -71,7 +83,7 @@ impl CertStore {
     /// Swaps in configs built elsewhere (certificates from the control plane).
     pub fn store(&self, configs: TlsConfigs) {
         self.metrics.cert_expiry.set(configs.not_after);
-        self.current.store(Arc::new(configs));
+        self.current.store(Some(Arc::new(configs)));
     }
 
     /// Re-reads the files; swaps in a changed valid set. `Ok(true)` when it swapped.

@@ -187,7 +187,12 @@ async fn dial_io(key: &Key, dial: &Dial<'_>, h2: bool) -> Result<Io, ProxyError>
         match (&key.tls, dial.tls) {
             (None, _) => Ok(Io::Plain(stream)),
             (Some(want), Some(store)) => {
-                let c = store.current();
+                let Some(c) = store.current() else {
+                    return Err(ProxyError::TlsFailed {
+                        endpoint: endpoint.to_string(),
+                        reason: "no workload certificate yet".into(),
+                    });
+                };
                 let cfg = if h2 {
                     c.client_h2.clone()
                 } else {

@@ -1,0 +1,338 @@
+//! The sidecar's side of the control plane: fetch a workload certificate (a key made here,
+//! a CSR and the bootstrap token; renewed at 70% of its lifetime, the old one kept while
+//! renewal fails), and follow the discovery stream: validate each push against the local
+//! file, apply it with one snapshot swap and ACK, or NACK it and keep serving the last good
+//! one. Reconnects with jittered backoff; `/ready` waits for the first good snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::mesh;
+use super::pb::ads::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use super::pb::ads::{DiscoveryRequest, DiscoveryResponse, Node, Status as PbStatus};
+use super::pb::identity::identity_client::IdentityClient;
+use super::pb::identity::CertifyRequest;
+use super::CONFIG_TYPE_URL;
+use crate::config::{self, raw, Control, TlsVersion};
+use crate::proxy::Shared;
+use crate::snapshot::Snapshot;
+use crate::tls::{self, CertStore};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+/// Everything the client needs, fixed at start-up.
+pub struct Client {
+    pub shared: Arc<Shared>,
+    /// The proxy's own file (node, admin, stats, listeners...).
+    pub local: raw::File,
+    pub control: Control,
+    pub node_id: String,
+    /// Where certificates go; `None` when the file names static certificate files.
+    pub certs: Option<Arc<CertStore>>,
+    /// The trust bundle PEM that verifies the control plane (and the mesh, without `tls:`).
+    pub roots_pem: Vec<u8>,
+    /// Set once a pushed config has been applied.
+    pub have_config: std::sync::atomic::AtomicBool,
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64())
+}
+
+impl Client {
+    fn token(&self) -> Result<String, String> {
+        let Some(path) = &self.control.token_file else {
+            return Err("control.token_file is not set".into());
+        };
+        std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    async fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        let cfg = self.tls_config()?;
+        let address = self.control.address.clone();
+        let want = self.control.identity.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let cfg = cfg.clone();
+            let address = address.clone();
+            let want = want.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(address.as_str()).await?;
+                let _ = tcp.set_nodelay(true);
+                let tls = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(tls::placeholder_name(), tcp)
+                    .await?;
+                let got = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| tls::verify::spiffe_id(leaf).ok());
+                if got.as_ref() != Some(&want) {
+                    return Err(std::io::Error::other(format!(
+                        "control plane is {:?}, expected {want}",
+                        got.map(|g| g.to_string())
+                    )));
+                }
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        });
+        tonic::transport::Endpoint::from_static("http://spoke-control")
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot reach the control plane at {}: {e}",
+                    self.control.address
+                )
+            })
+    }
+
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&self.roots_pem) {
+            roots
+                .add(c.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let provider = tls::provider();
+        let verifier = tls::verify::SpiffeServerVerifier::new(
+            Arc::new(roots),
+            self.control.identity.trust_domain().to_string(),
+            provider.signature_verification_algorithms,
+        );
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        cfg.enable_sni = false;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// Gets a certificate for a fresh key; returns its (not_before, not_after).
+    async fn certify(&self, store: &CertStore) -> Result<(i64, i64), String> {
+        let channel = self.channel().await?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| e.to_string())?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|c| c.pem())
+            .map_err(|e| e.to_string())?;
+        let resp = IdentityClient::new(channel)
+            .certify(CertifyRequest {
+                csr_pem: csr,
+                token: self.token()?,
+            })
+            .await
+            .map_err(|s| format!("certificate refused: {}", s.message()))?
+            .into_inner();
+        // The chain must verify against our own trust bundle, not just the one it came with.
+        let material = tls::load_material(
+            resp.cert_chain_pem.as_bytes(),
+            key.serialize_pem().as_bytes(),
+            &self.roots_pem,
+        )
+        .map_err(|e| e.to_string())?;
+        let window = (material.not_before, material.not_after);
+        let configs =
+            tls::build_configs(&material, store.min_version()).map_err(|e| e.to_string())?;
+        tracing::info!(identity = %configs.identity, not_after = configs.not_after, "workload certificate from the control plane");
+        store.store(configs);
+        Ok(window)
+    }
+
+    /// Keeps a valid certificate: first one now, then renewal at 70% of its lifetime.
+    async fn certificates(self: Arc<Self>, store: Arc<CertStore>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.certify(&store).await {
+                Ok((nb, na)) => {
+                    backoff = BACKOFF_MIN;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0);
+                    let renew_at = nb + (na - nb) * 7 / 10;
+                    let wait = Duration::from_secs((renew_at - now).max(1) as u64);
+                    tracing::debug!(?wait, "certificate renewal scheduled");
+                    self.update_readiness();
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    // The current certificate (if any) stays in use meanwhile.
+                    tracing::warn!(error = %e, retry_in = ?backoff, "certificate request failed");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn update_readiness(&self) {
+        let have_cert = self.certs.as_ref().is_none_or(|s| s.current().is_some());
+        let have_config = self.have_config.load(std::sync::atomic::Ordering::Acquire);
+        if have_cert && have_config {
+            self.shared.readiness.set_config_loaded();
+        }
+    }
+
+    /// Validates a push against the local file; `Ok` holds the snapshot to swap in.
+    fn build(&self, resp: &DiscoveryResponse) -> Result<Snapshot, String> {
+        if resp.type_url != CONFIG_TYPE_URL {
+            return Err(format!("unexpected type_url {:?}", resp.type_url));
+        }
+        let [res] = resp.resources.as_slice() else {
+            return Err(format!("expected 1 resource, got {}", resp.resources.len()));
+        };
+        let remote: raw::File = serde_json::from_slice(&res.value)
+            .map_err(|e| format!("resource does not parse: {e}"))?;
+        let merged = mesh::merge_local(&self.local, remote);
+        let cfg = config::validate(&merged).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let unsupported = crate::app::unsupported(&cfg);
+        if !unsupported.is_empty() {
+            return Err(unsupported
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        Ok(Snapshot::new(cfg, resp.version_info.clone()))
+    }
+
+    /// One discovery stream, until it breaks.
+    async fn stream(&self, last_good: &mut String) -> Result<(), String> {
+        let channel = self.channel().await?;
+        let (tx, rx) = mpsc::channel(4);
+        let node = Some(Node {
+            id: self.node_id.clone(),
+            cluster: String::new(),
+        });
+        let first = DiscoveryRequest {
+            version_info: last_good.clone(),
+            node: node.clone(),
+            resource_names: vec![],
+            type_url: CONFIG_TYPE_URL.into(),
+            response_nonce: String::new(),
+            error_detail: None,
+        };
+        tx.send(first).await.map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        let bearer = format!("Bearer {}", self.token()?);
+        req.metadata_mut().insert(
+            "authorization",
+            bearer
+                .parse()
+                .map_err(|_| "token is not a valid header value".to_string())?,
+        );
+        let mut stream = AggregatedDiscoveryServiceClient::new(channel)
+            .stream_aggregated_resources(req)
+            .await
+            .map_err(|s| format!("stream refused: {}", s.message()))?
+            .into_inner();
+        self.shared.metrics.control_connected.set(1);
+        tracing::info!(address = %self.control.address, "control stream connected");
+        let metrics = &self.shared.metrics;
+        while let Some(resp) = stream
+            .message()
+            .await
+            .map_err(|s| s.message().to_string())?
+        {
+            let reply = match self.build(&resp) {
+                Ok(snapshot) => {
+                    tracing::info!(version = %resp.version_info, "config applied");
+                    self.shared.store(snapshot);
+                    metrics.config_updates.with_label_values(&["applied"]).inc();
+                    *last_good = resp.version_info.clone();
+                    self.have_config
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    self.update_readiness();
+                    DiscoveryRequest {
+                        version_info: resp.version_info.clone(),
+                        node: node.clone(),
+                        resource_names: vec![],
+                        type_url: CONFIG_TYPE_URL.into(),
+                        response_nonce: resp.nonce.clone(),
+                        error_detail: None,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(version = %resp.version_info, error = %e, "config rejected (NACK); keeping the last good one");
+                    metrics
+                        .config_updates
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    DiscoveryRequest {
+                        version_info: last_good.clone(),
+                        node: node.clone(),
+                        resource_names: vec![],
+                        type_url: CONFIG_TYPE_URL.into(),
+                        response_nonce: resp.nonce.clone(),
+                        error_detail: Some(PbStatus {
+                            code: 3,
+                            message: e,
+                        }),
+                    }
+                }
+            };
+            if tx.send(reply).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn discovery(self: Arc<Self>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut last_good = String::new();
+        loop {
+            let started = std::time::Instant::now();
+            let r = self.stream(&mut last_good).await;
+            self.shared.metrics.control_connected.set(0);
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = BACKOFF_MIN;
+            }
+            match r {
+                Ok(()) => {
+                    tracing::warn!(retry_in = ?backoff, "control stream closed; serving the last good config")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "control stream failed; serving the last good config")
+                }
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Starts the client's tasks; they run until aborted.
+pub fn spawn(client: Client) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = Arc::new(client);
+    let mut tasks = vec![tokio::spawn(client.clone().discovery())];
+    if let Some(store) = client.certs.clone() {
+        tasks.push(tokio::spawn(client.certificates(store)));
+    }
+    tasks
+}
+
+/// The TLS minimum version a control-fed certificate store uses.
+pub fn default_min_version() -> TlsVersion {
+    TlsVersion::Tls13
+}
