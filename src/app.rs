@@ -115,8 +115,8 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
             no(format!("clusters[{i}].circuit_breaker"), "circuit breaking");
         }
     }
-    // Parts that need a workload certificate.
-    if cfg.tls.is_none() {
+    // Parts that need a workload certificate (from files, or from the control plane).
+    if cfg.tls.is_none() && cfg.control.is_none() {
         let need = "needs a workload certificate: set tls (cert, key, roots)";
         for (i, c) in cfg.clusters.iter().enumerate() {
             if c.tls.is_some() {

@@ -17,7 +17,7 @@ use super::pb::ads::{DiscoveryRequest, DiscoveryResponse, Node, Status as PbStat
 use super::pb::identity::identity_client::IdentityClient;
 use super::pb::identity::CertifyRequest;
 use super::CONFIG_TYPE_URL;
-use crate::config::{self, raw, Control, TlsVersion};
+use crate::config::{self, raw, Control, Identity, TlsVersion};
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
 use crate::tls::{self, CertStore};
@@ -55,70 +55,12 @@ impl Client {
     }
 
     async fn channel(&self) -> Result<tonic::transport::Channel, String> {
-        let cfg = self.tls_config()?;
-        let address = self.control.address.clone();
-        let want = self.control.identity.clone();
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let cfg = cfg.clone();
-            let address = address.clone();
-            let want = want.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(address.as_str()).await?;
-                let _ = tcp.set_nodelay(true);
-                let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(tls::placeholder_name(), tcp)
-                    .await?;
-                let got = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|leaf| tls::verify::spiffe_id(leaf).ok());
-                if got.as_ref() != Some(&want) {
-                    return Err(std::io::Error::other(format!(
-                        "control plane is {:?}, expected {want}",
-                        got.map(|g| g.to_string())
-                    )));
-                }
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        });
-        tonic::transport::Endpoint::from_static("http://spoke-control")
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot reach the control plane at {}: {e}",
-                    self.control.address
-                )
-            })
-    }
-
-    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&self.roots_pem) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-        let provider = tls::provider();
-        let verifier = tls::verify::SpiffeServerVerifier::new(
-            Arc::new(roots),
-            self.control.identity.trust_domain().to_string(),
-            provider.signature_verification_algorithms,
-        );
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        cfg.enable_sni = false;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(cfg))
+        connect(
+            &self.control.address,
+            &self.control.identity,
+            &self.roots_pem,
+        )
+        .await
     }
 
     /// Gets a certificate for a fresh key; returns its (not_before, not_after).
@@ -205,6 +147,16 @@ impl Client {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
+        // The file's listeners may name clusters only the stream defines; a push must.
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if let config::ListenerTarget::Cluster(c) = &l.target {
+                if cfg.cluster(c).is_none() {
+                    return Err(format!(
+                        "listeners[{i}].cluster: cluster {c:?} is not defined in the pushed config"
+                    ));
+                }
+            }
+        }
         let unsupported = crate::app::unsupported(&cfg);
         if !unsupported.is_empty() {
             return Err(unsupported
@@ -335,4 +287,72 @@ pub fn spawn(client: Client) -> Vec<tokio::task::JoinHandle<()>> {
 /// The TLS minimum version a control-fed certificate store uses.
 pub fn default_min_version() -> TlsVersion {
     TlsVersion::Tls13
+}
+
+/// A gRPC channel to `spoke control` at `address` over TLS, verified against `roots_pem`
+/// and the expected control identity.
+pub async fn connect(
+    address: &str,
+    want: &Identity,
+    roots_pem: &[u8],
+) -> Result<tonic::transport::Channel, String> {
+    let cfg = tls_config(want, roots_pem)?;
+    let addr = address.to_string();
+    let want = want.clone();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let cfg = cfg.clone();
+        let addr = addr.clone();
+        let want = want.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(tls::placeholder_name(), tcp)
+                .await?;
+            let got = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| tls::verify::spiffe_id(leaf).ok());
+            if got.as_ref() != Some(&want) {
+                return Err(std::io::Error::other(format!(
+                    "control plane is {:?}, expected {want}",
+                    got.map(|g| g.to_string())
+                )));
+            }
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://spoke-control")
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("cannot reach the control plane at {address}: {e}"))
+}
+
+fn tls_config(want: &Identity, roots_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(roots_pem) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = tls::provider();
+    let verifier = tls::verify::SpiffeServerVerifier::new(
+        Arc::new(roots),
+        want.trust_domain().to_string(),
+        provider.signature_verification_algorithms,
+    );
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    cfg.enable_sni = false;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
 }

@@ -1,0 +1,546 @@
+//! The control plane with real processes (`spoke control`, `spoke proxy`) and in-process
+//! parts: pushes and ACKs, NACKs that keep the last good config, a control plane that is
+//! down at start or killed mid-run, token-bound certificates, and config swaps under load.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::http::*;
+use support::pki::TempDir;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_spoke");
+const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spoke(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "spoke {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split(' ').nth(1)?.parse().ok()?;
+    Some((
+        code,
+        buf.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn status(port: u16) -> serde_json::Value {
+    serde_json::from_str(&get(port, "/status").unwrap().1).unwrap()
+}
+
+/// One TCP round trip through the proxy; the upstream answers with its name.
+fn who(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut b = String::new();
+    s.read_to_string(&mut b).ok()?;
+    Some(b)
+}
+
+struct Mesh {
+    dir: TempDir,
+    ca: PathBuf,
+    mesh: PathBuf,
+    token: PathBuf,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let dir = TempDir::new("control");
+        let ca = dir.0.join("ca");
+        let mesh = dir.0.join("mesh");
+        std::fs::create_dir_all(&mesh).unwrap();
+        spoke(&["ca", "init", "--out", ca.to_str().unwrap()]);
+        let token = dir.0.join("web.token");
+        let t = spoke(&[
+            "control",
+            "token",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--id",
+            WEB,
+            "--ttl",
+            "1h",
+        ]);
+        std::fs::write(&token, t).unwrap();
+        Mesh {
+            dir,
+            ca,
+            mesh,
+            token,
+        }
+    }
+
+    /// Writes the mesh config atomically (temp file + rename).
+    fn write(&self, yaml: &str) {
+        let tmp = self.mesh.join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.mesh.join("mesh.yaml")).unwrap();
+    }
+
+    fn control(&self, port: u16, stats: u16) -> Proc {
+        Proc(
+            Command::new(BIN)
+                .args([
+                    "control",
+                    "--config-dir",
+                    self.mesh.to_str().unwrap(),
+                    "--ca",
+                    self.ca.to_str().unwrap(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--stats",
+                    &format!("127.0.0.1:{stats}"),
+                ])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn proxy(&self, control: u16, listen: u16, stats: u16) -> Proc {
+        let cfg = self.dir.0.join(format!("proxy-{listen}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "node: {{ id: web-0 }}\nadmin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{stats} }}\n\
+                 control: {{ address: 127.0.0.1:{control}, token_file: \"{}\", roots: \"{}\" }}\n\
+                 listeners: [ {{ name: out, address: 127.0.0.1:{listen}, protocol: tcp, cluster: backend }} ]\n",
+                self.token.display(),
+                self.ca.join("root.pem").display()
+            ),
+        )
+        .unwrap();
+        Proc(
+            Command::new(BIN)
+                .args(["proxy", "--config", cfg.to_str().unwrap()])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+fn backend_at(addr: std::net::SocketAddr) -> String {
+    format!("clusters: [ {{ name: backend, endpoints: [ {{ address: \"{addr}\" }} ] }} ]\n")
+}
+
+#[test]
+fn pushes_are_acked_invalid_ones_kept_out_and_nacks_keep_the_last_good() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(named("a"));
+    let b = rt.block_on(named("b"));
+    let m = Mesh::new();
+    m.write(&backend_at(a));
+    let (cp, cs, lp, ps) = (free_port(), free_port(), free_port(), free_port());
+    let _control = m.control(cp, cs);
+    let _proxy = m.proxy(cp, lp, ps);
+    wait_for("proxy ready", Duration::from_secs(10), || {
+        get(ps, "/ready").map(|r| r.0) == Some(200)
+    });
+    assert_eq!(who(lp).as_deref(), Some("a"));
+    let s = status(cs);
+    assert_eq!(s["sidecars"][0]["node_id"], "web-0");
+    assert_eq!(s["sidecars"][0]["identity"], WEB);
+    assert_eq!(s["sidecars"][0]["acked_version"], "1");
+
+    // A change reaches the sidecar and is ACKed, well under a second.
+    m.write(&backend_at(b));
+    let took = wait_for("version 2 ACKed", Duration::from_secs(5), || {
+        status(cs)["sidecars"][0]["acked_version"] == "2"
+    });
+    eprintln!("file change to ACK: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(who(lp).as_deref(), Some("b"));
+
+    // An invalid change is refused by the control plane and never pushed.
+    m.write(&format!(
+        "{}routes: [ {{ match: {{ path_prefix: / }}, cluster: nowhere }} ]\n",
+        backend_at(a)
+    ));
+    wait_for("config error on /status", Duration::from_secs(5), || {
+        !status(cs)["config_error"].is_null()
+    });
+    let s = status(cs);
+    assert_eq!(s["version"], "2");
+    assert!(s["config_error"].to_string().contains("nowhere"), "{s}");
+    assert_eq!(who(lp).as_deref(), Some("b"));
+
+    // A change the sidecar cannot take (its listener's cluster disappears): NACK, and the
+    // sidecar keeps serving version 2.
+    m.write(&format!(
+        "clusters: [ {{ name: other, endpoints: [ {{ address: \"{a}\" }} ] }} ]\n"
+    ));
+    wait_for("NACK on /status", Duration::from_secs(5), || {
+        !status(cs)["sidecars"][0]["last_nack"].is_null()
+    });
+    let s = status(cs);
+    assert!(
+        s["sidecars"][0]["last_nack"]
+            .as_str()
+            .unwrap()
+            .contains("backend"),
+        "{s}"
+    );
+    assert_eq!(s["sidecars"][0]["acked_version"], "2");
+    assert_eq!(who(lp).as_deref(), Some("b"));
+    let metrics = get(ps, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "spoke_config_updates_total",
+            &["result=\"rejected\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "spoke_config_version", &["version=\"2\""]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&metrics, "spoke_control_connected", &[]), Some(1.0));
+    assert!(metric(&metrics, "spoke_cert_expiry_timestamp_seconds", &[]).unwrap() > 1.0e9);
+
+    // Fixed again: applied.
+    m.write(&backend_at(a));
+    wait_for("version 4 ACKed", Duration::from_secs(5), || {
+        status(cs)["sidecars"][0]["acked_version"] == "4"
+    });
+    assert_eq!(who(lp).as_deref(), Some("a"));
+    let cm = get(cs, "/metrics").unwrap().1;
+    assert_eq!(metric(&cm, "spoke_control_sidecars", &[]), Some(1.0));
+    assert!(metric(&cm, "spoke_control_nacks_total", &[]).unwrap() >= 1.0);
+}
+
+#[test]
+fn control_plane_down_at_start_and_killed_mid_run() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(named("a"));
+    let b = rt.block_on(named("b"));
+    let m = Mesh::new();
+    m.write(&backend_at(a));
+    let (cp, cs, lp, ps) = (free_port(), free_port(), free_port(), free_port());
+    let _proxy = m.proxy(cp, lp, ps);
+    // No control plane: up, but not ready.
+    wait_for("proxy stats", Duration::from_secs(10), || {
+        get(ps, "/live").is_some()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(ps, "/ready").unwrap().0, 503);
+    let control = m.control(cp, cs);
+    wait_for("proxy ready", Duration::from_secs(20), || {
+        get(ps, "/ready").map(|r| r.0) == Some(200)
+    });
+    assert_eq!(who(lp).as_deref(), Some("a"));
+    // Killed: the sidecar keeps serving what it has.
+    drop(control);
+    wait_for("control disconnected", Duration::from_secs(5), || {
+        metric(
+            &get(ps, "/metrics").unwrap().1,
+            "spoke_control_connected",
+            &[],
+        ) == Some(0.0)
+    });
+    for _ in 0..5 {
+        assert_eq!(who(lp).as_deref(), Some("a"));
+    }
+    assert_eq!(get(ps, "/ready").unwrap().0, 200);
+    // The config changes while it is away; when it returns, the sidecar gets the current state.
+    m.write(&backend_at(b));
+    let _control = m.control(cp, cs);
+    wait_for("new state after reconnect", Duration::from_secs(20), || {
+        who(lp).as_deref() == Some("b")
+    });
+}
+
+async fn in_process_control(m: &Mesh) -> spoke::control::server::Running {
+    let ca = spoke::ca::Ca::load(&m.ca).unwrap();
+    let tokens = spoke::control::token::TokenKey::load_or_create(&m.ca).unwrap();
+    let settings = spoke::control::server::Settings {
+        config_dir: m.mesh.clone(),
+        ca,
+        tokens,
+        cert_ttl: Duration::from_secs(3600),
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    spoke::control::server::start(settings, l, s).await.unwrap()
+}
+
+#[tokio::test]
+async fn certificates_are_bound_to_their_token() {
+    use spoke::control::pb::identity::identity_client::IdentityClient;
+    use spoke::control::pb::identity::CertifyRequest;
+    let m = Mesh::new();
+    m.write("clusters: []\n");
+    let control = in_process_control(&m).await;
+    let roots = std::fs::read(m.ca.join("root.pem")).unwrap();
+    let control_id =
+        spoke::config::Identity::parse(&spoke::control::control_identity("cluster.local")).unwrap();
+    let channel = spoke::control::client::connect(&control.listen.to_string(), &control_id, &roots)
+        .await
+        .unwrap();
+    let mut c = IdentityClient::new(channel);
+    let csr_for = |uri: Option<&str>| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        if let Some(u) = uri {
+            p.subject_alt_names = vec![rcgen::SanType::URI(u.try_into().unwrap())];
+        }
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    let token = std::fs::read_to_string(&m.token).unwrap();
+    // A CSR for the token's identity (or for none) is signed for exactly that identity.
+    for csr in [csr_for(None), csr_for(Some(WEB))] {
+        let r = c
+            .certify(CertifyRequest {
+                csr_pem: csr,
+                token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let der =
+            rustls::pki_types::pem::PemObject::from_pem_slice(r.cert_chain_pem.as_bytes()).unwrap();
+        assert_eq!(spoke::tls::verify::spiffe_id(&der).unwrap().as_str(), WEB);
+    }
+    // A CSR for another identity is refused.
+    let e = c
+        .certify(CertifyRequest {
+            csr_pem: csr_for(Some(BACKEND)),
+            token: token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // Expired, forged and garbage tokens are refused.
+    let key = spoke::control::token::TokenKey::load_or_create(&m.ca).unwrap();
+    let expired = key.issue(
+        &spoke::config::Identity::parse(WEB).unwrap(),
+        Duration::ZERO,
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let other_key = spoke::control::token::TokenKey::from_bytes(&[9u8; 32]);
+    let forged = other_key.issue(
+        &spoke::config::Identity::parse(WEB).unwrap(),
+        Duration::from_secs(60),
+    );
+    for bad in [expired, forged, "garbage".to_string()] {
+        let e = c
+            .certify(CertifyRequest {
+                csr_pem: csr_for(None),
+                token: bad,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    }
+    let cm = control.state.metrics.render();
+    assert_eq!(
+        metric(
+            &cm,
+            "spoke_control_certificates_total",
+            &["result=\"issued\""]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &cm,
+            "spoke_control_certificates_total",
+            &["result=\"wrong_identity\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &cm,
+            "spoke_control_certificates_total",
+            &["result=\"bad_token\""]
+        ),
+        Some(3.0)
+    );
+}
+
+/// Two sidecars with certificates and config from an in-process control plane; the route
+/// split is rewritten ten times a second while HTTP traffic flows: nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_swaps_under_load_lose_nothing() {
+    let m = Mesh::new();
+    let backend_token = m.dir.0.join("backend.token");
+    let t = spoke(&[
+        "control",
+        "token",
+        "--ca",
+        m.ca.to_str().unwrap(),
+        "--id",
+        BACKEND,
+        "--ttl",
+        "1h",
+    ]);
+    std::fs::write(&backend_token, t).unwrap();
+    let (v1, seen1) = start_app("v1").await;
+    let (v2, seen2) = start_app("v2").await;
+    // The backend sidecar: two inbound listeners (v1, v2), policy from the mesh.
+    let roots = m.ca.join("root.pem");
+    m.write("clusters: []\n");
+    let control = in_process_control(&m).await;
+    let control_block = |token: &Path| {
+        format!(
+            "control: {{ address: \"{}\", token_file: \"{}\", roots: \"{}\" }}\n",
+            control.listen,
+            token.display(),
+            roots.display()
+        )
+    };
+    let backend = proxy(&format!(
+        "node: {{ id: backend-0 }}\nadmin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:0 }}\n{}\
+         listeners:\n  - {{ name: v1, address: 127.0.0.1:0, direction: inbound, forward: \"{v1}\" }}\n  - {{ name: v2, address: 127.0.0.1:0, direction: inbound, forward: \"{v2}\" }}\n",
+        control_block(&backend_token)
+    ))
+    .await;
+    let web = proxy(&format!(
+        "node: {{ id: web-0 }}\nadmin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:0 }}\n{}\
+         listeners: [ {{ name: out, address: 127.0.0.1:0, protocol: http, cluster: backend }} ]\n",
+        control_block(&m.token)
+    ))
+    .await;
+    let mesh = |w1: u32, w2: u32| {
+        format!(
+            "clusters:\n  - {{ name: backend, tls: {{ identity: \"{BACKEND}\" }}, endpoints: [ {{ address: \"{}\" }} ] }}\n  - {{ name: backend-v2, tls: {{ identity: \"{BACKEND}\" }}, endpoints: [ {{ address: \"{}\" }} ] }}\n\
+             routes: [ {{ match: {{ path_prefix: / }}, split: [ {{ cluster: backend, weight: {w1} }}, {{ cluster: backend-v2, weight: {w2} }} ] }} ]\n\
+             workloads: [ {{ identity: \"{BACKEND}\", inbound: [ {{ port: {}, allow: [ \"{WEB}\" ] }}, {{ port: {}, allow: [ \"{WEB}\" ] }} ] }} ]\n",
+            backend.listener("v1").unwrap(),
+            backend.listener("v2").unwrap(),
+            v1.port(),
+            v2.port()
+        )
+    };
+    m.write(&mesh(100, 0));
+    let ready = |p: &spoke::app::Running| p.shared.readiness.is_ready();
+    let start = Instant::now();
+    while !(ready(&web) && ready(&backend)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "sidecars not ready: web {} backend {}\n{}\n{}",
+            web.shared.readiness.reason(),
+            backend.shared.readiness.reason(),
+            control.state.status_json(),
+            web.shared
+                .metrics
+                .render()
+                .lines()
+                .filter(|l| l.contains("config") || l.contains("cert"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = web.listener("out").unwrap();
+    // Only v1 while the split says 100/0.
+    let mut c = Client::connect(out, false).await;
+    for _ in 0..20 {
+        assert_eq!(
+            within(c.get("/echo")).await.unwrap().header("x-server"),
+            "v1"
+        );
+    }
+    // Traffic from 4 clients while the split flips 10 times a second for 3 seconds.
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (failures, done) = (failures.clone(), done.clone());
+        clients.push(tokio::spawn(async move {
+            let mut c = Client::connect(out, false).await;
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                match c.get("/echo").await {
+                    Ok(r) if r.status == 200 => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("failed: {:?}", other.map(|r| (r.status, r.body)));
+                    }
+                }
+            }
+        }));
+    }
+    for i in 0..30 {
+        m.write(&mesh(
+            if i % 2 == 0 { 50 } else { 100 },
+            if i % 2 == 0 { 50 } else { 1 },
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed);
+    eprintln!("{n} requests during 30 swaps");
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(n > 100, "{n}");
+    assert!(
+        seen2.requests.load(Ordering::SeqCst) > 0,
+        "v2 never got traffic"
+    );
+    assert!(seen1.requests.load(Ordering::SeqCst) > 0);
+    let version: u64 = control.state.mesh.borrow().version;
+    assert!(version >= 20, "only {version} versions");
+    let wm = web.shared.metrics.render();
+    assert!(
+        metric(&wm, "spoke_config_updates_total", &["result=\"applied\""]).unwrap() >= 20.0,
+        "{wm}"
+    );
+    // Only the first, empty mesh (no `backend` for the web listener) was NACKed.
+    assert_eq!(
+        metric(&wm, "spoke_config_updates_total", &["result=\"rejected\""]),
+        Some(1.0)
+    );
+}
