@@ -15,11 +15,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::app::{self, Running};
-use crate::ca::{self, Ca};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ca::Ca;
 use crate::config::{self, Identity};
+use crate::control::{self, token::TokenKey};
 use crate::proxy::AuthzEvent;
 
 const BACKEND_CONFIG: &str = include_str!("demo/backend.yaml");
+const MESH_CONFIG: &str = include_str!("demo/mesh.yaml");
 const CLIENT_CONFIG: &str = include_str!("demo/client.yaml");
 const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -54,15 +58,28 @@ pub async fn run(duration: Option<String>) -> ExitCode {
     }
 }
 
-/// Makes the demo's PKI under `dir`: a root and one certificate per workload.
+/// Makes the demo's PKI under `dir/ca` and a bootstrap token per workload.
 fn make_pki(dir: &Path) -> anyhow::Result<()> {
-    let ca = Ca::new(TRUST_DOMAIN, Duration::from_secs(24 * 3600))?;
+    let ca_dir = dir.join("ca");
+    Ca::new(TRUST_DOMAIN, Duration::from_secs(24 * 3600))?.save(&ca_dir, true)?;
+    let tokens = TokenKey::load_or_create(&ca_dir).map_err(anyhow::Error::msg)?;
     for name in ["backend", "web", "intruder"] {
         let id = Identity::parse(&format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}"))
             .map_err(anyhow::Error::msg)?;
-        ca::issue_to_dir(&ca, &id, Duration::from_secs(3600), &dir.join(name), true)?;
+        std::fs::write(
+            dir.join(format!("{name}.token")),
+            tokens.issue(&id, Duration::from_secs(3600)),
+        )?;
     }
     Ok(())
+}
+
+fn fill(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
 }
 
 async fn start(
@@ -70,11 +87,7 @@ async fn start(
     vars: &[(&str, String)],
     observer: Option<mpsc::UnboundedSender<AuthzEvent>>,
 ) -> anyhow::Result<Running> {
-    let mut yaml = template.to_string();
-    for (k, v) in vars {
-        yaml = yaml.replace(&format!("{{{k}}}"), v);
-    }
-    let cfg = config::from_yaml(&yaml)?;
+    let cfg = config::from_yaml(&fill(template, vars))?;
     Ok(app::start(
         cfg,
         app::Options {
@@ -83,6 +96,24 @@ async fn start(
         },
     )
     .await?)
+}
+
+type Counts = (BTreeMap<String, u32>, BTreeMap<u16, u32>, BTreeSet<String>);
+
+/// Sends `n` requests and counts answers by backend version (or error kind) and status.
+async fn burst(
+    c: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    n: u32,
+) -> anyhow::Result<Counts> {
+    let (mut by_version, mut by_status, mut callers) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeSet::new());
+    for _ in 0..n {
+        let (status, version, caller) = get(c).await?;
+        *by_status.entry(status).or_insert(0) += 1;
+        *by_version.entry(version).or_insert(0) += 1;
+        callers.insert(caller);
+    }
+    Ok((by_version, by_status, callers))
 }
 
 /// The demo's HTTP app: answers with its version and the caller identity its sidecar
@@ -164,7 +195,7 @@ async fn get(
 
 async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     make_pki(dir)?;
-    let certs = dir.display().to_string();
+    let dir_s = dir.display().to_string();
     let v1 = TcpListener::bind("127.0.0.1:0").await?;
     let v2 = TcpListener::bind("127.0.0.1:0").await?;
     let (v1_addr, v2_addr) = (v1.local_addr()?, v2.local_addr()?);
@@ -172,32 +203,59 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     tokio::spawn(demo_app(v1, "v1", 7));
     tokio::spawn(demo_app(v2, "v2", 0));
 
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let backend = start(
-        BACKEND_CONFIG,
-        &[
-            ("certs", certs.clone()),
-            ("app_v1", v1_addr.to_string()),
-            ("app_v2", v2_addr.to_string()),
-            ("app_v1_port", v1_addr.port().to_string()),
-            ("app_v2_port", v2_addr.port().to_string()),
-        ],
-        Some(events_tx),
+    // The control plane, in this process, serving dir/mesh and signing certificates.
+    let mesh_dir = dir.join("mesh");
+    std::fs::create_dir_all(&mesh_dir)?;
+    std::fs::write(mesh_dir.join("mesh.yaml"), "clusters: []\n")?;
+    let ca_dir = dir.join("ca");
+    let control = control::server::start(
+        control::server::Settings {
+            config_dir: mesh_dir.clone(),
+            ca: Ca::load(&ca_dir)?,
+            tokens: TokenKey::load_or_create(&ca_dir).map_err(anyhow::Error::msg)?,
+            cert_ttl: Duration::from_secs(3600),
+        },
+        TcpListener::bind("127.0.0.1:0").await?,
+        TcpListener::bind("127.0.0.1:0").await?,
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    let base = vec![
+        ("control", control.listen.to_string()),
+        ("dir", dir_s.clone()),
+    ];
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut vars = base.clone();
+    vars.extend([
+        ("app_v1", v1_addr.to_string()),
+        ("app_v2", v2_addr.to_string()),
+    ]);
+    let backend = start(BACKEND_CONFIG, &vars, Some(events_tx)).await?;
     let listener = |name: &str| {
         backend
             .listener(name)
             .ok_or_else(|| anyhow::anyhow!("listener {name} missing"))
     };
     let (b1, b2) = (listener("from-mesh-v1")?, listener("from-mesh-v2")?);
+    let mesh = |w1: u32, w2: u32| {
+        fill(
+            MESH_CONFIG,
+            &[
+                ("backend_v1", b1.to_string()),
+                ("backend_v2", b2.to_string()),
+                ("app_v1_port", v1_addr.port().to_string()),
+                ("app_v2_port", v2_addr.port().to_string()),
+                ("w1", w1.to_string()),
+                ("w2", w2.to_string()),
+            ],
+        )
+    };
+    write_atomic(&mesh_dir.join("mesh.yaml"), &mesh(90, 10))?;
     let client_vars = |name: &str| {
-        vec![
-            ("certs", certs.clone()),
-            ("name", name.to_string()),
-            ("backend_v1", b1.to_string()),
-            ("backend_v2", b2.to_string()),
-        ]
+        let mut v = base.clone();
+        v.push(("name", name.to_string()));
+        v
     };
     let web = start(CLIENT_CONFIG, &client_vars("web"), None).await?;
     let intruder = start(CLIENT_CONFIG, &client_vars("intruder"), None).await?;
@@ -206,33 +264,43 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("listener to-backend missing"))
     };
     let (web_out, intruder_out) = (out(&web)?, out(&intruder)?);
+    let started = Instant::now();
+    while ![&backend, &web, &intruder]
+        .iter()
+        .all(|r| r.shared.readiness.is_ready())
+    {
+        if started.elapsed() > Duration::from_secs(15) {
+            anyhow::bail!("sidecars did not get certificates and config from the control plane");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
-    println!("spoke demo: a mesh of three sidecars on loopback, trust domain {TRUST_DOMAIN}");
+    println!(
+        "spoke demo: a control plane and three sidecars on loopback, trust domain {TRUST_DOMAIN}"
+    );
+    println!(
+        "  control plane                {} (status: http://{}/status)",
+        control.listen, control.stats
+    );
     println!("  backend app v1 (flaky, 1 in 7 fails) {v1_addr}, v2 {v2_addr}");
     println!("  backend sidecar (mTLS in)    {b1} -> v1, {b2} -> v2; allows spiffe://{TRUST_DOMAIN}/ns/default/sa/web");
-    println!("  web sidecar (app dials)      {web_out}   route: 90% backend (v1) / 10% backend-v2, retry on 503");
+    println!("  web sidecar (app dials)      {web_out}");
     println!("  intruder sidecar (app dials) {intruder_out}");
+    println!(
+        "all three got certificates and config from the control plane in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     println!();
 
-    let started = Instant::now();
-    let mut c = client(web_out).await?;
-    let mut by_version = std::collections::BTreeMap::<String, u32>::new();
-    let mut by_status = std::collections::BTreeMap::<u16, u32>::new();
-    let mut callers = std::collections::BTreeSet::new();
     const N: u32 = 100;
-    for _ in 0..N {
-        let (status, version, caller) = get(&mut c).await?;
-        *by_status.entry(status).or_default() += 1;
-        *by_version.entry(version).or_default() += 1;
-        callers.insert(caller);
-    }
-    let took = started.elapsed();
-    let ok = by_status.get(&200).copied().unwrap_or(0);
+    let mut c = client(web_out).await?;
+    let t = Instant::now();
+    let (by_version, by_status, callers) = burst(&mut c, N).await?;
     println!(
         "web: {N} HTTP/1.1 requests -> web sidecar -> HTTP/2 + mTLS -> backend sidecar -> app, in {:.0} ms",
-        took.as_secs_f64() * 1000.0
+        t.elapsed().as_secs_f64() * 1000.0
     );
-    println!("  statuses: {by_status:?}   versions: {by_version:?}");
+    println!("  route split 90/10:  statuses: {by_status:?}   versions: {by_version:?}");
     for id in &callers {
         println!("  verified peer identity the backend app saw (x-spoke-peer-id): {id}");
     }
@@ -257,6 +325,25 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
         denied.first().map(String::as_str).unwrap_or("(nobody)")
     );
 
+    // Change the split in the mesh config while the client's connection stays open.
+    let before = web.shared.snapshot.load().version.clone();
+    let t = Instant::now();
+    write_atomic(&mesh_dir.join("mesh.yaml"), &mesh(50, 50))?;
+    while web.shared.snapshot.load().version == before {
+        if t.elapsed() > Duration::from_secs(10) {
+            anyhow::bail!("the new split did not arrive");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let push_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (by_version2, by_status2, _) = burst(&mut c, N).await?;
+    println!();
+    println!(
+        "mesh config changed to a 50/50 split: version {} reached the web sidecar {push_ms:.0} ms after the file changed",
+        web.shared.snapshot.load().version
+    );
+    println!("  route split 50/50:  statuses: {by_status2:?}   versions: {by_version2:?}");
+
     println!();
     println!("request metrics (web sidecar, outbound):");
     for cluster in ["backend", "backend-v2"] {
@@ -275,12 +362,13 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
         );
     }
     println!("where to look:");
+    println!("  control plane: curl http://{}/status", control.stats);
     println!(
-        "  metrics:     curl http://{}/metrics   (backend: http://{}/metrics)",
+        "  metrics:       curl http://{}/metrics   (backend: http://{}/metrics)",
         web.stats, backend.stats
     );
-    println!("  config dump: curl http://{}/config_dump", web.admin);
-    println!("  try it:      curl -s http://{web_out}/hello");
+    println!("  config dump:   curl http://{}/config_dump", web.admin);
+    println!("  try it:        curl -s http://{web_out}/hello");
     match stop_after {
         Some(d) => {
             println!("running for {d:?} (--duration); Ctrl-C stops earlier");
@@ -299,9 +387,21 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     for r in [web, intruder, backend] {
         r.shutdown().await;
     }
+    drop(control);
     println!("demo stopped");
-    if ok != N || istatus != 403 || callers.len() != 1 {
-        anyhow::bail!("the demo did not behave: {ok}/{N} ok, intruder got {istatus}");
+    let ok = by_status.get(&200).copied().unwrap_or(0) + by_status2.get(&200).copied().unwrap_or(0);
+    let v2_after = by_version2.get("v2").copied().unwrap_or(0);
+    if ok != 2 * N || istatus != 403 || callers.len() != 1 || v2_after < 20 {
+        anyhow::bail!(
+            "the demo did not behave: {ok}/{} ok, intruder got {istatus}, v2 after the change {v2_after}",
+            2 * N
+        );
     }
     Ok(())
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }

@@ -293,6 +293,14 @@ fn demo_runs_and_stops_by_itself() {
     );
     assert!(text.contains("intruder: HTTP 403 (unauthorized)"), "{text}");
     assert!(
+        text.contains("route split 50/50:  statuses: {200: 100}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("got certificates and config from the control plane"),
+        "{text}"
+    );
+    assert!(
         text.contains("spoke_requests_total{cluster=\"backend-v2\",code=\"200\"}"),
         "{text}"
     );
