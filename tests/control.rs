@@ -544,3 +544,111 @@ async fn config_swaps_under_load_lose_nothing() {
         Some(1.0)
     );
 }
+
+/// Protocol faults on the stream: a wrong type_url is refused, a stale nonce is ignored, a
+/// NACK is recorded, a missing or bad token is refused, and the server keeps serving.
+#[tokio::test]
+async fn stream_faults_are_survived() {
+    use spoke::control::pb::ads::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient as Ads;
+    use spoke::control::pb::ads::{DiscoveryRequest, Node, Status as PbStatus};
+    let m = Mesh::new();
+    m.write("clusters: [ { name: backend, endpoints: [] } ]\n");
+    let control = in_process_control(&m).await;
+    let roots = std::fs::read(m.ca.join("root.pem")).unwrap();
+    let cid =
+        spoke::config::Identity::parse(&spoke::control::control_identity("cluster.local")).unwrap();
+    let token = std::fs::read_to_string(&m.token).unwrap();
+    let open = |type_url: &'static str, tok: Option<String>| {
+        let roots = roots.clone();
+        let cid = cid.clone();
+        let addr = control.listen.to_string();
+        async move {
+            let ch = spoke::control::client::connect(&addr, &cid, &roots)
+                .await
+                .unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(DiscoveryRequest {
+                node: Some(Node {
+                    id: "probe".into(),
+                    cluster: String::new(),
+                }),
+                type_url: type_url.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            if let Some(t) = tok {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            (Ads::new(ch).stream_aggregated_resources(req).await, tx)
+        }
+    };
+    // No token, a bad token: refused.
+    assert_eq!(
+        open(spoke::control::CONFIG_TYPE_URL, None)
+            .await
+            .0
+            .err()
+            .unwrap()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        open(spoke::control::CONFIG_TYPE_URL, Some("v1.bad.token".into()))
+            .await
+            .0
+            .err()
+            .unwrap()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    // A wrong type_url: the stream ends with an error.
+    let (r, _tx) = open(
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        Some(token.clone()),
+    )
+    .await;
+    let mut s = r.unwrap().into_inner();
+    let e = within(s.message()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // A good stream: a stale nonce is ignored, a NACK is recorded, an ACK clears it.
+    let (r, tx) = open(spoke::control::CONFIG_TYPE_URL, Some(token.clone())).await;
+    let mut s = r.unwrap().into_inner();
+    let first = within(s.message()).await.unwrap().unwrap();
+    assert_eq!(first.version_info, "1");
+    let value: serde_json::Value = serde_json::from_slice(&first.resources[0].value).unwrap();
+    assert_eq!(value["clusters"][0]["name"], "backend");
+    let ack = |nonce: &str, version: &str, err: Option<&str>| DiscoveryRequest {
+        version_info: version.into(),
+        type_url: spoke::control::CONFIG_TYPE_URL.into(),
+        response_nonce: nonce.into(),
+        error_detail: err.map(|m| PbStatus {
+            code: 3,
+            message: m.into(),
+        }),
+        ..Default::default()
+    };
+    tx.send(ack("not-the-nonce", "1", Some("stale")))
+        .await
+        .unwrap();
+    tx.send(ack(&first.nonce, "", Some("cannot apply: test")))
+        .await
+        .unwrap();
+    let status =
+        || serde_json::from_str::<serde_json::Value>(&control.state.status_json()).unwrap();
+    let start = Instant::now();
+    while status()["sidecars"][0]["last_nack"].is_null() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status()["sidecars"][0]["last_nack"], "cannot apply: test");
+    tx.send(ack(&first.nonce, "1", None)).await.unwrap();
+    let start = Instant::now();
+    while status()["sidecars"][0]["acked_version"] != "1" {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(status()["sidecars"][0]["last_nack"].is_null());
+}
