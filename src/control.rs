@@ -2,6 +2,7 @@
 //! discovery stream, the CA) in `server`, the sidecar's side in `client`, the shared
 //! protocol types in `pb` (generated from `proto/` by build.rs), tokens and the mesh config.
 
+pub mod certify;
 pub mod client;
 pub mod mesh;
 pub mod server;

@@ -2,9 +2,12 @@
 //! the upstream connection pool, retries and timeouts, and the responses the proxy makes
 //! itself.
 
+pub mod attempt;
 pub mod body;
 pub mod forward;
+pub mod framer;
 pub mod guard;
+pub mod headers;
 pub mod pool;
 pub mod retry;
 pub mod route;
