@@ -45,6 +45,28 @@ def mib(kib: float | None) -> float | None:
     return None if kib is None else kib / 1024
 
 
+def foreign_notes(records: list[dict], meta: dict) -> list[str]:
+    """How quiet the machine was: CPU used by processes outside the benchmark."""
+    runs = [r for r in records if r.get("kind") in ("iperf", "connrate", "idle")
+            and r.get("other_cpu_s") is not None]
+    if not runs:
+        return []
+    total = sum(r["other_cpu_s"] for r in runs)
+    busy = [r for r in runs if r["other_cpu_s"] >= 0.5]
+    watch = next((r for r in records if r.get("kind") == "foreign"), {})
+    by_comm = (watch.get("watcher") or {}).get("by_comm") or {}
+    top = ", ".join(f"`{k}` {v:.1f} s" for k, v in list(by_comm.items())[:5])
+    line = (f"Machine load: load average {meta.get('loadavg_start', '?')} when the run started. "
+            f"Processes outside the benchmark (counted by `bench/cpu-watch.py`, kernel threads "
+            f"left out) used {total:.1f} CPU s during the measurements (`other CPU s` column)")
+    if busy:
+        line += (f"; {len(busy)} of {len(runs)} measurements had ≥ 0.5 s of it and may be low"
+                 + (f" — over the whole run: {top}" if top else "") + ".")
+    else:
+        line += "; none had ≥ 0.5 s."
+    return [line, ""]
+
+
 # === tcp ===
 
 
@@ -148,8 +170,9 @@ def tcp_section(records: list[dict], meta: dict) -> list[str]:
     out += [
         "### Per-run numbers",
         "",
-        "| target | run | Gbit/s | proxy CPU s | RSS after MiB | conns/s | conn errors | p50 µs | p99 µs |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| target | run | Gbit/s | proxy CPU s | RSS after MiB | conns/s | conn errors | p50 µs | p99 µs "
+        "| other CPU s (iperf / conns) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name in order:
         row = rows[name]
@@ -168,8 +191,11 @@ def tcp_section(records: list[dict], meta: dict) -> list[str]:
                 fmt(res.get("rate"), 0) if res else "failed",
                 str(sum(res["errors"].values())) if res else "—",
                 str(res.get("p50_us", "—")), str(res.get("p99_us", "—")),
+                f"{fmt(ip.get('other_cpu_s'), 2)} / {fmt(cr.get('other_cpu_s'), 2)}",
             ]) + " |")
-    out += ["", "### Commands", "", "```sh"]
+    out.append("")
+    out += foreign_notes(records, meta)
+    out += ["### Commands", "", "```sh"]
     if up:
         out += [
             f"{up['iperf_server']}            # throughput upstream",
@@ -368,6 +394,20 @@ def mtls_section(records: list[dict], meta: dict) -> list[str]:
                 r = a / b
                 cells.append(f"{r:.2f}× {'met' if ok(r) else '**not met**'}")
             out.append(f"| {label} | {goal} | " + " | ".join(cells) + " |")
+        for label, key in (("proxy CPU per GB carried (A+B)", "cpu_per_gb"),
+                           ("proxy CPU per new connection (A+B)", "cpu_per_conn_us")):
+            cells = []
+            for s_, e in pairs:
+                a, b = rows[s_].get(key), rows[e].get(key)
+                cells.append("n/a" if a is None or not b else f"{a / b:.2f}×")
+            out.append(f"| {label} | (no goal; lower is better) | " + " | ".join(cells) + " |")
+        out += [
+            "",
+            "On this 2-core machine the load clients, the upstream and the kernel's loopback TCP "
+            "work (three TCP connections per client connection) share the cores with A and B, "
+            "so throughput and conns/s move less than the proxies' own cost; the two CPU rows "
+            "show the proxies' cost directly.",
+        ]
         out.append("")
         if "envoy-x25519" in rows:
             out += [
@@ -438,8 +478,9 @@ def mtls_section(records: list[dict], meta: dict) -> list[str]:
         "### Per-run numbers",
         "",
         "| target | run | Gbit/s | CPU s A / B (iperf) | conns/s | conn errors | p50 µs | p99 µs "
-        f"| idle conns open | RSS before A / B MiB | RSS held A / B MiB | RSS after close A / B MiB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| idle conns open | RSS before A / B MiB | RSS held A / B MiB | RSS after close A / B MiB "
+        "| other CPU s (iperf / conns) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name in order:
         row = rows[name]
@@ -471,8 +512,11 @@ def mtls_section(records: list[dict], meta: dict) -> list[str]:
                 str(sum(res["errors"].values())) if res else "—",
                 str(res.get("p50_us", "—")), str(res.get("p99_us", "—")),
                 opened, ab("before"), ab("held"), ab("after_close"),
+                f"{fmt(ip.get('other_cpu_s'), 2)} / {fmt(cr.get('other_cpu_s'), 2)}",
             ]) + " |")
-    out += ["", "### Commands", "", "```sh"]
+    out.append("")
+    out += foreign_notes(records, meta)
+    out += ["### Commands", "", "```sh"]
     if up:
         out += ["# certificates (bench/out/certs, recreated each run)"]
         out += list(up.get("certs") or [])
@@ -591,7 +635,9 @@ def header(meta: dict) -> list[str]:
         "|---|---|",
         f"| spoke | git {meta.get('spoke_rev', '?')}"
         + (f", `{meta['spoke_version']}`" if meta.get("spoke_version") else "")
-        + f" (`{meta.get('spoke_bin', '?')}`) |",
+        + f" (`{meta.get('spoke_bin', '?')}`"
+        + (f", built {meta['spoke_built']}" if meta.get("spoke_built") else "") + ")"
+        + (f" — **{meta['spoke_stale']}**" if meta.get("spoke_stale") else "") + " |",
         f"| envoy | `{meta.get('envoy_version', '?')}` (PyPI `{meta.get('envoy_spec', '?')}`) |",
         f"| haproxy | {meta.get('haproxy_version', '?')} |",
         f"| iperf3 | {meta.get('iperf3_version', '?')} |",

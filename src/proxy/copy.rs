@@ -2,7 +2,7 @@
 //! (EOF one way never cuts the other), an idle timer closes connections with no traffic,
 //! and the drain deadline cuts what is still open. Nothing is allocated per read.
 //!
-//! Buffers start at 8 KiB and double (up to 1 MiB) only when a read fills them, so idle
+//! Buffers start at 1 KiB and double (up to 1 MiB) only when a read fills them, so idle
 //! connections stay cheap while bulk transfers move large chunks per system call. (splice(2)
 //! through a pipe was measured too: less CPU, but lower loopback throughput here.)
 
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::drain;
 
-const INITIAL_BUF: usize = 8 * 1024;
+const INITIAL_BUF: usize = 1024;
 const MAX_BUF: usize = 1024 * 1024;
 
 /// Which side to blame for a (read, write) failure in each direction.
