@@ -5,9 +5,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,15 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_spoke");
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spoke(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().unwrap();
     assert!(
@@ -40,22 +31,7 @@ fn spoke(args: &[&str]) -> String {
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split(' ').nth(1)?.parse().ok()?;
-    Some((
-        code,
-        buf.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    ))
+    http_blocking(port, "GET", path)
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -538,11 +514,10 @@ async fn config_swaps_under_load_lose_nothing() {
         metric(&wm, "spoke_config_updates_total", &["result=\"applied\""]).unwrap() >= 20.0,
         "{wm}"
     );
-    // Only the first, empty mesh (no `backend` for the web listener) was NACKed.
-    assert_eq!(
-        metric(&wm, "spoke_config_updates_total", &["result=\"rejected\""]),
-        Some(1.0)
-    );
+    // At most the first, empty mesh (no `backend` for the web listener, if the sidecar
+    // connected before the real one was written) was NACKed.
+    let rejected = metric(&wm, "spoke_config_updates_total", &["result=\"rejected\""]);
+    assert!(rejected.unwrap_or(0.0) <= 1.0, "{wm}");
 }
 
 /// Protocol faults on the stream: a wrong type_url is refused, a stale nonce is ignored, a

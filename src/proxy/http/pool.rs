@@ -56,6 +56,23 @@ pub struct Pool {
     h1: Mutex<HashMap<Key, Vec<http1::SendRequest<Body>>>>,
 }
 
+/// A failed `try_send_request`, keeping the request when hyper never wrote it.
+fn send_error(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> SendError {
+    let unsent = e.take_message().map(Box::new);
+    SendError::Http {
+        error: e.into_error(),
+        unsent,
+    }
+}
+
+/// A failed HTTP handshake on a fresh connection: a connect failure of that endpoint.
+fn handshake_error(key: &Key, e: hyper::Error) -> ProxyError {
+    ProxyError::ConnectFailed {
+        endpoint: key.addr.to_string(),
+        source: std::io::Error::other(e),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -107,16 +124,11 @@ impl Pool {
                 unsent: Some(Box::new(req)),
             });
         }
-        sender.try_send_request(req).await.map_err(|mut e| {
-            let unsent = e.take_message().map(Box::new);
-            if sender.is_closed() {
-                lock(&self.h2).remove(key);
-            }
-            SendError::Http {
-                error: e.into_error(),
-                unsent,
-            }
-        })
+        let result = sender.try_send_request(req).await;
+        if result.is_err() && sender.is_closed() {
+            lock(&self.h2).remove(key);
+        }
+        result.map_err(send_error)
     }
 
     async fn send_h1(
@@ -149,13 +161,7 @@ impl Pool {
                 list.push(sender);
             }
         }
-        result.map_err(|mut e| {
-            let unsent = e.take_message().map(Box::new);
-            SendError::Http {
-                error: e.into_error(),
-                unsent,
-            }
-        })
+        result.map_err(send_error)
     }
 
     /// A fresh HTTP/1.1 connection for one upgraded request (WebSocket and the like).
@@ -169,13 +175,7 @@ impl Pool {
             Ok(s) => s,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
-        sender.try_send_request(req).await.map_err(|mut e| {
-            let unsent = e.take_message().map(Box::new);
-            SendError::Http {
-                error: e.into_error(),
-                unsent,
-            }
-        })
+        sender.try_send_request(req).await.map_err(send_error)
     }
 }
 
@@ -228,10 +228,7 @@ async fn connect_h2(key: &Key, dial: &Dial<'_>) -> Result<http2::SendRequest<Bod
         .adaptive_window(true)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| ProxyError::ConnectFailed {
-            endpoint: key.addr.to_string(),
-            source: std::io::Error::other(e),
-        })?;
+        .map_err(|e| handshake_error(key, e))?;
     let addr = key.addr;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -246,10 +243,7 @@ async fn connect_h1(key: &Key, dial: &Dial<'_>) -> Result<http1::SendRequest<Bod
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| ProxyError::ConnectFailed {
-            endpoint: key.addr.to_string(),
-            source: std::io::Error::other(e),
-        })?;
+        .map_err(|e| handshake_error(key, e))?;
     let addr = key.addr;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
