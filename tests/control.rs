@@ -626,4 +626,28 @@ async fn stream_faults_are_survived() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(status()["sidecars"][0]["last_nack"].is_null());
+    // An oversized message (over gRPC's 4 MiB limit) ends that stream, not the server.
+    tx.send(DiscoveryRequest {
+        resource_names: vec!["x".repeat(1024); 5 * 1024],
+        type_url: spoke::control::CONFIG_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let end = within(async {
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(!matches!(end, Ok(Some(_))));
+    let (r, _tx) = open(spoke::control::CONFIG_TYPE_URL, Some(token.clone())).await;
+    let mut s = r.unwrap().into_inner();
+    assert_eq!(
+        within(s.message()).await.unwrap().unwrap().version_info,
+        "1"
+    );
 }

@@ -6,6 +6,7 @@
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::http::*;
@@ -509,4 +510,116 @@ async fn request_size_limit_and_stream_idle_timeout() {
     assert!(
         start.elapsed() >= Duration::from_millis(290) && start.elapsed() < Duration::from_secs(3)
     );
+}
+
+/// A real gRPC client and server (tonic, from the control plane's generated code) through
+/// the proxy: unary calls, status codes, and `unavailable` retried.
+#[tokio::test]
+async fn real_grpc_through_the_proxy() {
+    use spoke::control::pb::identity::identity_client::IdentityClient;
+    use spoke::control::pb::identity::identity_server::{Identity, IdentityServer};
+    use spoke::control::pb::identity::{CertifyRequest, CertifyResponse};
+    use std::sync::atomic::AtomicU32;
+
+    struct Svc(Arc<AtomicU32>);
+    #[tonic::async_trait]
+    impl Identity for Svc {
+        async fn certify(
+            &self,
+            req: tonic::Request<CertifyRequest>,
+        ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
+            let r = req.into_inner();
+            if r.token == "deny" {
+                return Err(tonic::Status::permission_denied("no"));
+            }
+            // The first call of each "flaky" pair fails with UNAVAILABLE.
+            if r.token == "flaky" && self.0.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                return Err(tonic::Status::unavailable("try again"));
+            }
+            Ok(tonic::Response::new(CertifyResponse {
+                cert_chain_pem: format!("echo:{}", r.csr_pem),
+                roots_pem: String::new(),
+                not_after: 7,
+            }))
+        }
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let svc = IdentityServer::new(Svc(calls.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let p = edge(
+        "grpc",
+        &[("grpc", up)],
+        "routes: [ { match: { path_prefix: / }, cluster: grpc, retry: { attempts: 2, on: [unavailable], backoff: 1ms } } ]\n",
+    )
+    .await;
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", p.listener("web").unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut c = IdentityClient::new(ch);
+    for i in 0..5 {
+        let r = within(c.certify(CertifyRequest {
+            csr_pem: format!("{i}"),
+            token: "ok".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(
+            (r.cert_chain_pem.as_str(), r.not_after),
+            (format!("echo:{i}").as_str(), 7)
+        );
+    }
+    let e = within(c.certify(CertifyRequest {
+        csr_pem: String::new(),
+        token: "deny".into(),
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    // UNAVAILABLE is retried by the proxy: the client sees success.
+    let r = within(c.certify(CertifyRequest {
+        csr_pem: "x".into(),
+        token: "flaky".into(),
+    }))
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let m = within(http(p.stats, "GET", "/metrics")).await.1;
+    assert_eq!(
+        metric(&m, "spoke_retries_total", &["reason=\"grpc\""]),
+        Some(1.0)
+    );
+}
+
+/// curl, HTTP/1.1 and HTTP/2 with prior knowledge, through the proxy.
+#[tokio::test]
+async fn curl_http1_and_http2() {
+    let (app, _) = start_app("app").await;
+    let p = edge("app", &[("app", app)], "").await;
+    let url = format!("http://{}/echo", p.listener("web").unwrap());
+    for (flag, want) in [
+        ("--http1.1", "HTTP/1.1"),
+        ("--http2-prior-knowledge", "HTTP/2.0"),
+    ] {
+        let u = url.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-s", "--max-time", "5", flag, "-H", "host: backend", &u])
+                .output()
+                .expect("curl is needed (apt-get install curl; .ci/run installs it)")
+        })
+        .await
+        .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains(&format!("version: {want}")), "{flag}: {body}");
+    }
 }
