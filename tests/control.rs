@@ -651,3 +651,49 @@ async fn stream_faults_are_survived() {
         "1"
     );
 }
+
+/// Removing an endpoint: the connection already open to it carries on; new ones go to the
+/// endpoint that replaced it.
+#[tokio::test]
+async fn removed_endpoint_keeps_its_open_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = Mesh::new();
+    let a = echo().await;
+    let b = named("b").await;
+    m.write(&backend_at(a));
+    let control = in_process_control(&m).await;
+    let web = proxy(&format!(
+        "node: {{ id: web-0 }}\nadmin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:0 }}\n\
+         control: {{ address: \"{}\", token_file: \"{}\", roots: \"{}\" }}\n\
+         listeners: [ {{ name: out, address: 127.0.0.1:0, protocol: tcp, cluster: backend }} ]\n",
+        control.listen,
+        m.token.display(),
+        m.ca.join("root.pem").display()
+    ))
+    .await;
+    let start = Instant::now();
+    while !web.shared.readiness.is_ready() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = web.listener("out").unwrap();
+    let mut live = within(tokio::net::TcpStream::connect(out)).await.unwrap();
+    live.write_all(b"one").await.unwrap();
+    let mut buf = [0u8; 3];
+    within(live.read_exact(&mut buf)).await.unwrap();
+    m.write(&backend_at(b));
+    let start = Instant::now();
+    while web.shared.snapshot.load().version != "2" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "push not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The open connection still reaches the removed endpoint...
+    live.write_all(b"two").await.unwrap();
+    within(live.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"two");
+    // ...while a new one goes to its replacement.
+    assert_eq!(within(roundtrip(out, b"")).await.unwrap(), b"b");
+}
