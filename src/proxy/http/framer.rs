@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+/// The most header slots a head is parsed with (the `max_headers` limit is capped to it).
+const MAX_HEADER_SLOTS: usize = 257;
+
 /// Limits on HTTP/1 request heads.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -339,8 +342,11 @@ impl Framer {
                 clean: true,
             });
         }
-        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers + 1];
-        let mut req = httparse::Request::new(&mut headers);
+        // On the stack: no allocation per request. One slot more than the limit tells
+        // "exactly at the limit" from "over it".
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADER_SLOTS];
+        let n = (self.limits.max_headers + 1).min(MAX_HEADER_SLOTS);
+        let mut req = httparse::Request::new(&mut slots[..n]);
         match req.parse(&self.pending) {
             Ok(httparse::Status::Partial) => {
                 if self.pending.len() > self.limits.max_header_bytes {
