@@ -25,8 +25,8 @@ bench: release
 
 certs: build
 	./target/debug/spoke ca init --out certs --force
-	./target/debug/spoke ca issue --ca certs --id spiffe://cluster.local/ns/default/sa/web --out certs/web --force
-	./target/debug/spoke ca issue --ca certs --id spiffe://cluster.local/ns/default/sa/backend --out certs/backend --force
+	./target/debug/spoke ca issue --ca certs --id spiffe://cluster.local/ns/default/sa/web --out certs/web --validity 8760h --force
+	./target/debug/spoke ca issue --ca certs --id spiffe://cluster.local/ns/default/sa/backend --out certs/backend --validity 8760h --force
 
 demo:
 	$(CARGO) run --release -- demo
