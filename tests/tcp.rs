@@ -327,3 +327,33 @@ async fn drain_deadline_cuts_what_is_left() {
     assert!(start.elapsed() >= Duration::from_millis(290));
     assert!(within(read_all(&mut live)).await.is_empty());
 }
+
+#[tokio::test]
+async fn idle_timeout_also_bounds_protocol_detection() {
+    // A listener without `protocol: tcp` detects the protocol first; a silent client is
+    // still closed at the idle timeout, not after the (longer) detect timeout.
+    let up = echo().await;
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:0 }}\n\
+         listeners: [ {{ name: l, address: 127.0.0.1:0, cluster: c, idle_timeout: 300ms }} ]\n\
+         clusters: [ {{ name: c, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
+    );
+    let p = proxy(&yaml).await;
+    let start = Instant::now();
+    let mut s = within(TcpStream::connect(p.listener("l").unwrap()))
+        .await
+        .unwrap();
+    assert!(within(read_all(&mut s)).await.is_empty());
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    // A client that speaks is proxied as before.
+    assert_eq!(
+        within(roundtrip(p.listener("l").unwrap(), b"hi"))
+            .await
+            .unwrap(),
+        b"hi"
+    );
+}

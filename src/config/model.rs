@@ -112,6 +112,17 @@ pub enum ListenerTarget {
 }
 
 impl Listener {
+    /// How long protocol detection waits: the detect timeout, but never past the idle
+    /// timeout (a client silent that long is idle, not slow to speak).
+    pub fn detect_wait(&self) -> Duration {
+        self.detect_timeout.min(self.idle_timeout)
+    }
+
+    /// Whether a detection timeout means the idle timeout has passed.
+    pub fn idle_before_detect(&self) -> bool {
+        self.idle_timeout <= self.detect_timeout
+    }
+
     /// `outbound` or `inbound`, the `direction` metric label.
     pub fn direction_str(&self) -> &'static str {
         match self.direction() {

@@ -169,13 +169,14 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
         Protocol::Tcp | Protocol::Opaque => (None, Bytes::new()),
         Protocol::Http | Protocol::Auto if down.alpn() == Some(b"h2") => (Some(true), Bytes::new()),
         p => {
-            let (found, prefix) = detect(&mut down, ctx.cfg.detect_timeout).await;
+            let (found, prefix) = detect(&mut down, ctx.cfg.detect_wait()).await;
             metrics
                 .protocol_detected
                 .with_label_values(&[&ctx.cfg.name, found.as_str()])
                 .inc();
             match found {
                 Detected::Closed => return,
+                Detected::Timeout if ctx.cfg.idle_before_detect() => return,
                 Detected::Http1 => (Some(false), prefix),
                 Detected::Http2 => (Some(true), prefix),
                 _ if p == Protocol::Http => (Some(false), prefix),

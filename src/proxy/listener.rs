@@ -75,8 +75,10 @@ pub async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>) {
 async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
     match &ctx.cfg.target {
         ListenerTarget::Routes => {
-            let (found, prefix) = detect(&mut sock, ctx.cfg.detect_timeout).await;
-            if found == Detected::Closed {
+            let (found, prefix) = detect(&mut sock, ctx.cfg.detect_wait()).await;
+            if found == Detected::Closed
+                || (found == Detected::Timeout && ctx.cfg.idle_before_detect())
+            {
                 return;
             }
             let conn = Arc::new(ConnCtx {
@@ -94,7 +96,7 @@ async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
                 tcp::outbound(ctx, sock, Bytes::new(), peer, cluster).await
             }
             Protocol::Http | Protocol::Auto => {
-                let (found, prefix) = detect(&mut sock, ctx.cfg.detect_timeout).await;
+                let (found, prefix) = detect(&mut sock, ctx.cfg.detect_wait()).await;
                 ctx.shared
                     .metrics
                     .protocol_detected
@@ -102,6 +104,8 @@ async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
                     .inc();
                 let h2 = match found {
                     Detected::Closed => return,
+                    // Silent for the whole idle timeout: an idle connection, closed.
+                    Detected::Timeout if ctx.cfg.idle_before_detect() => return,
                     Detected::Http2 => true,
                     Detected::Http1 => false,
                     // A listener that is HTTP by config answers garbage with 400.
