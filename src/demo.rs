@@ -143,7 +143,7 @@ async fn demo_app(listener: TcpListener, version: &'static str, fail_every: u64)
                         if let Ok(v) = http::HeaderValue::from_str(&peer) {
                             r.headers_mut().insert("x-caller", v);
                         }
-                        if fail_every > 0 && n % fail_every == 0 {
+                        if fail_every > 0 && n.is_multiple_of(fail_every) {
                             *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                         }
                         Ok::<_, std::convert::Infallible>(r)

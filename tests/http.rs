@@ -533,7 +533,7 @@ async fn real_grpc_through_the_proxy() {
                 return Err(tonic::Status::permission_denied("no"));
             }
             // The first call of each "flaky" pair fails with UNAVAILABLE.
-            if r.token == "flaky" && self.0.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if r.token == "flaky" && self.0.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 return Err(tonic::Status::unavailable("try again"));
             }
             Ok(tonic::Response::new(CertifyResponse {
