@@ -278,11 +278,7 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         })?;
         tracing::info!(listener = %l.name, address = %addr, "listening");
         listeners.push((l.name.clone(), addr));
-        let ctx = Arc::new(ListenerCtx {
-            cfg: l,
-            shared: shared.clone(),
-            drain: watch.clone(),
-        });
+        let ctx = Arc::new(ListenerCtx::new(l, shared.clone(), watch.clone()));
         accept_loops.push(tokio::spawn(listener::run(sock, ctx)));
     }
     drop(watch);

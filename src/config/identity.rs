@@ -3,11 +3,12 @@
 
 use std::fmt;
 
-/// A parsed SPIFFE ID. Kept as the original string plus the trust-domain boundary, so
-/// comparisons are plain string compares.
+/// A parsed SPIFFE ID. Kept as the original string (shared, so a clone on the request path
+/// is a reference count, not an allocation) plus the trust-domain boundary, so comparisons
+/// are plain string compares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {
-    uri: String,
+    uri: std::sync::Arc<str>,
     td_end: usize,
 }
 
@@ -47,7 +48,7 @@ impl Identity {
             }
         }
         Ok(Identity {
-            uri: s.to_string(),
+            uri: std::sync::Arc::from(s),
             td_end: "spiffe://".len() + td.len(),
         })
     }

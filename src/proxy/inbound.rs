@@ -48,7 +48,11 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
     let metrics = &shared.metrics;
     let snapshot = shared.snapshot.load_full();
     let port = app.port();
-    let cluster = format!("inbound:{port}");
+    let local = ctx
+        .local
+        .clone()
+        .unwrap_or_else(|| Arc::new(ClusterState::local(&format!("inbound:{port}"), app)));
+    let cluster = local.config.name.as_str();
     let policy = snapshot.inbound_policy(port, shared.tls.is_some());
     let hs_timeout = snapshot
         .config
@@ -56,7 +60,7 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
         .as_ref()
         .map(|t| t.handshake_timeout)
         .unwrap_or(crate::config::DEFAULT_HANDSHAKE_TIMEOUT);
-    let _active = ActiveGuard::new(metrics, "inbound", &cluster);
+    let _active = ActiveGuard::new(metrics, "inbound", cluster);
     let hs_error = |reason: &str| {
         metrics
             .tls_handshake_errors
@@ -67,7 +71,7 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
         ctx,
         peer,
         peer_id: None,
-        cluster: &cluster,
+        cluster,
         start,
     };
 
@@ -193,7 +197,7 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
             peer_id: peer_id.clone(),
             target: Target::Inbound {
                 app,
-                local: Arc::new(ClusterState::local(&cluster, app)),
+                local: local.clone(),
             },
             h2,
             denied: !allowed,
@@ -209,7 +213,7 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
     let addr = EndpointAddr::Ip(app);
     match connect_endpoint(&addr, DEFAULT_CONNECT_TIMEOUT).await {
         Ok((mut stream, endpoint)) => {
-            let counters = counters(metrics, "inbound", &cluster);
+            let counters = counters(metrics, "inbound", cluster);
             if !prefix.is_empty() {
                 if let Err(e) = stream.write_all(&prefix).await {
                     access.failed("upstream_error", &e);
@@ -231,7 +235,7 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
         Err(e) => {
             metrics
                 .upstream_connect_errors
-                .with_label_values(&[&cluster, e.kind()])
+                .with_label_values(&[cluster, e.kind()])
                 .inc();
             tracing::warn!(listener = %ctx.cfg.name, app = %app, error = %e, "app connect failed");
             access.failed(e.kind(), &e);

@@ -17,12 +17,34 @@ use super::http::server;
 use super::{inbound, tcp, Shared};
 use crate::config::{Listener, ListenerTarget, Protocol};
 use crate::drain;
+use crate::snapshot::ClusterState;
 
 /// A listener's fixed settings and shared state, handed to each of its connections.
 pub struct ListenerCtx {
     pub cfg: Listener,
     pub shared: Arc<Shared>,
     pub drain: drain::Watch,
+    /// For `forward` listeners: the local app as a one-endpoint cluster (its name is the
+    /// `inbound:<port>` metric label), made once and shared by every connection.
+    pub local: Option<Arc<ClusterState>>,
+}
+
+impl ListenerCtx {
+    pub fn new(cfg: Listener, shared: Arc<Shared>, drain: drain::Watch) -> Self {
+        let local = match cfg.target {
+            ListenerTarget::Forward(app) => Some(Arc::new(ClusterState::local(
+                &format!("inbound:{}", app.port()),
+                app,
+            ))),
+            _ => None,
+        };
+        ListenerCtx {
+            cfg,
+            shared,
+            drain,
+            local,
+        }
+    }
 }
 
 /// Runs the accept loop until the drain starts; the socket closes when this returns, so

@@ -34,7 +34,7 @@ pub type AttemptErr = (&'static str, String);
 #[allow(clippy::too_many_arguments)]
 pub async fn attempt_loop(
     conn: &ConnCtx,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     reqbody: &mut ReqBody,
     cluster: &ClusterState,
     policy: Option<&RetryPolicy>,
@@ -53,14 +53,16 @@ pub async fn attempt_loop(
     };
     let max_connect = cluster.config.connect_attempts.max(1);
     let max_retries = policy.map(|p| p.attempts).unwrap_or(0);
-    let mut tried: Vec<usize> = Vec::new();
+    // Endpoints tried so far, on the stack (tries are bounded by the config's limits).
+    let mut tried = [usize::MAX; 24];
+    let mut n_tried = 0;
     let mut connect_failures = 0u32;
     let mut retries = 0u32;
     // A request hyper handed back unsent is reused as is (its body untouched).
     let mut carried: Option<Request<Body>> = None;
     loop {
-        let Some(i) = cluster.endpoints.pick(&tried).or_else(|| {
-            tried.clear();
+        let Some(i) = cluster.endpoints.pick(&tried[..n_tried]).or_else(|| {
+            n_tried = 0;
             cluster.endpoints.pick(&[])
         }) else {
             return Err((
@@ -68,11 +70,14 @@ pub async fn attempt_loop(
                 format!("cluster {} has no endpoints", cluster.config.name),
             ));
         };
-        tried.push(i);
-        let ep = cluster.endpoints.get(i).map(|e| e.address.clone());
-        let addr = match ep {
-            Some(EndpointAddr::Ip(a)) => a,
-            Some(EndpointAddr::Host(h, p)) => match tokio::net::lookup_host((h.as_str(), p))
+        if n_tried == tried.len() {
+            n_tried = 0;
+        }
+        tried[n_tried] = i;
+        n_tried += 1;
+        let addr = match cluster.endpoints.get(i).map(|e| &e.address) {
+            Some(EndpointAddr::Ip(a)) => *a,
+            Some(EndpointAddr::Host(h, p)) => match tokio::net::lookup_host((h.as_str(), *p))
                 .await
                 .ok()
                 .and_then(|mut a| a.next())
@@ -98,7 +103,13 @@ pub async fn attempt_loop(
                         Version::HTTP_11
                     });
                 if let Some(h) = b.headers_mut() {
-                    *h = parts.headers.clone();
+                    // A body that cannot be replayed means this is the only request built:
+                    // its headers move instead of being copied.
+                    *h = if reqbody.replayable() {
+                        parts.headers.clone()
+                    } else {
+                        std::mem::take(&mut parts.headers)
+                    };
                 }
                 match b.body(body) {
                     Ok(r) => r,

@@ -13,7 +13,6 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use prometheus::IntCounter;
 
 use super::pool::{Body, BoxError};
 
@@ -172,6 +171,22 @@ impl HttpBody for Prefixed {
 #[error("response stream idle for {0:?}")]
 pub struct StreamIdle(pub Duration);
 
+/// Counts a response stream broken mid-way: `spoke_upstream_rq_errors_total{kind=
+/// "upstream_reset"}` for the cluster.
+pub struct ResetCount {
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub cluster: std::sync::Arc<crate::snapshot::ClusterState>,
+}
+
+impl ResetCount {
+    fn inc(&self) {
+        self.metrics
+            .upstream_rq_errors
+            .with_label_values(&[self.cluster.config.name.as_str(), "upstream_reset"])
+            .inc();
+    }
+}
+
 pin_project_lite::pin_project! {
     /// An upstream response body; a failure mid-stream is counted and passed on, so the
     /// client sees a broken response (never a complete-looking truncated one). A stream
@@ -179,7 +194,7 @@ pin_project_lite::pin_project! {
     pub struct Observed {
         #[pin]
         inner: Incoming,
-        reset: Option<IntCounter>,
+        reset: Option<ResetCount>,
         idle: Duration,
         #[pin]
         timer: tokio::time::Sleep,
@@ -187,7 +202,7 @@ pin_project_lite::pin_project! {
 }
 
 impl Observed {
-    pub fn boxed(inner: Incoming, reset: IntCounter, idle: Duration) -> Body {
+    pub fn boxed(inner: Incoming, reset: ResetCount, idle: Duration) -> Body {
         Observed {
             inner,
             reset: Some(reset),

@@ -50,11 +50,23 @@ pub enum Target {
 pub struct Info {
     pub method: http::Method,
     pub authority: String,
-    pub path: String,
-    pub cluster: String,
+    /// Shares the request URI's bytes: no copy per request.
+    pub path: Option<http::uri::PathAndQuery>,
+    /// The cluster the request went to; `None` (label `none`) before routing decided.
+    pub cluster: Option<Arc<ClusterState>>,
     pub endpoint: Option<SocketAddr>,
     pub retries: u32,
     pub upstream_id: Option<Identity>,
+}
+
+impl Info {
+    /// The `cluster` metric label.
+    pub fn cluster_label(&self) -> &str {
+        self.cluster
+            .as_ref()
+            .map(|c| c.config.name.as_str())
+            .unwrap_or("none")
+    }
 }
 
 pub async fn handle(
@@ -66,34 +78,30 @@ pub async fn handle(
     let mut info = Info {
         method: parts.method.clone(),
         authority: route::authority(&parts).unwrap_or("").to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string(),
-        cluster: String::new(),
+        path: parts.uri.path_and_query().cloned(),
+        cluster: None,
         endpoint: None,
         retries: 0,
         upstream_id: None,
     };
     let (resp, kind) = forward(&conn, &mut parts, incoming, &mut info).await;
+    let cluster = info.cluster_label();
     let direction = conn.listener.cfg.direction_str();
     let metrics = &conn.listener.shared.metrics;
     let code = resp.status();
     let elapsed = start.elapsed();
     metrics
         .requests
-        .with_label_values(&[direction, &info.cluster, code.as_str()])
+        .with_label_values(&[direction, cluster, code.as_str()])
         .inc();
     metrics
         .request_duration
-        .with_label_values(&[direction, &info.cluster])
+        .with_label_values(&[direction, cluster])
         .observe(elapsed.as_secs_f64());
     if let Some(k) = kind {
         metrics
             .upstream_rq_errors
-            .with_label_values(&[&info.cluster, k])
+            .with_label_values(&[cluster, k])
             .inc();
     }
     tracing::info!(
@@ -104,10 +112,10 @@ pub async fn handle(
         peer_id = conn.peer_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
         method = %info.method,
         authority = %info.authority,
-        path = %info.path,
+        path = info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
         status = code.as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
-        cluster = %info.cluster,
+        cluster,
         endpoint = info.endpoint.map(|e| e.to_string()).unwrap_or_default(),
         upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
         retries = info.retries,
@@ -126,8 +134,8 @@ async fn forward(
 ) -> (Response<Body>, Option<&'static str>) {
     let shared = &conn.listener.shared;
     if conn.denied {
-        if let Target::Inbound { app, .. } = &conn.target {
-            info.cluster = format!("inbound:{}", app.port());
+        if let Target::Inbound { local, .. } = &conn.target {
+            info.cluster = Some(local.clone());
         }
         return (
             error_response(
@@ -161,17 +169,15 @@ async fn forward(
                     parts.headers.insert(PEER_ID, v);
                 }
             }
-            info.cluster = format!("inbound:{}", app.port());
+            info.cluster = Some(local.clone());
             inbound_app = Some(*app);
             cluster = local.clone();
             route = None;
         }
         Target::Outbound { default } => {
             let Some(d) = route::route(&snapshot.config.routes, default.as_deref(), parts) else {
-                info.cluster = "none".into();
                 return fail("no_route", "no route matches this request");
             };
-            info.cluster = d.cluster.to_string();
             let Some(c) = snapshot.cluster(d.cluster) else {
                 return fail(
                     "no_cluster",
@@ -179,6 +185,7 @@ async fn forward(
                 );
             };
             cluster = c.clone();
+            info.cluster = Some(c.clone());
             route = d.route;
         }
     }
@@ -267,7 +274,7 @@ async fn forward(
     let idle = route
         .map(|r| r.idle_timeout)
         .unwrap_or(crate::config::DEFAULT_STREAM_IDLE_TIMEOUT);
-    let timeout = Some(route.and_then(|r| r.timeout).unwrap_or(idle));
+    let timeout = route.and_then(|r| r.timeout).unwrap_or(idle);
     let per_try = route.and_then(|r| r.per_try_timeout);
     cluster.budget.request();
     let attempts = async {
@@ -285,16 +292,14 @@ async fn forward(
         )
         .await
     };
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
-            Ok(r) => r,
-            Err(_) => Err((
+    let result = tokio::time::timeout(timeout, attempts)
+        .await
+        .unwrap_or_else(|_| {
+            Err((
                 "timeout",
                 "the upstream did not answer within the route timeout".to_string(),
-            )),
-        },
-        None => attempts.await,
-    };
+            ))
+        });
     let mut resp = match result {
         Ok(r) => r,
         Err((kind, detail)) => return fail(kind, &detail),
@@ -323,10 +328,11 @@ async fn forward(
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers, false);
     rparts.headers.remove(ORIG_PROTO);
-    let reset = shared
-        .metrics
-        .upstream_rq_errors
-        .with_label_values(&[&info.cluster, "upstream_reset"]);
+    // The error counter is looked up only if the stream does break.
+    let reset = body::ResetCount {
+        metrics: shared.metrics.clone(),
+        cluster: cluster.clone(),
+    };
     (
         Response::from_parts(rparts, Observed::boxed(rbody, reset, idle)),
         None,
