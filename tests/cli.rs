@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -129,18 +129,15 @@ fn sigterm_drains_a_live_connection_then_exits_0() {
         ),
     );
     let start = Instant::now();
-    let mut p = Proc(
-        Command::new(BIN)
-            .args([
-                "proxy",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--log-format",
-                "json",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut p = spawn_spoke(
+        &[
+            "proxy",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        true,
     );
     wait_ready(sp);
     eprintln!("ready after {:?}", start.elapsed());
@@ -207,13 +204,7 @@ fn admin_endpoints_methods_and_logging() {
              clusters: [ {{ name: c, connect_timeout: 250ms, endpoints: [ {{ address: 127.0.0.1:9, weight: 2 }} ] }} ]\n"
         ),
     );
-    let _p = Proc(
-        Command::new(BIN)
-            .args(["proxy", "--config", cfg.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _p = spawn_spoke(&["proxy", "--config", cfg.to_str().unwrap()], false);
     wait_ready(sp);
     assert_eq!(http_blocking(sp, "GET", "/live").unwrap().0, 200);
     assert_eq!(http_blocking(ap, "GET", "/drain").unwrap().0, 405);
@@ -444,18 +435,15 @@ fn mtls_between_processes_logs_the_peer_identity() {
         ),
     );
     let spawn = |cfg: &PathBuf| {
-        Proc(
-            Command::new(BIN)
-                .args([
-                    "proxy",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--log-format",
-                    "json",
-                ])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
+        spawn_spoke(
+            &[
+                "proxy",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ],
+            true,
         )
     };
     let mut server = spawn(&server_cfg);

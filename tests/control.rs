@@ -7,7 +7,7 @@ mod support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,22 +101,19 @@ impl Mesh {
     }
 
     fn control(&self, port: u16, stats: u16) -> Proc {
-        Proc(
-            Command::new(BIN)
-                .args([
-                    "control",
-                    "--config-dir",
-                    self.mesh.to_str().unwrap(),
-                    "--ca",
-                    self.ca.to_str().unwrap(),
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--stats",
-                    &format!("127.0.0.1:{stats}"),
-                ])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+        spawn_spoke(
+            &[
+                "control",
+                "--config-dir",
+                self.mesh.to_str().unwrap(),
+                "--ca",
+                self.ca.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--stats",
+                &format!("127.0.0.1:{stats}"),
+            ],
+            false,
         )
     }
 
@@ -133,13 +130,7 @@ impl Mesh {
             ),
         )
         .unwrap();
-        Proc(
-            Command::new(BIN)
-                .args(["proxy", "--config", cfg.to_str().unwrap()])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+        spawn_spoke(&["proxy", "--config", cfg.to_str().unwrap()], false)
     }
 }
 

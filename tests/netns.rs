@@ -9,8 +9,6 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_spoke");
-
 fn sh(args: &[&str]) -> bool {
     Command::new(args[0])
         .args(&args[1..])
@@ -128,19 +126,9 @@ fn admin_mutations_from_another_host_are_forbidden() {
         format!("admin: {{ address: 0.0.0.0:{admin} }}\nstats: {{ address: 0.0.0.0:{stats} }}\n"),
     )
     .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _proxy = Kill(
-        Command::new(BIN)
-            .args(["proxy", "--config", cfg.to_str().unwrap(), "--unsafe-admin"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _proxy = support::spawn_spoke(
+        &["proxy", "--config", cfg.to_str().unwrap(), "--unsafe-admin"],
+        false,
     );
     let start = Instant::now();
     while net.http("GET", &net.host_ip, stats, "/ready") != Some(200) {

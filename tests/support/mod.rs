@@ -158,6 +158,22 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the `spoke` binary with `args`; stderr is piped (to read logs) or dropped.
+pub fn spawn_spoke(args: &[&str], pipe_stderr: bool) -> Proc {
+    let stderr = if pipe_stderr {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    };
+    Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_spoke"))
+            .args(args)
+            .stderr(stderr)
+            .spawn()
+            .expect("cannot start spoke"),
+    )
+}
+
 /// A blocking HTTP/1.1 request to 127.0.0.1:`port`; (status, body), `None` if it failed.
 pub fn http_blocking(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
