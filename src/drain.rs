@@ -61,10 +61,6 @@ impl Drain {
         }
     }
 
-    pub fn phase(&self) -> Phase {
-        *self.phase.borrow()
-    }
-
     /// Waits until something starts the drain.
     pub async fn requested(&self) {
         let mut rx = self.phase.subscribe();

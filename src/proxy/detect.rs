@@ -123,15 +123,6 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
         Prefixed { prefix, inner }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The unread prefix and the inner stream.
-    pub fn into_parts(self) -> (Bytes, S) {
-        (self.prefix, self.inner)
-    }
 }
 
 impl<S: AsyncRead> AsyncRead for Prefixed<S> {

@@ -76,10 +76,6 @@ impl<S> Guard<S> {
             refusal,
         )
     }
-
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
 }
 
 impl<S: AsyncRead> AsyncRead for Guard<S> {
