@@ -4,6 +4,7 @@
 
 pub mod duration;
 pub mod identity;
+mod inbound;
 pub mod model;
 pub mod raw;
 mod routes;

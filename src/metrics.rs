@@ -32,6 +32,8 @@ pub struct Metrics {
     pub tls_handshake_errors: IntCounterVec,
     /// `{port}`
     pub authz_denied: IntCounterVec,
+    /// `{port}`: open connections closed because a new policy no longer allows them.
+    pub authz_revoked: IntCounterVec,
     /// Unix time the workload certificate expires.
     pub cert_expiry: IntGauge,
     /// `{result}` applied | rejected: certificate file reloads.
@@ -161,6 +163,12 @@ impl Metrics {
                 &r,
                 "spoke_authz_denied_total",
                 "inbound connections or requests denied by policy",
+                &["port"],
+            ),
+            authz_revoked: counter(
+                &r,
+                "spoke_authz_revoked_connections_total",
+                "open inbound connections closed because a new policy no longer allows them",
                 &["port"],
             ),
             cert_expiry,

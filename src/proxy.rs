@@ -1,6 +1,7 @@
 //! The data plane: accept loops and per-connection handling. Each connection loads one
 //! config snapshot when it starts and keeps it to its end.
 
+pub mod authorize;
 pub mod connect;
 pub mod copy;
 pub mod detect;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub pool: http::pool::Pool,
     /// Receives every inbound authorization decision (the demo prints them).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<AuthzEvent>>,
+    /// Ticks after every `store`, so open connections re-check their authorization.
+    changes: tokio::sync::watch::Sender<()>,
 }
 
 /// One inbound authorization decision.
@@ -54,12 +57,21 @@ impl Shared {
             tls,
             pool: Default::default(),
             observer: None,
+            changes: tokio::sync::watch::Sender::new(()),
         }
     }
 
-    /// Swaps in a new snapshot; connections already open keep the one they loaded.
+    /// Swaps in a new snapshot; connections already open keep the one they loaded, and
+    /// those that must re-check their authorization are told.
     pub fn store(&self, snapshot: Snapshot) {
         self.metrics.set_config_version(&snapshot.version);
         self.snapshot.store(Arc::new(snapshot));
+        self.changes.send_replace(());
+    }
+
+    /// Ticks after each snapshot stored from now on. Subscribe before loading the snapshot
+    /// a decision is made on, so no store between the two goes unseen.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changes.subscribe()
     }
 }

@@ -1,5 +1,5 @@
 //! The config snapshot the data plane reads: a validated config plus everything built from
-//! it (endpoint sets now; routes and TLS configs as they arrive). A new snapshot is built
+//! it (endpoint sets, per-port inbound policies). A new snapshot is built
 //! whole and swapped in with one `ArcSwap::store`; each connection loads one and keeps it.
 
 use std::collections::HashMap;
@@ -7,7 +7,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::balance::EndpointSet;
-use crate::config::{AllowRule, Cluster, Config, DefaultPolicy, Protocol, TlsMode};
+use crate::authz::PortPolicy;
+use crate::config::{Cluster, Config};
 use crate::proxy::http::retry::Budget;
 
 /// One cluster as the data plane sees it.
@@ -50,6 +51,9 @@ pub struct Snapshot {
     pub version: String,
     pub config: Arc<Config>,
     clusters: HashMap<String, Arc<ClusterState>>,
+    inbound: Vec<(u16, PortPolicy)>,
+    default_cert: PortPolicy,
+    default_plain: PortPolicy,
 }
 
 impl Snapshot {
@@ -59,8 +63,16 @@ impl Snapshot {
             .iter()
             .map(|c| (c.name.clone(), Arc::new(ClusterState::new(c.clone()))))
             .collect();
+        let inbound = config
+            .inbound
+            .iter()
+            .map(|p| (p.port, PortPolicy::new(p)))
+            .collect();
         Snapshot {
             version,
+            default_cert: PortPolicy::default_for(true, config.default_policy),
+            default_plain: PortPolicy::default_for(false, config.default_policy),
+            inbound,
             config: Arc::new(config),
             clusters,
         }
@@ -77,52 +89,18 @@ impl Snapshot {
     }
 }
 
-/// Who may connect to an inbound port.
-#[derive(Debug, Clone)]
-pub enum Allow {
-    /// No policy for the port and the default is allow: anyone, plaintext included when
-    /// the proxy has no certificate.
-    Any,
-    /// A policy with an empty allow list: any authenticated peer.
-    Authenticated,
-    List(Vec<AllowRule>),
-    Deny,
-}
-
-/// The effective policy of one inbound port.
-#[derive(Debug, Clone)]
-pub struct InboundPolicy {
-    pub tls: TlsMode,
-    pub protocol: Protocol,
-    pub allow: Allow,
-}
-
 impl Snapshot {
-    /// The policy for `port`: its `inbound:` entry, else the default (strict mTLS when the
-    /// proxy has a certificate, plaintext otherwise; `default_policy` decides who may in).
-    pub fn inbound_policy(&self, port: u16, have_cert: bool) -> InboundPolicy {
-        if let Some(p) = self.config.inbound.iter().find(|p| p.port == port) {
-            return InboundPolicy {
-                tls: p.tls,
-                protocol: p.protocol,
-                allow: if p.allow.is_empty() {
-                    Allow::Authenticated
-                } else {
-                    Allow::List(p.allow.clone())
-                },
-            };
+    /// The precomputed policy for `port`: its `inbound:` entry, else the default (strict
+    /// mTLS when the proxy has a certificate, plaintext otherwise; `default_policy` decides
+    /// who may in). A lookup, no allocation: called for every inbound request.
+    pub fn inbound_policy(&self, port: u16, have_cert: bool) -> &PortPolicy {
+        if let Some((_, p)) = self.inbound.iter().find(|(p, _)| *p == port) {
+            return p;
         }
-        InboundPolicy {
-            tls: if have_cert {
-                TlsMode::Strict
-            } else {
-                TlsMode::Disabled
-            },
-            protocol: Protocol::Auto,
-            allow: match self.config.default_policy {
-                DefaultPolicy::Allow => Allow::Any,
-                DefaultPolicy::Deny => Allow::Deny,
-            },
+        if have_cert {
+            &self.default_cert
+        } else {
+            &self.default_plain
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 pub use super::identity::{AllowRule, Identity};
-pub use super::raw::{Capture, DefaultPolicy, Direction, Lb, Protocol, TlsMode};
+pub use super::raw::{AuthzAction, Capture, DefaultPolicy, Direction, Lb, Protocol, TlsMode};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub const DEFAULT_STATS: &str = "0.0.0.0:15020";
@@ -93,6 +93,8 @@ pub struct Listener {
     #[serde(serialize_with = "ser_dur")]
     pub header_read_timeout: Duration,
     pub max_request_bytes: Option<u64>,
+    /// Upgrade protocols tunnelled (lowercase names).
+    pub upgrades: Vec<String>,
 }
 
 /// Where a listener's connections go.
@@ -222,6 +224,8 @@ pub struct Route {
     #[serde(serialize_with = "ser_dur")]
     pub idle_timeout: Duration,
     pub retry: Option<RetryPolicy>,
+    /// Overrides the listener's `upgrades` for this route.
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -288,6 +292,72 @@ pub struct InboundPort {
     pub protocol: Protocol,
     pub tls: TlsMode,
     pub allow: Vec<AllowRule>,
+    pub rules: Vec<AuthzRule>,
+}
+
+/// One per-request authorization rule (see `crate::authz` for how they are evaluated).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthzRule {
+    pub action: AuthzAction,
+    /// Empty: any peer, authenticated or not.
+    pub from: Vec<Principal>,
+    /// Upper-case method names; empty: any.
+    pub methods: Vec<String>,
+    /// Prefixes are stored without a trailing `/` (segment-wise match); empty: any.
+    pub paths: Vec<PathMatch>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+impl AuthzRule {
+    /// Whether the rule looks at the request (and so can only match HTTP).
+    pub fn has_request_conditions(&self) -> bool {
+        !self.methods.is_empty() || !self.paths.is_empty() || !self.headers.is_empty()
+    }
+}
+
+/// Who a rule's `from` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A plaintext peer (a permissive or plaintext port).
+    Unauthenticated,
+    /// Any peer with a verified identity.
+    Authenticated,
+    Id(AllowRule),
+}
+
+impl Principal {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "unauthenticated" => Ok(Principal::Unauthenticated),
+            "authenticated" => Ok(Principal::Authenticated),
+            _ => AllowRule::parse(s).map(Principal::Id),
+        }
+    }
+
+    pub fn matches(&self, peer: Option<&Identity>) -> bool {
+        match (self, peer) {
+            (Principal::Unauthenticated, None) => true,
+            (Principal::Authenticated, Some(_)) => true,
+            (Principal::Id(rule), Some(id)) => rule.matches(id),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Unauthenticated => f.write_str("unauthenticated"),
+            Principal::Authenticated => f.write_str("authenticated"),
+            Principal::Id(r) => r.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Principal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

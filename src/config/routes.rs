@@ -75,30 +75,7 @@ pub(super) fn routes(
                 );
             }
         }
-        let mut headers = Vec::new();
-        for (j, h) in m.headers.iter().enumerate() {
-            let hp = format!("{p}.match.headers[{j}]");
-            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                e.push(
-                    format!("{hp}.name"),
-                    format!("{:?} is not a header name", h.name),
-                );
-            }
-            let rule = match (&h.exact, &h.prefix, h.present) {
-                (Some(x), None, None) => HeaderRule::Exact(x.clone()),
-                (None, Some(x), None) => HeaderRule::Prefix(x.clone()),
-                (None, None, Some(b)) => HeaderRule::Present(b),
-                (None, None, None) => HeaderRule::Present(true),
-                _ => {
-                    e.push(hp.clone(), "takes one of exact, prefix or present");
-                    continue;
-                }
-            };
-            headers.push(HeaderMatch {
-                name: h.name.to_ascii_lowercase(),
-                rule,
-            });
-        }
+        let headers = header_matches(e, &format!("{p}.match.headers"), &m.headers);
         let action = match (&r.cluster, r.split.is_empty()) {
             (Some(c), true) => {
                 check_ref(e, format!("{p}.cluster"), c);
@@ -200,10 +177,70 @@ pub(super) fn routes(
                 per_try_timeout,
                 idle_timeout,
                 retry,
+                upgrades: upgrades(e, &format!("{p}.upgrades"), &r.upgrades),
             });
         }
     }
     out
+}
+
+/// Validates header conditions (`name` plus one of exact, prefix, present); names are
+/// kept lowercase.
+pub(super) fn header_matches(
+    e: &mut Errors,
+    base: &str,
+    raw: &[raw::HeaderMatch],
+) -> Vec<HeaderMatch> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (j, h) in raw.iter().enumerate() {
+        let hp = format!("{base}[{j}]");
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            e.push(
+                format!("{hp}.name"),
+                format!("{:?} is not a header name", h.name),
+            );
+        }
+        let rule = match (&h.exact, &h.prefix, h.present) {
+            (Some(x), None, None) => HeaderRule::Exact(x.clone()),
+            (None, Some(x), None) => HeaderRule::Prefix(x.clone()),
+            (None, None, Some(b)) => HeaderRule::Present(b),
+            (None, None, None) => HeaderRule::Present(true),
+            _ => {
+                e.push(hp.clone(), "takes one of exact, prefix or present");
+                continue;
+            }
+        };
+        out.push(HeaderMatch {
+            name: h.name.to_ascii_lowercase(),
+            rule,
+        });
+    }
+    out
+}
+
+/// Validates an `upgrades` list: protocol tokens, lowercased; `h2c` is refused because a
+/// tunnelled HTTP/2 connection would escape routing and per-request policy.
+pub(super) fn upgrades(e: &mut Errors, path: &str, raw: &Option<Vec<String>>) -> Option<Vec<String>> {
+    let list = raw.as_ref()?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, u) in list.iter().enumerate() {
+        let name = u.trim().to_ascii_lowercase();
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            e.push(format!("{path}[{i}]"), format!("{u:?} is not a protocol name"));
+        } else if name == "h2c" {
+            e.push(
+                format!("{path}[{i}]"),
+                "h2c is never tunnelled: it would carry HTTP/2 past routing and per-request policy",
+            );
+        } else {
+            out.push(name);
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

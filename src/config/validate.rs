@@ -206,7 +206,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
 
     let routes = super::routes::routes(&mut e, &f.routes, &check_ref);
 
-    let inbound = inbound_ports(&mut e, "inbound", &f.inbound);
+    let inbound = super::inbound::ports(&mut e, "inbound", &f.inbound);
     let mut workload_ids = HashSet::new();
     let workloads = f
         .workloads
@@ -214,7 +214,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
         .enumerate()
         .filter_map(|(i, w)| {
             let p = format!("workloads[{i}]");
-            let inbound = inbound_ports(&mut e, &format!("{p}.inbound"), &w.inbound);
+            let inbound = super::inbound::ports(&mut e, &format!("{p}.inbound"), &w.inbound);
             let identity = e.identity(&format!("{p}.identity"), &w.identity)?;
             if !workload_ids.insert(identity.clone()) {
                 e.push(
@@ -457,47 +457,10 @@ fn listeners(
                 detect_timeout,
                 header_read_timeout,
                 max_request_bytes: l.max_request_bytes,
+                upgrades: super::routes::upgrades(e, &format!("{p}.upgrades"), &l.upgrades)
+                    .unwrap_or_else(|| vec!["websocket".to_string()]),
             });
         }
     }
     out
-}
-
-fn inbound_ports(e: &mut Errors, base: &str, raw: &[raw::InboundPort]) -> Vec<InboundPort> {
-    let mut ports = HashSet::new();
-    raw.iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            let p = format!("{base}[{i}]");
-            if ip.port == 0 {
-                e.push(format!("{p}.port"), "must not be 0");
-            }
-            if !ports.insert(ip.port) {
-                e.push(format!("{p}.port"), format!("{} is listed twice", ip.port));
-            }
-            let allow = ip
-                .allow
-                .iter()
-                .enumerate()
-                .filter_map(|(j, a)| {
-                    AllowRule::parse(a)
-                        .map_err(|m| e.push(format!("{p}.allow[{j}]"), m))
-                        .ok()
-                })
-                .collect();
-            let tls = ip.tls.unwrap_or_default();
-            if tls == TlsMode::Disabled && !ip.allow.is_empty() {
-                e.push(
-                    format!("{p}.allow"),
-                    "needs tls strict or permissive: plaintext peers have no identity",
-                );
-            }
-            InboundPort {
-                port: ip.port,
-                protocol: ip.protocol.unwrap_or_default(),
-                tls,
-                allow,
-            }
-        })
-        .collect()
 }

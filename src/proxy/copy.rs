@@ -31,6 +31,8 @@ pub enum Outcome {
     IdleTimeout,
     /// Still open at the drain deadline.
     DrainDeadline,
+    /// Closed because a new policy no longer allows it.
+    Revoked,
     DownstreamError,
     UpstreamError,
 }
@@ -41,6 +43,7 @@ impl Outcome {
             Outcome::Closed => "closed",
             Outcome::IdleTimeout => "idle_timeout",
             Outcome::DrainDeadline => "drain_deadline",
+            Outcome::Revoked => "revoked",
             Outcome::DownstreamError => "downstream_error",
             Outcome::UpstreamError => "upstream_error",
         }
@@ -119,13 +122,14 @@ impl Tracker {
         )
     }
 
-    /// Runs both directions until both end, one fails, the idle timeout, or the drain
-    /// deadline.
-    pub async fn run<U, D>(&self, up: U, down: D, idle: Duration, mut drain: drain::Watch) -> Copied
+    /// Runs both directions until both end, one fails, the idle timeout, the drain
+    /// deadline, or `revoked` resolves.
+    pub async fn run<U, D>(&self, up: U, down: D, idle: Duration, ends: Ends<'_>) -> Copied
     where
         U: Future<Output = Result<(), Outcome>>,
         D: Future<Output = Result<(), Outcome>>,
     {
+        let Ends { mut drain, revoked } = ends;
         let both = async { tokio::try_join!(up, down) };
         let outcome = tokio::select! {
             r = both => match r {
@@ -134,6 +138,7 @@ impl Tracker {
             },
             _ = idle_timer(self.start, &self.last, idle) => Outcome::IdleTimeout,
             _ = drain.closing() => Outcome::DrainDeadline,
+            _ = revoked => Outcome::Revoked,
         };
         Copied {
             rx: self.rx.load(Ordering::Relaxed),
@@ -143,8 +148,24 @@ impl Tracker {
     }
 }
 
+/// What ends a copy from outside: the drain deadline, and a revocation (a future that
+/// resolves when a new policy no longer allows the connection).
+pub struct Ends<'a> {
+    pub drain: drain::Watch,
+    pub revoked: std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+}
+
+impl Ends<'_> {
+    /// Only the drain ends the copy (outbound connections: no inbound policy applies).
+    pub fn drain(drain: drain::Watch) -> Self {
+        Ends {
+            drain,
+            revoked: Box::pin(std::future::pending()),
+        }
+    }
+}
+
 /// Copies downstream <-> upstream for any pair of streams.
-#[allow(clippy::too_many_arguments)]
 pub async fn bidirectional<DR, DW, UR, UW>(
     down_r: DR,
     down_w: DW,
@@ -152,7 +173,7 @@ pub async fn bidirectional<DR, DW, UR, UW>(
     up_w: UW,
     idle: Duration,
     counters: &Counters,
-    drain: drain::Watch,
+    ends: Ends<'_>,
 ) -> Copied
 where
     DR: AsyncRead + Unpin,
@@ -166,7 +187,7 @@ where
         one_way(down_r, up_w, rx),
         one_way(up_r, down_w, tx),
         idle,
-        drain,
+        ends,
     )
     .await
 }

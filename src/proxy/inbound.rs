@@ -1,7 +1,8 @@
 //! Inbound connections (explicit `direction: inbound` listeners): apply the port's TLS
-//! mode, terminate mTLS, take the peer's SPIFFE ID from its verified certificate, check the
-//! port's allow list, and only then connect to the app. A refused peer never gets a byte
-//! to the app.
+//! mode, terminate mTLS, take the peer's SPIFFE ID from its verified certificate, then
+//! either serve HTTP (each request authorized on its own, see `http::forward`) or check a
+//! TCP connection against the port's policy before connecting to the app, and close it
+//! when a later policy no longer allows it. A refused peer never gets a byte to the app.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::authorize::{self, Caller};
 use super::connect::connect_endpoint;
+use super::copy::Ends;
 use super::detect::{detect, Detected, Prefixed};
 use super::http::forward::{ConnCtx, Target};
 use super::http::server;
@@ -20,7 +23,7 @@ use super::io::{splice, Io};
 use super::listener::ListenerCtx;
 use super::tcp::{counters, Access, ActiveGuard};
 use crate::config::{EndpointAddr, Identity, Protocol, TlsMode, DEFAULT_CONNECT_TIMEOUT};
-use crate::snapshot::{Allow, ClusterState};
+use crate::snapshot::ClusterState;
 use crate::tls;
 
 /// What the first bytes said.
@@ -46,6 +49,8 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
     let start = Instant::now();
     let shared = &ctx.shared;
     let metrics = &shared.metrics;
+    // Subscribed before the snapshot is loaded: no policy stored after it goes unseen.
+    let changes = shared.changes();
     let snapshot = shared.snapshot.load_full();
     let port = app.port();
     let local = ctx
@@ -135,37 +140,17 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|leaf| tls::verify::spiffe_id(leaf).ok());
-        (Io::Server(Box::new(stream)), id)
+        // The verifier already insists on one SPIFFE ID; an mTLS peer without one must
+        // never pass for an unauthenticated (plaintext) one.
+        let Some(id) = id else {
+            hs_error("no_identity");
+            access.failed("no_identity", &"client certificate without a SPIFFE ID");
+            return;
+        };
+        (Io::Server(Box::new(stream)), Some(id))
     } else {
         (Io::Plain(sock), None)
     };
-    let allowed = match &policy.allow {
-        Allow::Any => true,
-        Allow::Deny => false,
-        Allow::Authenticated => peer_id.is_some() || !use_tls && policy.tls != TlsMode::Strict,
-        Allow::List(rules) => peer_id
-            .as_ref()
-            .is_some_and(|id| rules.iter().any(|r| r.matches(id))),
-    };
-    if let Some(o) = &shared.observer {
-        let _ = o.send(crate::proxy::AuthzEvent {
-            port,
-            peer_id: peer_id.as_ref().map(|i| i.to_string()),
-            allowed,
-        });
-    }
-    if !allowed {
-        metrics
-            .authz_denied
-            .with_label_values(&[&port.to_string()])
-            .inc();
-        tracing::warn!(
-            peer = %peer,
-            peer.id = peer_id.as_ref().map(|i| i.as_str()).unwrap_or("(plaintext)"),
-            port,
-            "authz: connection denied"
-        );
-    }
 
     // What the app speaks: fixed by the port's protocol, or detected.
     let mut down = down;
@@ -200,12 +185,18 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
                 local: local.clone(),
             },
             h2,
-            denied: !allowed,
+            tls: use_tls,
         });
         server::serve(conn, Prefixed::new(prefix, down), ctx.drain.clone()).await;
         return;
     }
-    if !allowed {
+    let caller = Caller {
+        addr: peer,
+        tls: use_tls,
+        id: peer_id.as_ref(),
+        port,
+    };
+    if !authorize::connection(shared, caller) {
         access.failed("unauthorized", &"peer not allowed on this port");
         return;
     }
@@ -226,7 +217,10 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
                 Io::Plain(stream),
                 ctx.cfg.idle_timeout,
                 &counters,
-                ctx.drain.clone(),
+                Ends {
+                    drain: ctx.drain.clone(),
+                    revoked: Box::pin(authorize::revoked(shared, changes, caller, None)),
+                },
             )
             .await;
             copied.rx += prefix.len() as u64;

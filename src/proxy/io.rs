@@ -5,8 +5,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::copy::{self, Copied, Counters};
-use crate::drain;
+use super::copy::{self, Copied, Counters, Ends};
 
 pub type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 pub type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
@@ -44,18 +43,18 @@ pub async fn splice(
     up: Io,
     idle: std::time::Duration,
     counters: &Counters,
-    drain: drain::Watch,
+    ends: Ends<'_>,
 ) -> Copied {
     match (down, up) {
         (Io::Plain(mut d), Io::Plain(mut u)) => {
             let (dr, dw) = d.split();
             let (ur, uw) = u.split();
-            copy::bidirectional(dr, dw, ur, uw, idle, counters, drain).await
+            copy::bidirectional(dr, dw, ur, uw, idle, counters, ends).await
         }
         (down, up) => {
             let (dr, dw) = boxed_halves(down);
             let (ur, uw) = boxed_halves(up);
-            copy::bidirectional(dr, dw, ur, uw, idle, counters, drain).await
+            copy::bidirectional(dr, dw, ur, uw, idle, counters, ends).await
         }
     }
 }

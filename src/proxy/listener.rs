@@ -109,7 +109,7 @@ async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
                 peer_id: None,
                 target: Target::Outbound { default: None },
                 h2: found == Detected::Http2,
-                denied: false,
+                tls: false,
             });
             server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
         }
@@ -142,7 +142,7 @@ async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
                         default: Some(cluster.clone()),
                     },
                     h2,
-                    denied: false,
+                    tls: false,
                 });
                 server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
             }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect::connect_cluster;
-use super::copy::{Copied, Counters};
+use super::copy::{Copied, Counters, Ends};
 use super::io::{splice, Io};
 use super::listener::ListenerCtx;
 use super::ProxyError;
@@ -137,7 +137,7 @@ pub async fn outbound(
                 up.io,
                 ctx.cfg.idle_timeout,
                 &counters,
-                ctx.drain.clone(),
+                Ends::drain(ctx.drain.clone()),
             )
             .await;
             copied.rx += prefix.len() as u64;

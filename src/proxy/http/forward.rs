@@ -12,11 +12,14 @@ use hyper::body::Incoming;
 
 use super::attempt::attempt_loop;
 use super::body::{self, Observed};
-pub use super::headers::{error_response, status_of, strip_hop_by_hop, ERROR, ORIG_PROTO, PEER_ID};
+pub use super::headers::{
+    error_response, negotiate_upgrade, status_of, strip_hop_by_hop, ERROR, ORIG_PROTO, PEER_ID,
+};
 use super::pool::Body;
 use super::retry;
 use super::route;
 use crate::config::{Identity, RetryPolicy};
+use crate::proxy::authorize::{self, Caller, Held, Refused};
 use crate::proxy::listener::ListenerCtx;
 use crate::snapshot::ClusterState;
 
@@ -32,8 +35,8 @@ pub struct ConnCtx {
     pub target: Target,
     /// The downstream connection speaks HTTP/2.
     pub h2: bool,
-    /// The peer failed authorization: every request gets 403.
-    pub denied: bool,
+    /// The downstream connection is mTLS (inbound): the peer proved `peer_id`.
+    pub tls: bool,
 }
 
 pub enum Target {
@@ -133,22 +136,16 @@ async fn forward(
     info: &mut Info,
 ) -> (Response<Body>, Option<&'static str>) {
     let shared = &conn.listener.shared;
-    if conn.denied {
-        if let Target::Inbound { local, .. } = &conn.target {
-            info.cluster = Some(local.clone());
-        }
-        return (
-            error_response(
-                StatusCode::FORBIDDEN,
-                "unauthorized",
-                "this identity may not call this service",
-            ),
-            Some("unauthorized"),
-        );
-    }
+    let fail = |kind: &'static str, detail: &str| {
+        (error_response(status_of(kind), kind, detail), Some(kind))
+    };
+    // A tunnel opened for this request is re-checked against later policies: subscribe
+    // before the decision so no policy stored after it goes unseen.
+    let inbound_upgrade = matches!(conn.target, Target::Inbound { .. })
+        && !conn.h2
+        && parts.headers.contains_key(header::UPGRADE);
+    let changes = inbound_upgrade.then(|| shared.changes());
     let snapshot = shared.snapshot.load_full();
-    let upgrade = !conn.h2 && parts.headers.contains_key(header::UPGRADE);
-    strip_hop_by_hop(&mut parts.headers, upgrade);
 
     // Identity and protocol hints: never trust what the client sent.
     parts.headers.remove(PEER_ID);
@@ -156,20 +153,25 @@ async fn forward(
         .headers
         .remove(ORIG_PROTO)
         .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
-    let fail = |kind: &'static str, detail: &str| {
-        (error_response(status_of(kind), kind, detail), Some(kind))
-    };
 
     let (cluster, route): (Arc<ClusterState>, Option<&crate::config::Route>);
     let mut inbound_app = None;
     match &conn.target {
         Target::Inbound { app, local } => {
-            if let Some(id) = &conn.peer_id {
-                if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-                    parts.headers.insert(PEER_ID, v);
-                }
-            }
             info.cluster = Some(local.clone());
+            let caller = Caller {
+                addr: conn.peer,
+                tls: conn.tls,
+                id: conn.peer_id.as_ref(),
+                port: app.port(),
+            };
+            match authorize::request(shared, caller, parts) {
+                Ok(()) => {}
+                Err(Refused::Denied) => {
+                    return fail("unauthorized", "this identity may not make this request")
+                }
+                Err(Refused::BadPath(e)) => return fail("bad_request", &e.to_string()),
+            }
             inbound_app = Some(*app);
             cluster = local.clone();
             route = None;
@@ -187,6 +189,21 @@ async fn forward(
             cluster = c.clone();
             info.cluster = Some(c.clone());
             route = d.route;
+        }
+    }
+    // What a later policy is checked against while a tunnel is open.
+    let held = changes.map(|c| (c, Held::new(parts)));
+    let upgrades = route
+        .and_then(|r| r.upgrades.as_deref())
+        .unwrap_or(&conn.listener.cfg.upgrades);
+    let upgrade = !conn.h2 && negotiate_upgrade(&mut parts.headers, upgrades);
+    let revocation = held.filter(|_| upgrade);
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if inbound_app.is_some() {
+        if let Some(id) = &conn.peer_id {
+            if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+                parts.headers.insert(PEER_ID, v);
+            }
         }
     }
 
@@ -304,11 +321,20 @@ async fn forward(
         Ok(r) => r,
         Err((kind, detail)) => return fail(kind, &detail),
     };
-    let status = resp.status();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = downstream_upgrade {
-            let up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(down) = downstream_upgrade else {
+            // Nothing was offered to switch to: an app must not answer 101 here.
+            return fail(
+                "upstream_protocol_error",
+                "the upstream switched protocols without an upgrade being forwarded",
+            );
+        };
+        let up = hyper::upgrade::on(&mut resp);
+        let shared = conn.listener.shared.clone();
+        let (peer, tls, peer_id) = (conn.peer, conn.tls, conn.peer_id.clone());
+        let port = inbound_app.map(|a| a.port()).unwrap_or(0);
+        tokio::spawn(async move {
+            let tunnel = async {
                 match tokio::try_join!(down, up) {
                     Ok((d, u)) => {
                         let mut d = hyper_util::rt::TokioIo::new(d);
@@ -317,8 +343,21 @@ async fn forward(
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
-            });
-        }
+            };
+            let Some((changes, held)) = revocation else {
+                return tunnel.await;
+            };
+            let caller = Caller {
+                addr: peer,
+                tls,
+                id: peer_id.as_ref(),
+                port,
+            };
+            tokio::select! {
+                _ = tunnel => {}
+                _ = authorize::revoked(&shared, changes, caller, Some(&held)) => {}
+            }
+        });
         let (p, _) = resp.into_parts();
         return (
             Response::from_parts(p, body::full(bytes::Bytes::new())),

@@ -64,7 +64,10 @@ enum Body {
 enum State {
     Head,
     Body(Body),
-    /// After an upgrade or CONNECT: bytes are no longer HTTP/1 requests.
+    /// After an upgrade or CONNECT request: whether bytes that follow are HTTP/1 depends
+    /// on the answer (101 or not), so they are held until the server says.
+    AwaitUpgrade,
+    /// After a switch of protocols: bytes are no longer HTTP/1 requests.
     Passthrough,
 }
 
@@ -175,10 +178,34 @@ impl Framer {
     fn end_of_request(&mut self) {
         self.mark = None;
         self.state = if self.leave_after_body {
-            State::Passthrough
+            State::AwaitUpgrade
         } else {
             State::Head
         };
+    }
+
+    /// Waiting to learn whether the last request switched protocols.
+    pub fn awaiting_upgrade(&self) -> bool {
+        matches!(self.state, State::AwaitUpgrade)
+    }
+
+    /// The server's answer to the upgrade (or CONNECT) request: switched, and the held
+    /// bytes and all that follows pass unchecked; or not, and checking resumes with them
+    /// (a refused `Upgrade: h2c` leaves a keep-alive HTTP/1.1 connection still guarded).
+    pub fn resolve_upgrade(&mut self, switched: bool) -> Result<(), Verdict> {
+        if !self.awaiting_upgrade() {
+            return Ok(());
+        }
+        self.leave_after_body = false;
+        let held = self.pending.split().freeze();
+        if switched {
+            self.state = State::Passthrough;
+            self.ready.extend_from_slice(&held);
+            Ok(())
+        } else {
+            self.state = State::Head;
+            self.push(&held)
+        }
     }
 
     /// Validates `input` and queues the good bytes. On a violation, drops the offending
@@ -224,6 +251,12 @@ impl Framer {
             match &mut self.state {
                 State::Passthrough => {
                     self.ready.extend_from_slice(input);
+                    return Ok(());
+                }
+                State::AwaitUpgrade => {
+                    // The guard stops reading while waiting; this is what came with the
+                    // request's last bytes.
+                    self.pending.extend_from_slice(input);
                     return Ok(());
                 }
                 State::Head => {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Sleep;
@@ -37,6 +37,14 @@ pin_project_lite::pin_project! {
 pub struct Refusal {
     verdict: Mutex<Option<Verdict>>,
     pub path: String,
+    /// The server's answer to an upgrade request the guard holds the connection for.
+    upgrade: Mutex<UpgradeWait>,
+}
+
+#[derive(Debug, Default)]
+struct UpgradeWait {
+    switched: Option<bool>,
+    waker: Option<Waker>,
 }
 
 impl Refusal {
@@ -47,6 +55,29 @@ impl Refusal {
     fn set(&self, v: Verdict) {
         let mut g = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
         g.get_or_insert(v);
+    }
+
+    /// Tells the guard how the server answered an upgrade (or CONNECT) request: whether
+    /// the connection switched protocols.
+    pub fn decide_upgrade(&self, switched: bool) {
+        let waker = {
+            let mut w = self.upgrade.lock().unwrap_or_else(|p| p.into_inner());
+            w.switched = Some(switched);
+            w.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The answer, or `None` after registering to be woken when it comes.
+    fn upgrade_answer(&self, cx: &Context<'_>) -> Option<bool> {
+        let mut w = self.upgrade.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = w.switched.take();
+        if answer.is_none() {
+            w.waker = Some(cx.waker().clone());
+        }
+        answer
     }
 
     /// Whether `path` is this connection's synthetic request.
@@ -64,6 +95,7 @@ impl<S> Guard<S> {
                 fastrand::u64(..),
                 fastrand::u64(..)
             ),
+            upgrade: Mutex::default(),
         });
         (
             Guard {
@@ -99,6 +131,18 @@ impl<S: AsyncRead> AsyncRead for Guard<S> {
                     continue;
                 }
                 return Poll::Ready(Ok(()));
+            }
+            // After an upgrade request, nothing more is read until the server answered it.
+            if this.framer.awaiting_upgrade() {
+                match this.refusal.upgrade_answer(cx) {
+                    None => return Poll::Pending,
+                    Some(switched) => {
+                        if let Err(v) = this.framer.resolve_upgrade(switched) {
+                            this.refusal.set(v);
+                        }
+                        continue;
+                    }
+                }
             }
             // Slowloris: a head that started but did not finish in time.
             if this.framer.in_partial_head() {

@@ -54,7 +54,13 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
             h.remove(n);
         }
     }
-    for n in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+    // HTTP2-Settings only ever rides an h2c upgrade, which is never forwarded.
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "http2-settings",
+    ] {
         h.remove(n);
     }
     let te_trailers = h
@@ -69,5 +75,90 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     } else {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
+    }
+}
+
+/// Whether a request asks for an upgrade this hop tunnels: `Connection: upgrade` and an
+/// `Upgrade` protocol named in `allowed` (compared case-insensitively, without a
+/// `/version`). Offered protocols that are not allowed are removed from `Upgrade`; with
+/// none left, the request goes on as plain HTTP/1.1. `h2c` is never allowed: HTTP/2 in a
+/// byte tunnel would escape routing, per-request policy and metrics.
+pub fn negotiate_upgrade(h: &mut HeaderMap, allowed: &[String]) -> bool {
+    let asked = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asked {
+        return false;
+    }
+    let ok = |p: &str| {
+        let name = p.split('/').next().unwrap_or("").trim();
+        !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    };
+    let offered = || {
+        h.get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    };
+    let (total, good) = offered().fold((0, 0), |(t, g), p| (t + 1, g + usize::from(ok(p))));
+    if good == 0 {
+        return false;
+    }
+    if good < total {
+        let kept = offered().filter(|p| ok(p)).collect::<Vec<_>>().join(", ");
+        match HeaderValue::from_str(&kept) {
+            Ok(v) => {
+                h.insert(header::UPGRADE, v);
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or(header::ACCEPT),
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn only_allowed_upgrades_survive() {
+        let ws = vec!["websocket".to_string()];
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "WebSocket")]);
+        assert!(negotiate_upgrade(&mut h, &ws));
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        assert!(!negotiate_upgrade(&mut h, &ws));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        // h2c is refused even when listed; other offers are trimmed to the allowed ones.
+        let both = vec!["h2c".to_string(), "websocket".to_string()];
+        let mut h = headers(&[("connection", "upgrade"), ("upgrade", "h2c, websocket")]);
+        assert!(negotiate_upgrade(&mut h, &both));
+        assert_eq!(h.get(header::UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        // An Upgrade header without the connection option is not an upgrade request.
+        let mut h = headers(&[("upgrade", "websocket")]);
+        assert!(!negotiate_upgrade(&mut h, &ws));
+        let mut h = headers(&[("connection", "upgrade"), ("upgrade", "foo/2")]);
+        assert!(!negotiate_upgrade(&mut h, &ws));
+        assert!(negotiate_upgrade(&mut h, &["foo".to_string()]));
     }
 }

@@ -67,10 +67,23 @@ where
             let ctx = ctx.clone();
             let refusal = r2.clone();
             async move {
-                match refusal.verdict() {
-                    Some(v) if refusal.is_synthetic(req.uri().path()) => Ok(refused(&ctx, &v)),
-                    _ => forward::handle(ctx, req).await,
+                if let Some(v) = refusal.verdict() {
+                    if refusal.is_synthetic(req.uri().path()) {
+                        return Ok(refused(&ctx, &v));
+                    }
                 }
+                // The guard holds the bytes after an upgrade request until it knows
+                // whether the connection switched protocols.
+                let connect = req.method() == http::Method::CONNECT;
+                let asked = connect || req.headers().contains_key(http::header::UPGRADE);
+                let resp = forward::handle(ctx, req).await;
+                if asked {
+                    let status = resp.as_ref().map(|r| r.status()).ok();
+                    refusal.decide_upgrade(status.is_some_and(|s| {
+                        s == http::StatusCode::SWITCHING_PROTOCOLS || connect && s.is_success()
+                    }));
+                }
+                resp
             }
         });
         let c = hyper::server::conn::http1::Builder::new()

@@ -108,7 +108,28 @@ fn a_bad_chunk_after_the_head_was_handed_out_is_not_clean() {
 }
 
 #[test]
-fn upgrade_leaves_http() {
-    let req = b"GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81\x05hello-binary-frames\r\n\r\n";
-    assert_eq!(run(&[req]), (req.to_vec(), None));
+fn upgrade_holds_what_follows_until_answered() {
+    let head = b"GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+    let frames = b"\x81\x05hello-binary-frames\r\n\r\n";
+    // Switched: the held bytes and everything after pass unchecked.
+    let mut f = Framer::new(Limits::default());
+    f.push(&[&head[..], &frames[..]].concat()).unwrap();
+    assert_eq!(&f.take(usize::MAX)[..], &head[..]);
+    assert!(f.awaiting_upgrade());
+    f.resolve_upgrade(true).unwrap();
+    f.push(b"more raw bytes").unwrap();
+    assert_eq!(&f.take(usize::MAX)[..], &[&frames[..], b"more raw bytes"].concat()[..]);
+
+    // Not switched (an h2c upgrade stripped by the proxy): the next request on the
+    // connection is checked as ever, so a smuggling shape after it is still refused.
+    let h2c = b"GET / HTTP/1.1\r\nhost: a\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let good = b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n";
+    let bad = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    let mut f = Framer::new(Limits::default());
+    f.push(&[&h2c[..], &good[..]].concat()).unwrap();
+    assert_eq!(&f.take(usize::MAX)[..], &h2c[..]);
+    f.resolve_upgrade(false).unwrap();
+    assert_eq!(&f.take(usize::MAX)[..], &good[..]);
+    let v = f.push(bad).unwrap_err();
+    assert_eq!(v.detail, "both content-length and transfer-encoding");
 }
