@@ -6,48 +6,15 @@
 mod support;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::http::*;
-use support::pki::TempDir;
+use support::mesh::*;
+use support::pki::{BACKEND, WEB};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_spoke");
-const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
-const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
-
-fn spoke(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "spoke {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    http_blocking(port, "GET", path)
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn status(port: u16) -> serde_json::Value {
-    serde_json::from_str(&get(port, "/status").unwrap().1).unwrap()
-}
 
 /// One TCP round trip through the proxy; the upstream answers with its name.
 fn who(port: u16) -> Option<String> {
@@ -57,81 +24,6 @@ fn who(port: u16) -> Option<String> {
     let mut b = String::new();
     s.read_to_string(&mut b).ok()?;
     Some(b)
-}
-
-struct Mesh {
-    dir: TempDir,
-    ca: PathBuf,
-    mesh: PathBuf,
-    token: PathBuf,
-}
-
-impl Mesh {
-    fn new() -> Self {
-        let dir = TempDir::new("control");
-        let ca = dir.0.join("ca");
-        let mesh = dir.0.join("mesh");
-        std::fs::create_dir_all(&mesh).unwrap();
-        spoke(&["ca", "init", "--out", ca.to_str().unwrap()]);
-        let token = dir.0.join("web.token");
-        let t = spoke(&[
-            "control",
-            "token",
-            "--ca",
-            ca.to_str().unwrap(),
-            "--id",
-            WEB,
-            "--ttl",
-            "1h",
-        ]);
-        std::fs::write(&token, t).unwrap();
-        Mesh {
-            dir,
-            ca,
-            mesh,
-            token,
-        }
-    }
-
-    /// Writes the mesh config atomically (temp file + rename).
-    fn write(&self, yaml: &str) {
-        let tmp = self.mesh.join(".mesh.yaml.tmp");
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.mesh.join("mesh.yaml")).unwrap();
-    }
-
-    fn control(&self, port: u16, stats: u16) -> Proc {
-        spawn_spoke(
-            &[
-                "control",
-                "--config-dir",
-                self.mesh.to_str().unwrap(),
-                "--ca",
-                self.ca.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--stats",
-                &format!("127.0.0.1:{stats}"),
-            ],
-            false,
-        )
-    }
-
-    fn proxy(&self, control: u16, listen: u16, stats: u16) -> Proc {
-        let cfg = self.dir.0.join(format!("proxy-{listen}.yaml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "node: {{ id: web-0 }}\nadmin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{stats} }}\n\
-                 control: {{ address: 127.0.0.1:{control}, token_file: \"{}\", roots: \"{}\" }}\n\
-                 listeners: [ {{ name: out, address: 127.0.0.1:{listen}, protocol: tcp, cluster: backend }} ]\n",
-                self.token.display(),
-                self.ca.join("root.pem").display()
-            ),
-        )
-        .unwrap();
-        spawn_spoke(&["proxy", "--config", cfg.to_str().unwrap()], false)
-    }
 }
 
 fn backend_at(addr: std::net::SocketAddr) -> String {
@@ -379,18 +271,7 @@ async fn certificates_are_bound_to_their_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_swaps_under_load_lose_nothing() {
     let m = Mesh::new();
-    let backend_token = m.dir.0.join("backend.token");
-    let t = spoke(&[
-        "control",
-        "token",
-        "--ca",
-        m.ca.to_str().unwrap(),
-        "--id",
-        BACKEND,
-        "--ttl",
-        "1h",
-    ]);
-    std::fs::write(&backend_token, t).unwrap();
+    let backend_token = m.token_for(BACKEND);
     let (v1, seen1) = start_app("v1").await;
     let (v2, seen2) = start_app("v2").await;
     // The backend sidecar: two inbound listeners (v1, v2), policy from the mesh.

@@ -15,8 +15,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BASE: &str = "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\n";
-
 /// One proxy with an auto-detecting listener in front of `clusters` and `routes`.
 async fn edge(
     default: &str,
@@ -322,38 +320,14 @@ async fn timeouts_and_connect_failures_are_proxy_errors() {
     );
 }
 
-/// A client sidecar (sa/web, listener `out` with `protocol`) meshed to a server sidecar
-/// (sa/backend, inbound listener `in` forwarding to `app` under the `inbound` policy fields).
-async fn sidecar_pair(
-    pki: &Pki,
-    app: std::net::SocketAddr,
-    inbound: &str,
-    protocol: &str,
-) -> (spoke::app::Running, spoke::app::Running) {
-    let server = proxy(&format!(
-        "{BASE}{}listeners: [ {{ name: in, address: 127.0.0.1:0, direction: inbound, forward: \"{app}\" }} ]\n\
-         inbound: [ {{ port: {}, {inbound} }} ]\n",
-        pki.issue("backend", BACKEND).yaml(""),
-        app.port()
-    ))
-    .await;
-    let client = proxy(&format!(
-        "{BASE}{}listeners: [ {{ name: out, address: 127.0.0.1:0, protocol: {protocol}, cluster: backend }} ]\n\
-         clusters: [ {{ name: backend, tls: {{ identity: \"{BACKEND}\" }}, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
-        pki.issue("web", WEB).yaml(""),
-        server.listener("in").unwrap()
-    ))
-    .await;
-    (server, client)
-}
-
 /// Two sidecars: the client speaks HTTP/1.1 to its sidecar, the sidecars speak HTTP/2 over
 /// mTLS on one connection, and the app gets HTTP/1.1 back with the caller's identity.
 #[tokio::test]
 async fn meshed_hop_is_http2_over_mtls_and_app_gets_its_version() {
     let pki = Pki::new(TD);
     let (app, seen) = start_app("app").await;
-    let (server, client) = sidecar_pair(&pki, app, &format!("allow: [ \"{WEB}\" ]"), "auto").await;
+    let Pair { server, client, .. } =
+        Pair::start(&pki, app, &format!("allow: [ \"{WEB}\" ]"), "auto").await;
     let out = client.listener("out").unwrap();
     for _ in 0..3 {
         let mut c = Client::connect(out, false).await;
@@ -428,7 +402,7 @@ async fn meshed_hop_is_http2_over_mtls_and_app_gets_its_version() {
 async fn denied_http_peer_gets_403() {
     let pki = Pki::new(TD);
     let (app, seen) = start_app("app").await;
-    let (server, client) = sidecar_pair(
+    let Pair { server, client, .. } = Pair::start(
         &pki,
         app,
         &format!("protocol: http, allow: [ \"{BACKEND}\" ]"),

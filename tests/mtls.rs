@@ -46,8 +46,6 @@ async fn counting_app() -> (SocketAddr, Arc<AtomicUsize>) {
     (a, n)
 }
 
-const BASE: &str = "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\n";
-
 /// The server-side sidecar: an inbound listener forwarding to `app` under `policy`.
 async fn inbound_sidecar(
     files: &Files,

@@ -17,8 +17,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BASE: &str = "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\n";
-
 /// Writes a file atomically (temp + rename), as a careful rotator does.
 fn put(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");

@@ -224,7 +224,15 @@ pub enum Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, h2: bool) -> Client {
-        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        Client::over(TcpStream::connect(addr).await.unwrap(), h2).await
+    }
+
+    /// A client on an already open stream (a TLS stream, say).
+    pub async fn over<S>(io: S, h2: bool) -> Client
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
         if h2 {
             let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod mesh;
 pub mod pki;
 
 use std::future::Future;
@@ -14,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const T: Duration = Duration::from_secs(10);
+
+/// Admin and stats on port 0, for in-process proxies.
+pub const BASE: &str = "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\n";
 
 /// Awaits `f`, failing the test if it takes longer than 10 s.
 pub async fn within<F: Future>(f: F) -> F::Output {

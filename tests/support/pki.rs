@@ -42,7 +42,7 @@ impl Drop for TempDir {
 }
 
 /// A certificate set on disk.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Files {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -171,4 +171,56 @@ pub fn leaf_der(files: &Files) -> Vec<u8> {
         .unwrap()
         .as_ref()
         .to_vec()
+}
+
+/// A client sidecar (sa/web, listener `out`) meshed to a server sidecar (sa/backend,
+/// inbound listener `in` forwarding to `app` under an `inbound:` policy that a test may
+/// replace while connections are open).
+pub struct Pair {
+    pub server: spoke::app::Running,
+    pub client: spoke::app::Running,
+    server_files: Files,
+    app: SocketAddr,
+}
+
+impl Pair {
+    /// `inbound` holds the policy fields of the app's port (`allow: [...]`, `rules: ...`);
+    /// `protocol` is the client listener's.
+    pub async fn start(pki: &Pki, app: SocketAddr, inbound: &str, protocol: &str) -> Pair {
+        let server_files = pki.issue("backend", BACKEND);
+        let server = super::proxy(&Self::server_yaml(&server_files, app, inbound)).await;
+        let client = super::proxy(&format!(
+            "{}{}listeners: [ {{ name: out, address: 127.0.0.1:0, protocol: {protocol}, cluster: backend }} ]\n\
+             clusters: [ {{ name: backend, tls: {{ identity: \"{BACKEND}\" }}, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+            super::BASE,
+            pki.issue("web", WEB).yaml(""),
+            server.listener("in").unwrap()
+        ))
+        .await;
+        Pair {
+            server,
+            client,
+            server_files,
+            app,
+        }
+    }
+
+    fn server_yaml(files: &Files, app: SocketAddr, inbound: &str) -> String {
+        format!(
+            "{}{}listeners: [ {{ name: in, address: 127.0.0.1:0, direction: inbound, forward: \"{app}\" }} ]\n\
+             inbound: [ {{ port: {}, {inbound} }} ]\n",
+            super::BASE,
+            files.yaml(""),
+            app.port()
+        )
+    }
+
+    /// Swaps a new policy into the server sidecar, as a control-plane push would.
+    pub fn set_policy(&self, inbound: &str) {
+        let yaml = Self::server_yaml(&self.server_files, self.app, inbound);
+        let cfg = spoke::config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        self.server
+            .shared
+            .store(spoke::snapshot::Snapshot::from_static(cfg));
+    }
 }
