@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use crate::balance::EndpointSet;
 use crate::authz::PortPolicy;
+use crate::balance::EndpointSet;
 use crate::config::{Cluster, Config};
 use crate::proxy::http::retry::Budget;
 

@@ -63,7 +63,14 @@ async fn rules_matrix_over_real_mtls() {
         pki.issue("other", OTHER),
     );
     // (caller, method, path, headers, status, path the app sees)
-    type Case<'a> = (Option<&'a Files>, &'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    type Case<'a> = (
+        Option<&'a Files>,
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        u16,
+        &'a str,
+    );
     let cases: &[Case] = &[
         (Some(&web), "GET", "/api/x", &[], 200, "/api/x"),
         (Some(&web), "POST", "/api/x", &[], 403, ""),
@@ -79,8 +86,22 @@ async fn rules_matrix_over_real_mtls() {
         (Some(&web), "GET", "/api%2F..%2Fadmin", &[], 400, ""),
         (Some(&web), "GET", "/api/x?next=/admin", &[], 200, "/api/x"),
         (Some(&other), "GET", "/api/x", &[], 403, ""),
-        (Some(&other), "DELETE", "/anything", &[("x-debug", "1")], 200, "/anything"),
-        (Some(&other), "GET", "/anything", &[("x-debug", "2")], 403, ""),
+        (
+            Some(&other),
+            "DELETE",
+            "/anything",
+            &[("x-debug", "1")],
+            200,
+            "/anything",
+        ),
+        (
+            Some(&other),
+            "GET",
+            "/anything",
+            &[("x-debug", "2")],
+            403,
+            "",
+        ),
         // Deny rules come first: the header that lets others in does not help dev.
         (Some(&dev), "GET", "/api/x", &[("x-debug", "1")], 403, ""),
         (None, "GET", "/healthz", &[], 200, "/healthz"),
@@ -91,7 +112,10 @@ async fn rules_matrix_over_real_mtls() {
     let (mut denied, mut allowed) = (0, 0);
     for (who, method, path, headers, want, app_path) in cases {
         // One keep-alive connection per caller: a 403 leaves it open for what follows.
-        let i = match conns.iter().position(|(w, _)| w.map(|f| &f.cert) == who.map(|f| &f.cert)) {
+        let i = match conns
+            .iter()
+            .position(|(w, _)| w.map(|f| &f.cert) == who.map(|f| &f.cert))
+        {
             Some(i) => i,
             None => {
                 conns.push((*who, within(client(addr, &pki, *who)).await));
@@ -101,7 +125,11 @@ async fn rules_matrix_over_real_mtls() {
         let r = within(conns[i].1.send(req(method, path, headers, "")))
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        assert_eq!(r.status, *want, "{who:?} {method} {path} {headers:?}: {}", r.body);
+        assert_eq!(
+            r.status, *want,
+            "{who:?} {method} {path} {headers:?}: {}",
+            r.body
+        );
         match want {
             403 => {
                 assert_eq!(r.header("x-spoke-error"), "unauthorized");
@@ -125,12 +153,19 @@ async fn rules_matrix_over_real_mtls() {
     );
     let port = format!("port=\"{}\"", app.port());
     assert_eq!(
-        metric(&metrics(&server).await, "spoke_authz_denied_total", &[&port]),
+        metric(
+            &metrics(&server).await,
+            "spoke_authz_denied_total",
+            &[&port]
+        ),
         Some(denied as f64)
     );
     // The rules are in the config dump as written.
     let dump = within(http(server.admin, "GET", "/config_dump")).await.1;
-    assert!(dump.contains("x-debug") && dump.contains("unauthenticated"), "{dump}");
+    assert!(
+        dump.contains("x-debug") && dump.contains("unauthenticated"),
+        "{dump}"
+    );
 }
 
 /// Reads what arrives within `wait`: `None` if the connection stayed open and silent.
@@ -203,12 +238,19 @@ async fn a_new_policy_closes_the_tcp_connections_it_no_longer_allows() {
 
     // The port turns strict: plaintext peers are cut, other (mTLS, allowed) is not.
     store(&server, &format!("tls: strict, allow: [ \"{OTHER}\" ]"));
-    assert!(closed_within(&mut plain, Duration::from_secs(1)).await.is_some());
+    assert!(closed_within(&mut plain, Duration::from_secs(1))
+        .await
+        .is_some());
     echo_ok(&mut other, b"other-3").await;
 
     // A change that still allows what is open touches nothing.
-    store(&server, &format!("tls: strict, allow: [ \"{OTHER}\", \"{WEB}\" ]"));
-    assert!(closed_within(&mut other, Duration::from_millis(300)).await.is_none());
+    store(
+        &server,
+        &format!("tls: strict, allow: [ \"{OTHER}\", \"{WEB}\" ]"),
+    );
+    assert!(closed_within(&mut other, Duration::from_millis(300))
+        .await
+        .is_none());
     echo_ok(&mut other, b"other-4").await;
     let port = format!("port=\"{}\"", app.port());
     let m = metrics(&server).await;
@@ -219,7 +261,9 @@ async fn a_new_policy_closes_the_tcp_connections_it_no_longer_allows() {
     );
     // New connections meet the new policy at accept.
     let mut dev = within(tls(&pki.issue("dev", DEV))).await;
-    assert!(closed_within(&mut dev, Duration::from_secs(2)).await.is_some());
+    assert!(closed_within(&mut dev, Duration::from_secs(2))
+        .await
+        .is_some());
 }
 
 /// An app that would accept an h2c upgrade (101) and records every request head it gets.
@@ -322,7 +366,9 @@ async fn websocket_tunnels_work_and_are_revoked_with_their_caller() {
     let pair = Pair::start(
         &pki,
         app,
-        &format!("rules: [ {{ action: allow, from: [ \"{WEB}\" ], paths: [ {{ prefix: /ws }} ] }} ]"),
+        &format!(
+            "rules: [ {{ action: allow, from: [ \"{WEB}\" ], paths: [ {{ prefix: /ws }} ] }} ]"
+        ),
         "auto",
     )
     .await;
@@ -344,13 +390,17 @@ async fn websocket_tunnels_work_and_are_revoked_with_their_caller() {
     pair.set_policy(&format!(
         "rules: [ {{ action: allow, from: [ \"{WEB}\" ], methods: [ GET ] }} ]"
     ));
-    assert!(closed_within(&mut ws, Duration::from_millis(300)).await.is_none());
+    assert!(closed_within(&mut ws, Duration::from_millis(300))
+        .await
+        .is_none());
     echo_ok(&mut ws, b"still allowed").await;
     // ...one that no longer does closes it within a second.
     pair.set_policy(&format!(
         "rules: [ {{ action: allow, from: [ \"{WEB}\" ], paths: [ {{ prefix: /api }} ] }} ]"
     ));
-    assert!(closed_within(&mut ws, Duration::from_secs(1)).await.is_some());
+    assert!(closed_within(&mut ws, Duration::from_secs(1))
+        .await
+        .is_some());
     let m = metrics(&pair.server).await;
     assert_eq!(
         metric(&m, "spoke_authz_revoked_connections_total", &[]),
@@ -361,9 +411,11 @@ async fn websocket_tunnels_work_and_are_revoked_with_their_caller() {
     let mut s = within(TcpStream::connect(pair.client.listener("out").unwrap()))
         .await
         .unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: backend\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: backend\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("http/1.1 403"), "{head}");
 }
@@ -380,9 +432,11 @@ async fn upgrades_follow_the_listener_and_route_lists() {
     };
     let upgrade = |p: SocketAddr| async move {
         let mut s = within(TcpStream::connect(p)).await.unwrap();
-        s.write_all(b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
         read_head(&mut s).await
     };
     // No upgrades on the listener: the request goes on as plain HTTP, and the app's 101
@@ -390,10 +444,15 @@ async fn upgrades_follow_the_listener_and_route_lists() {
     let p = proxy(&yaml(", upgrades: []", "")).await;
     let head = upgrade(p.listener("web").unwrap()).await;
     assert!(head.starts_with("http/1.1 502"), "{head}");
-    assert!(head.contains("x-spoke-error: upstream_protocol_error"), "{head}");
+    assert!(
+        head.contains("x-spoke-error: upstream_protocol_error"),
+        "{head}"
+    );
     // The route's own list wins over the listener's.
     let p = proxy(&yaml(", upgrades: []", ", upgrades: [ websocket ]")).await;
-    assert!(upgrade(p.listener("web").unwrap()).await.starts_with("http/1.1 101"));
+    assert!(upgrade(p.listener("web").unwrap())
+        .await
+        .starts_with("http/1.1 101"));
 }
 
 #[tokio::test]
@@ -413,7 +472,10 @@ async fn outbound_changes_reach_open_client_connections() {
     let mut h2 = Client::connect(addr, true).await;
     assert_eq!(within(h1.get("/svc")).await.unwrap().field("server"), "a");
     assert_eq!(
-        within(h2.get("http://backend/svc")).await.unwrap().field("server"),
+        within(h2.get("http://backend/svc"))
+            .await
+            .unwrap()
+            .field("server"),
         "a"
     );
     let cfg = spoke::config::from_yaml(&yaml("b")).unwrap();
@@ -421,7 +483,10 @@ async fn outbound_changes_reach_open_client_connections() {
     // The very next request on each open connection follows the new route.
     assert_eq!(within(h1.get("/svc")).await.unwrap().field("server"), "b");
     assert_eq!(
-        within(h2.get("http://backend/svc")).await.unwrap().field("server"),
+        within(h2.get("http://backend/svc"))
+            .await
+            .unwrap()
+            .field("server"),
         "b"
     );
 }
@@ -462,7 +527,9 @@ fn revoked_and_restored_over_one_pooled_http2_connection() {
         WEB,
         cp,
         ws,
-        &format!("[ {{ name: out, address: 127.0.0.1:{out_port}, protocol: http, cluster: backend }} ]"),
+        &format!(
+            "[ {{ name: out, address: 127.0.0.1:{out_port}, protocol: http, cluster: backend }} ]"
+        ),
     );
     for port in [bs, ws] {
         wait_for("sidecar ready", Duration::from_secs(20), || {

@@ -36,6 +36,15 @@ inbound:
       - { action: allow, from: [ unauthenticated ], paths: [ { exact: /healthz } ] }
 "#;
 
+/// (peer, method, path, headers, decision)
+type Case<'a> = (
+    Option<&'a Identity>,
+    &'a str,
+    &'a str,
+    &'a HeaderMap,
+    Result<(), Denial>,
+);
+
 #[test]
 fn rules_matrix() {
     let p = policy(RULES);
@@ -44,19 +53,55 @@ fn rules_matrix() {
     let mut debug = HeaderMap::new();
     debug.insert("x-debug", http::HeaderValue::from_static("1"));
     let (web, dev, other) = (id(WEB), id(DEV), id(OTHER));
-    let cases: &[(Option<&Identity>, &str, &str, &HeaderMap, Result<(), Denial>)] = &[
+    let cases: &[Case] = &[
         (Some(&web), "GET", "/api/x", &none, Ok(())),
         (Some(&web), "HEAD", "/api", &none, Ok(())),
-        (Some(&web), "POST", "/api/x", &none, Err(Denial::NoAllowMatch)),
+        (
+            Some(&web),
+            "POST",
+            "/api/x",
+            &none,
+            Err(Denial::NoAllowMatch),
+        ),
         (Some(&web), "GET", "/apix", &none, Err(Denial::NoAllowMatch)),
-        (Some(&web), "GET", "/other", &none, Err(Denial::NoAllowMatch)),
-        (Some(&web), "GET", "/api/admin/users", &none, Err(Denial::DenyRule(1))),
-        (Some(&web), "GET", "/healthz", &none, Err(Denial::NoAllowMatch)),
+        (
+            Some(&web),
+            "GET",
+            "/other",
+            &none,
+            Err(Denial::NoAllowMatch),
+        ),
+        (
+            Some(&web),
+            "GET",
+            "/api/admin/users",
+            &none,
+            Err(Denial::DenyRule(1)),
+        ),
+        (
+            Some(&web),
+            "GET",
+            "/healthz",
+            &none,
+            Err(Denial::NoAllowMatch),
+        ),
         (Some(&web), "POST", "/other", &debug, Ok(())),
-        (Some(&other), "GET", "/api/x", &none, Err(Denial::NoAllowMatch)),
+        (
+            Some(&other),
+            "GET",
+            "/api/x",
+            &none,
+            Err(Denial::NoAllowMatch),
+        ),
         (Some(&other), "GET", "/api/x", &debug, Ok(())),
         // Deny before allow: dev is refused even with the header that allows others.
-        (Some(&dev), "GET", "/api/x", &debug, Err(Denial::DenyRule(0))),
+        (
+            Some(&dev),
+            "GET",
+            "/api/x",
+            &debug,
+            Err(Denial::DenyRule(0)),
+        ),
         (None, "GET", "/healthz", &none, Ok(())),
         (None, "GET", "/healthz/x", &none, Err(Denial::NoAllowMatch)),
         (None, "GET", "/api/x", &debug, Err(Denial::NoAllowMatch)),
@@ -73,7 +118,9 @@ fn rules_matrix() {
 
 #[test]
 fn short_form_and_defaults() {
-    let p = policy(&format!("inbound: [ {{ port: 80, allow: [ \"{WEB}\" ] }} ]"));
+    let p = policy(&format!(
+        "inbound: [ {{ port: 80, allow: [ \"{WEB}\" ] }} ]"
+    ));
     assert!(!p.matches_paths());
     assert_eq!(p.check(true, Some(&id(WEB)), None), Ok(()));
     assert_eq!(
@@ -86,9 +133,15 @@ fn short_form_and_defaults() {
     assert_eq!(open.check(false, None, None), Ok(()));
     assert_eq!(open.check(true, Some(&id(OTHER)), None), Ok(()));
     let plain = policy("inbound: [ { port: 80, tls: disabled } ]");
-    assert_eq!(plain.check(true, Some(&id(WEB)), None), Err(Denial::Transport));
+    assert_eq!(
+        plain.check(true, Some(&id(WEB)), None),
+        Err(Denial::Transport)
+    );
     let d = PortPolicy::default_for(true, DefaultPolicy::Deny);
-    assert_eq!(d.check(true, Some(&id(WEB)), None), Err(Denial::DefaultPolicy));
+    assert_eq!(
+        d.check(true, Some(&id(WEB)), None),
+        Err(Denial::DefaultPolicy)
+    );
     let a = PortPolicy::default_for(false, DefaultPolicy::Allow);
     assert_eq!(a.check(false, None, None), Ok(()));
 }
@@ -98,7 +151,10 @@ fn only_deny_rules_deny_everything_else() {
     let p = policy(
         "inbound: [ { port: 80, rules: [ { action: deny, from: [ \"spiffe://cluster.local/ns/dev/*\" ] } ] } ]",
     );
-    assert_eq!(p.check(true, Some(&id(WEB)), None), Err(Denial::NoAllowMatch));
+    assert_eq!(
+        p.check(true, Some(&id(WEB)), None),
+        Err(Denial::NoAllowMatch)
+    );
 }
 
 #[test]
@@ -110,12 +166,24 @@ fn header_conditions() {
         name: name.into(),
         rule,
     };
-    assert!(header_matches(&m("x-a", HeaderRule::Exact("two-2".into())), &h));
-    assert!(header_matches(&m("x-a", HeaderRule::Prefix("tw".into())), &h));
-    assert!(!header_matches(&m("x-a", HeaderRule::Exact("two".into())), &h));
+    assert!(header_matches(
+        &m("x-a", HeaderRule::Exact("two-2".into())),
+        &h
+    ));
+    assert!(header_matches(
+        &m("x-a", HeaderRule::Prefix("tw".into())),
+        &h
+    ));
+    assert!(!header_matches(
+        &m("x-a", HeaderRule::Exact("two".into())),
+        &h
+    ));
     assert!(header_matches(&m("x-a", HeaderRule::Present(true)), &h));
     assert!(header_matches(&m("x-b", HeaderRule::Present(false)), &h));
-    assert!(!header_matches(&m("x-b", HeaderRule::Prefix("".into())), &h));
+    assert!(!header_matches(
+        &m("x-b", HeaderRule::Prefix("".into())),
+        &h
+    ));
 }
 
 #[test]
@@ -144,24 +212,46 @@ fn rule_validation_names_the_rule() {
         Err(e) => e.to_string(),
     };
     let e = errs("inbound: [ { port: 5432, protocol: tcp, rules: [ { action: allow, from: [ authenticated ] }, { action: allow, paths: [ { prefix: /x } ] } ] } ]");
-    assert!(e.starts_with("inbound[0].rules[1]: matches on methods, paths or headers"), "{e}");
+    assert!(
+        e.starts_with("inbound[0].rules[1]: matches on methods, paths or headers"),
+        "{e}"
+    );
     assert!(!e.contains("rules[0]"), "{e}");
     let e = errs("inbound: [ { port: 80, protocol: opaque, rules: [ { action: deny, methods: [ GET ] } ] } ]");
-    assert!(e.contains("inbound[0].rules[0]:") && e.contains("opaque"), "{e}");
-    let e = errs("inbound: [ { port: 80, rules: [ { action: allow, paths: [ { prefix: /a/../b } ] } ] } ]");
-    assert!(e.contains("inbound[0].rules[0].paths[0]: \"/a/../b\" is not a normalised path"), "{e}");
-    let e = errs("inbound: [ { port: 80, rules: [ { action: allow, paths: [ { exact: x } ] } ] } ]");
+    assert!(
+        e.contains("inbound[0].rules[0]:") && e.contains("opaque"),
+        "{e}"
+    );
+    let e = errs(
+        "inbound: [ { port: 80, rules: [ { action: allow, paths: [ { prefix: /a/../b } ] } ] } ]",
+    );
+    assert!(
+        e.contains("inbound[0].rules[0].paths[0]: \"/a/../b\" is not a normalised path"),
+        "{e}"
+    );
+    let e =
+        errs("inbound: [ { port: 80, rules: [ { action: allow, paths: [ { exact: x } ] } ] } ]");
     assert!(e.contains("paths[0]: \"x\" must start with /"), "{e}");
     let e = errs("inbound: [ { port: 80, rules: [ { action: allow, from: [ \"spiffe://td/ns/a/sa/*\" ] } ] } ]");
     assert!(e.contains("inbound[0].rules[0].from[0]"), "{e}");
-    let e = errs("inbound: [ { port: 80, rules: [ { action: allow, from: [ unauthenticated ] } ] } ]");
-    assert!(e.contains("inbound[0].rules[0].from: unauthenticated on a port with tls: strict"), "{e}");
+    let e =
+        errs("inbound: [ { port: 80, rules: [ { action: allow, from: [ unauthenticated ] } ] } ]");
+    assert!(
+        e.contains("inbound[0].rules[0].from: unauthenticated on a port with tls: strict"),
+        "{e}"
+    );
     let e = errs("inbound: [ { port: 80, tls: disabled, rules: [ { action: allow, from: [ authenticated ] } ] } ]");
-    assert!(e.contains("inbound[0].rules[0].from: names identities"), "{e}");
+    assert!(
+        e.contains("inbound[0].rules[0].from: names identities"),
+        "{e}"
+    );
     let e = errs("inbound: [ { port: 80, allow: [ \"spiffe://td/ns/a/sa/b\" ], rules: [ { action: allow } ] } ]");
     assert!(e.contains("inbound[0].allow: takes allow"), "{e}");
     let e = errs("inbound: [ { port: 80, rules: [ { action: maybe } ] } ]");
     assert!(!e.is_empty(), "unknown action accepted");
     let e = errs("listeners: [ { name: a, address: 127.0.0.1:0, cluster: c, upgrades: [ websocket, h2c ] } ]\nclusters: [ { name: c, endpoints: [] } ]");
-    assert!(e.contains("listeners[0].upgrades[1]: h2c is never tunnelled"), "{e}");
+    assert!(
+        e.contains("listeners[0].upgrades[1]: h2c is never tunnelled"),
+        "{e}"
+    );
 }

@@ -87,7 +87,10 @@ fn rule(e: &mut Errors, p: &str, r: &raw::AuthzRule, tls: TlsMode, proto: Protoc
             "names identities on a port with tls: disabled, where peers have none (it could never match)",
         );
     }
-    if tls == TlsMode::Strict && !from.is_empty() && from.iter().all(|f| *f == Principal::Unauthenticated) {
+    if tls == TlsMode::Strict
+        && !from.is_empty()
+        && from.iter().all(|f| *f == Principal::Unauthenticated)
+    {
         e.push(
             format!("{p}.from"),
             "unauthenticated on a port with tls: strict, where every peer is authenticated (it could never match)",
@@ -99,7 +102,10 @@ fn rule(e: &mut Errors, p: &str, r: &raw::AuthzRule, tls: TlsMode, proto: Protoc
         .enumerate()
         .filter_map(|(k, m)| {
             if http::Method::from_bytes(m.as_bytes()).is_err() {
-                e.push(format!("{p}.methods[{k}]"), format!("{m:?} is not a method"));
+                e.push(
+                    format!("{p}.methods[{k}]"),
+                    format!("{m:?} is not a method"),
+                );
                 return None;
             }
             Some(m.to_ascii_uppercase())
@@ -120,7 +126,11 @@ fn rule(e: &mut Errors, p: &str, r: &raw::AuthzRule, tls: TlsMode, proto: Protoc
         headers,
     };
     if matches!(proto, Protocol::Tcp | Protocol::Opaque) && out.has_request_conditions() {
-        let proto = if proto == Protocol::Tcp { "tcp" } else { "opaque" };
+        let proto = if proto == Protocol::Tcp {
+            "tcp"
+        } else {
+            "opaque"
+        };
         e.push(
             p.to_string(),
             format!("matches on methods, paths or headers, but the port's protocol is {proto}: the rule could never match (use protocol: http or auto)"),

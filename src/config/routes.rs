@@ -220,7 +220,11 @@ pub(super) fn header_matches(
 
 /// Validates an `upgrades` list: protocol tokens, lowercased; `h2c` is refused because a
 /// tunnelled HTTP/2 connection would escape routing and per-request policy.
-pub(super) fn upgrades(e: &mut Errors, path: &str, raw: &Option<Vec<String>>) -> Option<Vec<String>> {
+pub(super) fn upgrades(
+    e: &mut Errors,
+    path: &str,
+    raw: &Option<Vec<String>>,
+) -> Option<Vec<String>> {
     let list = raw.as_ref()?;
     let mut out = Vec::with_capacity(list.len());
     for (i, u) in list.iter().enumerate() {
@@ -230,7 +234,10 @@ pub(super) fn upgrades(e: &mut Errors, path: &str, raw: &Option<Vec<String>>) ->
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
-            e.push(format!("{path}[{i}]"), format!("{u:?} is not a protocol name"));
+            e.push(
+                format!("{path}[{i}]"),
+                format!("{u:?} is not a protocol name"),
+            );
         } else if name == "h2c" {
             e.push(
                 format!("{path}[{i}]"),

@@ -133,7 +133,9 @@ impl Mesh {
             WEB,
             control,
             stats,
-            &format!("[ {{ name: out, address: 127.0.0.1:{listen}, protocol: tcp, cluster: backend }} ]"),
+            &format!(
+                "[ {{ name: out, address: 127.0.0.1:{listen}, protocol: tcp, cluster: backend }} ]"
+            ),
         )
     }
 

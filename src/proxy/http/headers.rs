@@ -153,7 +153,10 @@ mod tests {
         let both = vec!["h2c".to_string(), "websocket".to_string()];
         let mut h = headers(&[("connection", "upgrade"), ("upgrade", "h2c, websocket")]);
         assert!(negotiate_upgrade(&mut h, &both));
-        assert_eq!(h.get(header::UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(
+            h.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
         // An Upgrade header without the connection option is not an upgrade request.
         let mut h = headers(&[("upgrade", "websocket")]);
         assert!(!negotiate_upgrade(&mut h, &ws));

@@ -118,7 +118,10 @@ fn upgrade_holds_what_follows_until_answered() {
     assert!(f.awaiting_upgrade());
     f.resolve_upgrade(true).unwrap();
     f.push(b"more raw bytes").unwrap();
-    assert_eq!(&f.take(usize::MAX)[..], &[&frames[..], b"more raw bytes"].concat()[..]);
+    assert_eq!(
+        &f.take(usize::MAX)[..],
+        &[&frames[..], b"more raw bytes"].concat()[..]
+    );
 
     // Not switched (an h2c upgrade stripped by the proxy): the next request on the
     // connection is checked as ever, so a smuggling shape after it is still refused.
