@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "mtls", "http", "control", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "control", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -776,6 +776,66 @@ def http_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === authz ===
+
+
+def authz_section(records: list[dict], meta: dict) -> list[str]:
+    order, rows = http_rows(records)
+    out = [
+        "## Per-request authorization (`bench/run.sh authz`)",
+        "",
+        "The two-hop HTTP chain of the http scenario (Spoke A+B, 1 worker each), once with B's "
+        "port under the short-form allow list (`spoke`) and once under a 20-rule policy "
+        "(`spoke-authz`: 10 deny and 10 allow rules by identity, method, path and header, the "
+        "matching rule last, path normalisation on; `bench/spoke-authz-http-b.yaml.tmpl`). Both "
+        "pairs run side by side and the runs alternate between them (wrk, then h2load), so "
+        f"drift hits both alike. Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} "
+        f"runs of {meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
+        "",
+        "| target | wrk req/s | wrk p99 ms | wrk errors | CPU s per 10k req A+B (wrk) | h2load req/s | h2load errors | CPU s per 10k req A+B (h2load) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            out.append(f"| {row['label']} | skipped: {row['skipped']} |" + " — |" * 6)
+            continue
+        out.append("| " + " | ".join([
+            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p99"], 2), str(row["wrk_errors"]),
+            fmt(row["cpu_per_10k"], 3), fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
+            fmt(row["h2_cpu_per_10k"], 3),
+        ]) + " |")
+    out.append("")
+    base, pol = rows.get("spoke", {}), rows.get("spoke-authz", {})
+    if base and pol and not base.get("skipped") and not pol.get("skipped"):
+        out += ["| goal | target | no policy | 20 rules | cost | |", "|---|---|--:|--:|--:|---|"]
+        for label, key in (("wrk req/s (HTTP/1.1)", "wrk_rps"), ("h2load req/s (h2c)", "h2load_rps")):
+            a, b = base.get(key), pol.get(key)
+            if a and b:
+                cost = 100 * (1 - b / a)
+                out.append(f"| {label} | ≤ 2% fewer | {fmt(a, 0)} | {fmt(b, 0)} | {cost:.1f}% "
+                           f"| {'met' if cost <= 2 else '**not met**'} |")
+        for label, key in (("CPU s per 10k req (wrk)", "cpu_per_10k"), ("CPU s per 10k req (h2load)", "h2_cpu_per_10k")):
+            a, b = base.get(key), pol.get(key)
+            if a and b:
+                out.append(f"| {label} | (information) | {fmt(a, 3)} | {fmt(b, 3)} | {100 * (b / a - 1):+.1f}% | |")
+        out.append("")
+    out += ["### Per-run numbers", "", "| target | tool | run | req/s | requests | errors | proxy CPU s |",
+            "|---|---|--:|--:|--:|--:|--:|"]
+    for name in order:
+        row = rows[name]
+        for tool in ("wrk", "h2load"):
+            for r in row.get(tool, []):
+                res = r.get("result") if isinstance(r.get("result"), dict) else {}
+                err = (res.get("non2xx", 0) + res.get("socket_errors", 0) + res.get("failed", 0)
+                       + res.get("errored", 0) + res.get("timeout", 0))
+                out.append(f"| {row['label']} | {tool} | {r['run']} | {fmt(res.get('rps'), 0)} | "
+                           f"{res.get('requests', '—')} | {err} | {fmt(r.get('proxy_cpu_s'), 2)} |")
+    out.append("")
+    out += foreign_notes(records, meta)
+    return out
+
+
 # === control ===
 
 
@@ -1047,6 +1107,8 @@ def main() -> None:
             sections += mtls_section(records, meta)
         elif scenario == "http":
             sections += http_section(records, meta)
+        elif scenario == "authz":
+            sections += authz_section(records, meta)
         elif scenario == "control":
             sections += control_section(records, meta)
         elif scenario == "startup":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spoke benchmark harness: direct vs Spoke vs Envoy vs HAProxy, on 127.0.0.1 only.
 #
-#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http control startup   (default: all)
+#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz control startup   (default: all)
 #
 #   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
 #   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
@@ -12,6 +12,8 @@
 #            proxy B -> upstream h2o): wrk (HTTP/1.1 keep-alive) req/s, latency and proxy CPU
 #            per request, h2load (h2c) req/s, RSS of A+B under load, and with oha fixed-rate
 #            latency (added latency = two hops minus direct)
+#   authz    the http scenario's Spoke pair with and without a 20-rule inbound policy on B:
+#            the cost of per-request authorization
 #   control  the control plane (`spoke control`): push latency to 100 discovery streams
 #            (examples/control_load), its RSS with 1,000 streams, and config swaps under HTTP
 #            load through two sidecars it feeds
@@ -84,7 +86,7 @@ BENCH_CONTROL_MANY=${BENCH_CONTROL_MANY:-1000}
 BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-30}
 BENCH_SWAP_HZ=${BENCH_SWAP_HZ:-10}
 
-SCENARIOS=(tcp mtls http control startup)
+SCENARIOS=(tcp mtls http authz control startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -667,6 +669,7 @@ declare -A MTLS_LABEL=(
     [envoy-c2]="envoy A+B (--concurrency 2 each)"
     [envoy-x25519]="envoy A+B (--concurrency 1 each, X25519 only)"
     [haproxy]="haproxy A+B (nbthread 1 each)"
+    [spoke-authz]="spoke A+B (1 worker each), B with a 20-rule policy"
 )
 declare -A MTLS_ROLE_OFFSET=([a]=0 [b]=10 [probe]=20)
 SPIFFE_WEB=spiffe://cluster.local/ns/default/sa/web
@@ -904,7 +907,7 @@ PY
 # (h2c prior knowledge), oha (fixed rate, if installed).
 
 HTTP_UP_PORT=19601
-declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690)
+declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710)
 declare -A HTTP_LABEL=(
     [direct]="direct (no proxy)"
     [spoke]="spoke A+B (1 worker each)"
@@ -912,6 +915,7 @@ declare -A HTTP_LABEL=(
     [envoy]="envoy A+B (--concurrency 1 each)"
     [envoy-c2]="envoy A+B (--concurrency 2 each)"
     [haproxy]="haproxy A+B (nbthread 1 each)"
+    [spoke-authz]="spoke A+B (1 worker each), B with a 20-rule policy"
 )
 declare -A HTTP_ROLE_OFFSET=([a]=0 [b]=10)
 
@@ -940,7 +944,9 @@ http_prepare() { # NAME ROLE(a|b) -> H_CMD, H_ENV, H_URL, H_LISTEN, H_CFG; 1 + T
     [[ $name == *-w2 || $name == *-c2 ]] && workers=2
     [[ $kind == haproxy ]] && ext=cfg
     H_CFG=$RUN_DIR/http-$name-$role.$ext
-    render "$BENCH_DIR/$kind-http-$role.$ext.tmpl" ADMIN_PORT="$admin" READY_PORT="$ready" \
+    local tmpl=$kind-http-$role.$ext.tmpl
+    [[ $name == spoke-authz && $role == b ]] && tmpl=spoke-authz-http-b.yaml.tmpl
+    render "$BENCH_DIR/$tmpl" ADMIN_PORT="$admin" READY_PORT="$ready" \
         LISTEN="$H_LISTEN" B_LISTEN=$((${HTTP_BASE[$name]} + 11)) UPSTREAM_PORT="$HTTP_UP_PORT" \
         CERTS="$CERTS" THREADS="$workers" >"$H_CFG"
     case $kind in
@@ -990,7 +996,7 @@ measure_http() { # KIND(wrk|h2load|oha) NAME PORT [PROXY_PID...] -> appends kind
     oha) cmd=("$OHA_BIN" -z "${BENCH_SECONDS}s" -q "$BENCH_HTTP_RATE" --latency-correction --no-tui --output-format json "$url") ;;
     esac
     for ((i = 1; i <= BENCH_RUNS; i++)); do
-        file=$RUN_DIR/http-$tool-$name-$i.txt
+        file=$RUN_DIR/${MEASURE_SCENARIO:-http}-$tool-$name-${MEASURE_RUN:-$i}.txt
         c0=$(cpu_ticks_each "$@")
         f0=$(foreign_s)
         t0=$(date +%s.%N)
@@ -999,7 +1005,7 @@ measure_http() { # KIND(wrk|h2load|oha) NAME PORT [PROXY_PID...] -> appends kind
         cpu_each "$c0" "$(cpu_ticks_each "$@")"
         other=$(foreign_delta "$f0")
         out=$(python3 "$BENCH_DIR/loadparse.py" "$tool" "$file")
-        json_obj scenario http kind "$tool" target "$name" run "$i" result "json:$out" \
+        json_obj scenario "${MEASURE_SCENARIO:-http}" kind "$tool" target "$name" run "${MEASURE_RUN:-$i}" result "json:$out" \
             proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" wall_s "$(calc "$t1 - $t0")" \
             other_cpu_s "$other" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
         log "  $name $tool run $i: $out$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")$(foreign_note "$other")"
@@ -1084,6 +1090,60 @@ scenario_http() {
     done
     stop_pid "$UPSTREAM_PID"
     scenario_foreign http
+}
+
+# === scenario: authz ===
+#
+# What per-request authorization costs: two Spoke pairs as in the http scenario, B of one
+# with the port's short-form allow list, B of the other with a 20-rule policy
+# (bench/spoke-authz-http-b.yaml.tmpl: the matching rule last, path normalisation on).
+# Runs alternate between the two (wrk, then h2load), so drift hits both alike.
+
+scenario_authz() {
+    RESULTS=$RUN_DIR/authz.jsonl
+    : >"$RESULTS"
+    log "scenario authz: spoke two hops, B without and with a 20-rule policy; wrk and h2load ${BENCH_SECONDS}s x $BENCH_RUNS runs, alternating"
+    make_certs
+    start_http_upstream
+    json_obj scenario authz kind upstreams upstream_port "$HTTP_UP_PORT" upstream "$UPSTREAM_CMD" \
+        wrk_client "$(show_cmd wrk -t1 -c64 -d"${BENCH_SECONDS}s" --latency http://127.0.0.1:PORT/)" \
+        h2load_client "$(show_cmd h2load -D "$BENCH_SECONDS" -c 4 -m 100 http://127.0.0.1:PORT/)" >>"$RESULTS"
+    local name tool i pids=() started=()
+    declare -A port pa pb
+    for name in spoke spoke-authz; do
+        if http_start "$name" b; then
+            pb[$name]=$H_PID
+            pids+=("$H_PID")
+            if http_start "$name" a; then
+                pa[$name]=$H_PID port[$name]=$H_LISTEN
+                pids+=("$H_PID")
+            fi
+        fi
+        if [[ -z ${pa[$name]:-} ]] || ! http_check "${port[$name]}"; then
+            log "  skipping the authz scenario: $name did not start or answer: ${T_SKIP:-no ok through the two hops}"
+            json_obj scenario authz kind target target "$name" label "${HTTP_LABEL[$name]}" skipped "${T_SKIP:-no ok}" >>"$RESULTS"
+            for i in "${pids[@]}"; do stop_pid "$i"; done
+            stop_pid "$UPSTREAM_PID"
+            return 0
+        fi
+        started+=("$name")
+    done
+    sleep 2
+    for tool in wrk h2load; do
+        for ((i = 1; i <= BENCH_RUNS; i++)); do
+            for name in "${started[@]}"; do
+                MEASURE_SCENARIO=authz MEASURE_RUN=$i BENCH_RUNS=1 \
+                    measure_http "$tool" "$name" "${port[$name]}" "${pa[$name]}" "${pb[$name]}"
+            done
+        done
+    done
+    for name in "${started[@]}"; do
+        json_obj scenario authz kind target target "$name" label "${HTTP_LABEL[$name]}" port "${port[$name]}" \
+            cmd_b "$(show_cmd "$SPOKE_BIN" proxy --config "$RUN_DIR/http-$name-b.yaml")" >>"$RESULTS"
+    done
+    for i in "${pids[@]}"; do stop_pid "$i"; done
+    stop_pid "$UPSTREAM_PID"
+    scenario_foreign authz
 }
 
 # === scenario: control ===

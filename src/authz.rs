@@ -179,7 +179,8 @@ fn rule_matches(r: &AuthzRule, peer: Option<&Identity>, req: Option<&Request<'_>
 pub fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Exact(x) => path == x,
-        PathMatch::Prefix(p) if p == "/" => true,
+        // `/` is every path, but not `*` (OPTIONS) or an authority (CONNECT).
+        PathMatch::Prefix(p) if p == "/" => path.starts_with('/'),
         PathMatch::Prefix(p) => {
             path.starts_with(p.as_str())
                 && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')

@@ -194,6 +194,7 @@ fn segment_prefixes() {
     assert!(path_matches(&p, "/api/v1"));
     assert!(!path_matches(&p, "/apiv1"));
     assert!(path_matches(&PathMatch::Prefix("/".into()), "/x"));
+    assert!(!path_matches(&PathMatch::Prefix("/".into()), "*"));
     assert!(!path_matches(&PathMatch::Exact("/a".into()), "/a/"));
 }
 
