@@ -1008,7 +1008,7 @@ measure_http() { # KIND(wrk|h2load|oha) NAME PORT [PROXY_PID...] -> appends kind
         json_obj scenario "${MEASURE_SCENARIO:-http}" kind "$tool" target "$name" run "${MEASURE_RUN:-$i}" result "json:$out" \
             proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" wall_s "$(calc "$t1 - $t0")" \
             other_cpu_s "$other" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
-        log "  $name $tool run $i: $out$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")$(foreign_note "$other")"
+        log "  $name $tool run ${MEASURE_RUN:-$i}: $out$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")$(foreign_note "$other")"
         sleep 1
     done
 }

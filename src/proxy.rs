@@ -21,7 +21,7 @@ use crate::readiness::Readiness;
 use crate::snapshot::Snapshot;
 use crate::tls::CertStore;
 
-pub use error::ProxyError;
+pub use error::{ErrorKind, ProxyError};
 
 /// What every listener and connection shares: the current snapshot (the one bridge from
 /// the control side to the data plane), metrics and readiness.

@@ -80,14 +80,14 @@ pub async fn connect_cluster(
             Err(e) => {
                 metrics
                     .upstream_connect_errors
-                    .with_label_values(&[&cfg.name, e.kind()])
+                    .with_label_values(&[&cfg.name, e.kind().label()])
                     .inc();
                 tracing::warn!(
                     cluster = %cfg.name,
                     endpoint = %ep.address,
                     attempt,
                     of = max,
-                    kind = e.kind(),
+                    kind = e.kind().label(),
                     error = %e,
                     "upstream connect failed"
                 );

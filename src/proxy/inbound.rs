@@ -229,10 +229,10 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
         Err(e) => {
             metrics
                 .upstream_connect_errors
-                .with_label_values(&[cluster, e.kind()])
+                .with_label_values(&[cluster, e.kind().label()])
                 .inc();
             tracing::warn!(listener = %ctx.cfg.name, app = %app, error = %e, "app connect failed");
-            access.failed(e.kind(), &e);
+            access.failed(e.kind().label(), &e);
         }
     }
 }

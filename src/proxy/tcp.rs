@@ -117,9 +117,9 @@ pub async fn outbound(
         };
         metrics
             .upstream_connect_errors
-            .with_label_values(&[cluster, e.kind()])
+            .with_label_values(&[cluster, e.kind().label()])
             .inc();
-        access.failed(e.kind(), &e);
+        access.failed(e.kind().label(), &e);
         return;
     };
     match connect_cluster(state, metrics, ctx.shared.tls.as_deref()).await {
@@ -143,6 +143,6 @@ pub async fn outbound(
             copied.rx += prefix.len() as u64;
             access.done(&up.endpoint.to_string(), up.peer_id.as_ref(), &copied);
         }
-        Err(e) => access.failed(e.kind(), &e),
+        Err(e) => access.failed(e.kind().label(), &e),
     }
 }

@@ -12,7 +12,7 @@ use super::forward::{ConnCtx, Info};
 use super::pool::{Body, Dial, Key, SendError};
 use super::retry::{self, Failure};
 use crate::config::{EndpointAddr, Identity, RetryPolicy};
-use crate::proxy::ProxyError;
+use crate::proxy::{ErrorKind, ProxyError};
 use crate::snapshot::ClusterState;
 
 fn upstream_uri(parts: &http::request::Parts, h2: bool, authority: &str) -> Uri {
@@ -29,7 +29,7 @@ fn upstream_uri(parts: &http::request::Parts, h2: bool, authority: &str) -> Uri 
     pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-pub type AttemptErr = (&'static str, String);
+pub type AttemptErr = (ErrorKind, String);
 
 #[allow(clippy::too_many_arguments)]
 pub async fn attempt_loop(
@@ -66,7 +66,7 @@ pub async fn attempt_loop(
             cluster.endpoints.pick(&[])
         }) else {
             return Err((
-                "no_healthy_endpoints",
+                ErrorKind::NoHealthyEndpoints,
                 format!("cluster {} has no endpoints", cluster.config.name),
             ));
         };
@@ -83,16 +83,16 @@ pub async fn attempt_loop(
                 .and_then(|mut a| a.next())
             {
                 Some(a) => a,
-                None => return Err(("resolve_failed", format!("cannot resolve {h}:{p}"))),
+                None => return Err((ErrorKind::ResolveFailed, format!("cannot resolve {h}:{p}"))),
             },
-            None => return Err(("no_healthy_endpoints", "no endpoint".into())),
+            None => return Err((ErrorKind::NoHealthyEndpoints, "no endpoint".into())),
         };
         info.endpoint = Some(addr);
         let req = match carried.take() {
             Some(r) => r,
             None => {
                 let Some(body) = reqbody.take() else {
-                    return Err(("upstream_reset", "request body already sent".into()));
+                    return Err((ErrorKind::UpstreamReset, "request body already sent".into()));
                 };
                 let mut b = Request::builder()
                     .method(parts.method.clone())
@@ -113,7 +113,7 @@ pub async fn attempt_loop(
                 }
                 match b.body(body) {
                     Ok(r) => r,
-                    Err(e) => return Err(("bad_request", e.to_string())),
+                    Err(e) => return Err((ErrorKind::BadRequest, e.to_string())),
                 }
             }
         };
@@ -198,7 +198,7 @@ pub async fn attempt_loop(
                 if connect_failures < max_connect + 1 {
                     continue;
                 }
-                return Err(("upstream_reset", error.to_string()));
+                return Err((ErrorKind::UpstreamReset, error.to_string()));
             }
             Ok(Err(SendError::Http {
                 error,
@@ -206,7 +206,7 @@ pub async fn attempt_loop(
             })) => {
                 if error_chain_has(&error, body::is_too_large) {
                     return Err((
-                        "request_too_large",
+                        ErrorKind::RequestTooLarge,
                         "request body is larger than this listener accepts".into(),
                     ));
                 }
@@ -215,12 +215,12 @@ pub async fn attempt_loop(
                 } else {
                     Failure::Reset
                 };
-                (f, ("upstream_reset", error.to_string()))
+                (f, (ErrorKind::UpstreamReset, error.to_string()))
             }
             Err(()) => (
                 Failure::Timeout,
                 (
-                    "timeout",
+                    ErrorKind::Timeout,
                     "the upstream did not answer within the per-try timeout".to_string(),
                 ),
             ),
@@ -273,9 +273,9 @@ fn retry_allowed(
 fn count_connect_error(metrics: &crate::metrics::Metrics, cluster: &str, e: &ProxyError) {
     metrics
         .upstream_connect_errors
-        .with_label_values(&[cluster, e.kind()])
+        .with_label_values(&[cluster, e.kind().label()])
         .inc();
-    tracing::warn!(cluster, kind = e.kind(), error = %e, "upstream connect failed");
+    tracing::warn!(cluster, kind = e.kind().label(), error = %e, "upstream connect failed");
 }
 
 fn error_chain_has(e: &hyper::Error, pred: fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {

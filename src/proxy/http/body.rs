@@ -182,7 +182,10 @@ impl ResetCount {
     fn inc(&self) {
         self.metrics
             .upstream_rq_errors
-            .with_label_values(&[self.cluster.config.name.as_str(), "upstream_reset"])
+            .with_label_values(&[
+                self.cluster.config.name.as_str(),
+                crate::proxy::ErrorKind::UpstreamReset.label(),
+            ])
             .inc();
     }
 }

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use super::attempt::attempt_loop;
 use super::body::{self, Observed};
 pub use super::headers::{
-    error_response, negotiate_upgrade, status_of, strip_hop_by_hop, ERROR, ORIG_PROTO, PEER_ID,
+    error_response, negotiate_upgrade, strip_hop_by_hop, ERROR, ORIG_PROTO, PEER_ID,
 };
 use super::pool::Body;
 use super::retry;
@@ -21,6 +21,7 @@ use super::route;
 use crate::config::{Identity, RetryPolicy};
 use crate::proxy::authorize::{self, Caller, Held, Refused};
 use crate::proxy::listener::ListenerCtx;
+use crate::proxy::ErrorKind;
 use crate::snapshot::ClusterState;
 
 /// Request bodies up to this size are kept so a retry can replay them.
@@ -104,7 +105,7 @@ pub async fn handle(
     if let Some(k) = kind {
         metrics
             .upstream_rq_errors
-            .with_label_values(&[cluster, k])
+            .with_label_values(&[cluster, k.label()])
             .inc();
     }
     tracing::info!(
@@ -122,7 +123,7 @@ pub async fn handle(
         endpoint = info.endpoint.map(|e| e.to_string()).unwrap_or_default(),
         upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
         retries = info.retries,
-        error = kind.unwrap_or(""),
+        error = kind.map(ErrorKind::label).unwrap_or(""),
         "http"
     );
     Ok(resp)
@@ -134,11 +135,9 @@ async fn forward(
     parts: &mut http::request::Parts,
     incoming: Incoming,
     info: &mut Info,
-) -> (Response<Body>, Option<&'static str>) {
+) -> (Response<Body>, Option<ErrorKind>) {
     let shared = &conn.listener.shared;
-    let fail = |kind: &'static str, detail: &str| {
-        (error_response(status_of(kind), kind, detail), Some(kind))
-    };
+    let fail = |kind: ErrorKind, detail: &str| (error_response(kind, detail), Some(kind));
     // A tunnel opened for this request is re-checked against later policies: subscribe
     // before the decision so no policy stored after it goes unseen.
     let inbound_upgrade = matches!(conn.target, Target::Inbound { .. })
@@ -168,9 +167,12 @@ async fn forward(
             match authorize::request(shared, caller, parts) {
                 Ok(()) => {}
                 Err(Refused::Denied) => {
-                    return fail("unauthorized", "this identity may not make this request")
+                    return fail(
+                        ErrorKind::Unauthorized,
+                        "this identity may not make this request",
+                    )
                 }
-                Err(Refused::BadPath(e)) => return fail("bad_request", &e.to_string()),
+                Err(Refused::BadPath(e)) => return fail(ErrorKind::BadRequest, &e.to_string()),
             }
             inbound_app = Some(*app);
             cluster = local.clone();
@@ -178,11 +180,11 @@ async fn forward(
         }
         Target::Outbound { default } => {
             let Some(d) = route::route(&snapshot.config.routes, default.as_deref(), parts) else {
-                return fail("no_route", "no route matches this request");
+                return fail(ErrorKind::NoRoute, "no route matches this request");
             };
             let Some(c) = snapshot.cluster(d.cluster) else {
                 return fail(
-                    "no_cluster",
+                    ErrorKind::NoCluster,
                     "the route's cluster is not in the current config",
                 );
             };
@@ -267,7 +269,7 @@ async fn forward(
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
             return fail(
-                "request_too_large",
+                ErrorKind::RequestTooLarge,
                 "request body is larger than this listener accepts",
             );
         }
@@ -276,13 +278,13 @@ async fn forward(
         Ok(b) => b,
         Err(e) if body::is_too_large(&*e) => {
             return fail(
-                "request_too_large",
+                ErrorKind::RequestTooLarge,
                 "request body is larger than this listener accepts",
             );
         }
         Err(e) => {
             tracing::debug!(error = %e, "downstream request body failed");
-            return fail("bad_request", "request body could not be read");
+            return fail(ErrorKind::BadRequest, "request body could not be read");
         }
     };
 
@@ -313,7 +315,7 @@ async fn forward(
         .await
         .unwrap_or_else(|_| {
             Err((
-                "timeout",
+                ErrorKind::Timeout,
                 "the upstream did not answer within the route timeout".to_string(),
             ))
         });
@@ -325,7 +327,7 @@ async fn forward(
         let Some(down) = downstream_upgrade else {
             // Nothing was offered to switch to: an app must not answer 101 here.
             return fail(
-                "upstream_protocol_error",
+                ErrorKind::UpstreamProtocol,
                 "the upstream switched protocols without an upgrade being forwarded",
             );
         };

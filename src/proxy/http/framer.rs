@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use crate::proxy::ErrorKind;
+
 /// The most header slots a head is parsed with (the `max_headers` limit is capped to it).
 const MAX_HEADER_SLOTS: usize = 257;
 
@@ -32,20 +34,24 @@ impl Default for Limits {
     }
 }
 
-/// Why a request was refused: status and `x-spoke-error` kind.
+/// Why a request was refused: the `x-spoke-error` kind (which also gives the status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
-    pub status: u16,
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     pub detail: &'static str,
     /// Whether the refused request's head never reached hyper, so answering it is safe.
     pub clean: bool,
 }
 
+impl Verdict {
+    pub fn status(&self) -> u16 {
+        self.kind.status().as_u16()
+    }
+}
+
 const fn bad(detail: &'static str) -> Verdict {
     Verdict {
-        status: 400,
-        kind: "bad_request",
+        kind: ErrorKind::BadRequest,
         detail,
         clean: true,
     }
@@ -351,14 +357,12 @@ impl Framer {
     /// Parses the pending head; on completion queues it and returns what followed.
     fn parse_head(&mut self) -> Result<Option<bytes::Bytes>, Verdict> {
         let too_large = Verdict {
-            status: 431,
-            kind: "headers_too_large",
+            kind: ErrorKind::HeadersTooLarge,
             detail: "header block too large",
             clean: true,
         };
         let too_many = Verdict {
-            status: 431,
-            kind: "too_many_headers",
+            kind: ErrorKind::TooManyHeaders,
             detail: "too many headers",
             clean: true,
         };
@@ -369,8 +373,7 @@ impl Framer {
             .unwrap_or(self.pending.len());
         if line_len > self.limits.max_request_line {
             return Err(Verdict {
-                status: 414,
-                kind: "uri_too_long",
+                kind: ErrorKind::UriTooLong,
                 detail: "request line too long",
                 clean: true,
             });

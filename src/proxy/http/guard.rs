@@ -152,8 +152,7 @@ impl<S: AsyncRead> AsyncRead for Guard<S> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if d.as_mut().poll(cx).is_ready() {
                     this.refusal.set(Verdict {
-                        status: 408,
-                        kind: "header_timeout",
+                        kind: crate::proxy::ErrorKind::HeaderTimeout,
                         detail: "request head not received in time",
                         clean: true,
                     });

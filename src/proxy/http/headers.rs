@@ -3,39 +3,28 @@
 //! body, with the status each kind is answered with).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::Response;
 
 use super::body;
 use super::pool::Body;
+use crate::proxy::ErrorKind;
 
 pub const PEER_ID: HeaderName = HeaderName::from_static("x-spoke-peer-id");
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-spoke-orig-proto");
 pub const ERROR: HeaderName = HeaderName::from_static("x-spoke-error");
 
-/// An error response the proxy makes itself.
-pub fn error_response(status: StatusCode, kind: &'static str, detail: &str) -> Response<Body> {
+/// An error response the proxy makes itself: the kind's status, `x-spoke-error: <kind>`
+/// and a one-line body.
+pub fn error_response(kind: ErrorKind, detail: &str) -> Response<Body> {
     let mut r = Response::new(body::full(format!("{detail}\n")));
-    *r.status_mut() = status;
+    *r.status_mut() = kind.status();
     let h = r.headers_mut();
-    h.insert(ERROR, HeaderValue::from_static(kind));
+    h.insert(ERROR, HeaderValue::from_static(kind.label()));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
-}
-
-/// The status a proxy error kind is answered with.
-pub fn status_of(kind: &str) -> StatusCode {
-    match kind {
-        "no_route" => StatusCode::NOT_FOUND,
-        "unauthorized" => StatusCode::FORBIDDEN,
-        "timeout" | "connect_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "no_healthy_endpoints" | "no_cluster" | "circuit_open" => StatusCode::SERVICE_UNAVAILABLE,
-        "request_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "bad_request" => StatusCode::BAD_REQUEST,
-        _ => StatusCode::BAD_GATEWAY,
-    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1): `Connection` and what it lists, and the

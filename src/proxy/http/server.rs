@@ -124,23 +124,22 @@ fn refused(conn: &ConnCtx, v: &Verdict) -> http::Response<Body> {
     let direction = conn.listener.cfg.direction_str();
     let m = &conn.listener.shared.metrics;
     m.requests
-        .with_label_values(&[direction, "none", &v.status.to_string()])
+        .with_label_values(&[direction, "none", v.kind.status().as_str()])
         .inc();
     m.upstream_rq_errors
-        .with_label_values(&["none", v.kind])
+        .with_label_values(&["none", v.kind.label()])
         .inc();
     tracing::info!(
         target: "access",
         listener = %conn.listener.cfg.name,
         direction,
         peer = %conn.peer,
-        status = v.status,
-        error = v.kind,
+        status = v.status(),
+        error = v.kind.label(),
         detail = v.detail,
         "http request refused"
     );
-    let status = http::StatusCode::from_u16(v.status).unwrap_or(http::StatusCode::BAD_REQUEST);
-    let mut r = forward::error_response(status, v.kind, v.detail);
+    let mut r = forward::error_response(v.kind, v.detail);
     r.headers_mut().insert(
         http::header::CONNECTION,
         http::HeaderValue::from_static("close"),

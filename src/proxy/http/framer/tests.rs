@@ -48,7 +48,7 @@ fn smuggling_shapes_are_refused_before_release() {
     ] {
         let (out, v) = run(&[req]);
         let v = v.unwrap_or_else(|| panic!("accepted {:?}", String::from_utf8_lossy(req)));
-        assert_eq!((v.status, v.detail, v.clean), (400, detail, true));
+        assert_eq!((v.status(), v.detail, v.clean), (400, detail, true));
         assert!(out.is_empty(), "released {:?}", String::from_utf8_lossy(&out));
     }
 }
@@ -64,7 +64,7 @@ fn control_bytes_in_headers_are_refused() {
     ] {
         let (out, v) = run(&[req]);
         assert_eq!(
-            v.map(|v| v.status),
+            v.map(|v| v.status()),
             Some(400),
             "{:?}",
             String::from_utf8_lossy(req)
@@ -77,11 +77,11 @@ fn control_bytes_in_headers_are_refused() {
 fn size_limits() {
     let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
     let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
-    assert_eq!(run(&[req.as_bytes()]).1.map(|v| v.status), Some(431));
+    assert_eq!(run(&[req.as_bytes()]).1.map(|v| v.status()), Some(431));
     let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
-    assert_eq!(run(&[big.as_bytes()]).1.map(|v| v.status), Some(431));
+    assert_eq!(run(&[big.as_bytes()]).1.map(|v| v.status()), Some(431));
     let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9 * 1024));
-    assert_eq!(run(&[long.as_bytes()]).1.map(|v| v.status), Some(414));
+    assert_eq!(run(&[long.as_bytes()]).1.map(|v| v.status()), Some(414));
     // 100 headers is fine.
     let ok: String = (0..99).map(|i| format!("x-h{i}: v\r\n")).collect();
     let req = format!("GET / HTTP/1.1\r\nhost: a\r\n{ok}\r\n");
@@ -104,7 +104,7 @@ fn a_bad_chunk_after_the_head_was_handed_out_is_not_clean() {
     let (out, v) = run(&[head, b"5\r\nhello\r\n", b"zz\r\n"]);
     assert!(out.starts_with(head));
     let v = v.unwrap();
-    assert_eq!((v.status, v.clean), (400, false));
+    assert_eq!((v.status(), v.clean), (400, false));
 }
 
 #[test]
