@@ -4,6 +4,8 @@
 //! - admin (`127.0.0.1:15000`): `/config_dump`, `/clusters`, and the mutating `POST /logging`
 //!   and `POST /drain`, which answer 403 to any peer that is not on loopback.
 
+mod clusters;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,6 +112,7 @@ fn ready(state: &AdminState) -> Resp {
 }
 
 fn metrics(state: &AdminState) -> Resp {
+    clusters::refresh_gauges(&state.shared.snapshot.load(), &state.shared.metrics);
     let mut r = text(StatusCode::OK, state.shared.metrics.render());
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -188,26 +191,7 @@ fn config_dump(state: &AdminState) -> Resp {
 
 fn clusters(state: &AdminState) -> Resp {
     let snap = state.shared.snapshot.load_full();
-    let list: Vec<serde_json::Value> = snap
-        .config
-        .clusters
-        .iter()
-        .map(|c| {
-            let eps: Vec<serde_json::Value> = c
-                .endpoints
-                .iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "address": e.address.to_string(),
-                        "weight": e.weight,
-                        "state": "healthy",
-                    })
-                })
-                .collect();
-            serde_json::json!({ "name": c.name, "lb": c.lb, "endpoints": eps })
-        })
-        .collect();
-    json(serde_json::to_string_pretty(&list).unwrap_or_default() + "\n")
+    json(serde_json::to_string_pretty(&clusters::document(&snap)).unwrap_or_default() + "\n")
 }
 
 fn logging(state: &AdminState, req: &Request<Incoming>) -> Resp {

@@ -97,24 +97,6 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
             no(format!("listeners[{i}].capture"), what);
         }
     }
-    for (i, c) in cfg.clusters.iter().enumerate() {
-        let raw = &cfg.raw.clusters[i];
-        if c.lb != crate::config::Lb::RoundRobin {
-            no(
-                format!("clusters[{i}].lb"),
-                "a balancer other than round_robin",
-            );
-        }
-        if raw.outlier_detection.is_some() {
-            no(
-                format!("clusters[{i}].outlier_detection"),
-                "outlier detection",
-            );
-        }
-        if raw.circuit_breaker.is_some() {
-            no(format!("clusters[{i}].circuit_breaker"), "circuit breaking");
-        }
-    }
     // Parts that need a workload certificate (from files, or from the control plane).
     if cfg.tls.is_none() && cfg.control.is_none() {
         let need = "needs a workload certificate: set tls (cert, key, roots)";
@@ -238,6 +220,7 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     let mut servers = vec![
         tokio::spawn(admin::serve_admin(admin_l, state.clone())),
         tokio::spawn(admin::serve_stats(stats_l, state)),
+        tokio::spawn(crate::proxy::health::run(shared.clone())),
     ];
     if let Some((control, local, node_id, certs_from_control)) = control_cfg {
         let node_id = if node_id.is_empty() {

@@ -2,6 +2,7 @@
 //! validated model the rest of Spoke acts on (`model`). This module is data only: it opens
 //! no sockets and knows nothing of the proxy or the control plane.
 
+mod cluster;
 pub mod duration;
 pub mod identity;
 mod inbound;

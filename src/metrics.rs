@@ -34,6 +34,14 @@ pub struct Metrics {
     pub authz_denied: IntCounterVec,
     /// `{port}`: open connections closed because a new policy no longer allows them.
     pub authz_revoked: IntCounterVec,
+    /// `{cluster}`
+    pub outlier_ejections: IntCounterVec,
+    /// `{cluster, limit}`
+    pub breaker_overflow: IntCounterVec,
+    /// `{cluster}`: picks made with no endpoint in service.
+    pub lb_panic: IntCounterVec,
+    /// `{cluster, state}`: endpoints by state, refreshed at each scrape.
+    pub endpoints: IntGaugeVec,
     /// Unix time the workload certificate expires.
     pub cert_expiry: IntGauge,
     /// `{result}` applied | rejected: certificate file reloads.
@@ -164,6 +172,30 @@ impl Metrics {
                 "spoke_authz_denied_total",
                 "inbound connections or requests denied by policy",
                 &["port"],
+            ),
+            outlier_ejections: counter(
+                &r,
+                "spoke_outlier_ejections_total",
+                "endpoints ejected by outlier detection",
+                &["cluster"],
+            ),
+            breaker_overflow: counter(
+                &r,
+                "spoke_circuit_breaker_overflow_total",
+                "requests and connections refused because a circuit breaker limit was reached",
+                &["cluster", "limit"],
+            ),
+            lb_panic: counter(
+                &r,
+                "spoke_lb_panic_total",
+                "endpoint picks made while no endpoint was in service (health ignored)",
+                &["cluster"],
+            ),
+            endpoints: gauge(
+                &r,
+                "spoke_endpoints",
+                "endpoints by state: healthy, ejected, unhealthy, draining",
+                &["cluster", "state"],
             ),
             authz_revoked: counter(
                 &r,

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod copy;
 pub mod detect;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod inbound;
 pub mod io;
@@ -24,7 +25,8 @@ use crate::tls::CertStore;
 pub use error::{ErrorKind, ProxyError};
 
 /// What every listener and connection shares: the current snapshot (the one bridge from
-/// the control side to the data plane), metrics and readiness.
+/// the control side to the data plane), the runtime state beside it, metrics and
+/// readiness.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
@@ -33,6 +35,8 @@ pub struct Shared {
     pub tls: Option<Arc<CertStore>>,
     /// Upstream HTTP connections; outlives snapshots so swaps keep warm connections.
     pub pool: http::pool::Pool,
+    /// Endpoint and cluster runtime state; outlives snapshots like the pool.
+    pub registry: crate::balance::Registry,
     /// Receives every inbound authorization decision (the demo prints them).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<AuthzEvent>>,
     /// Ticks after every `store`, so open connections re-check their authorization.
@@ -49,13 +53,16 @@ pub struct AuthzEvent {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, tls: Option<Arc<CertStore>>) -> Self {
+    pub fn new(mut snapshot: Snapshot, metrics: Arc<Metrics>, tls: Option<Arc<CertStore>>) -> Self {
+        let registry = crate::balance::Registry::default();
+        snapshot.adopt(&registry);
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             readiness: Readiness::default(),
             tls,
             pool: Default::default(),
+            registry,
             observer: None,
             changes: tokio::sync::watch::Sender::new(()),
         }
@@ -63,7 +70,8 @@ impl Shared {
 
     /// Swaps in a new snapshot; connections already open keep the one they loaded, and
     /// those that must re-check their authorization are told.
-    pub fn store(&self, snapshot: Snapshot) {
+    pub fn store(&self, mut snapshot: Snapshot) {
+        snapshot.adopt(&self.registry);
         self.metrics.set_config_version(&snapshot.version);
         self.snapshot.store(Arc::new(snapshot));
         self.changes.send_replace(());

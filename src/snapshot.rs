@@ -7,24 +7,36 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::authz::PortPolicy;
-use crate::balance::EndpointSet;
-use crate::config::{Cluster, Config};
-use crate::proxy::http::retry::Budget;
+use crate::balance::endpoint::Verdict;
+use crate::balance::{
+    now_ms, ClusterRuntime, EndpointState, Outcome, Picked, Plan, Registry, ThreadRng,
+};
+use crate::config::{Cluster, Config, Endpoint, EndpointAddr};
+use crate::metrics::Metrics;
 
-/// One cluster as the data plane sees it.
+/// One cluster as the data plane sees it: its config, the balancing plan built from it,
+/// and the runtime state (endpoint health and load, breaker counters, retry budget) that
+/// `Shared::store` carries over from the previous snapshot.
 #[derive(Debug)]
 pub struct ClusterState {
     pub config: Cluster,
-    pub endpoints: EndpointSet,
-    pub budget: Budget,
+    /// Runtime state of each endpoint, in the order of `config.endpoints`.
+    pub endpoints: Vec<Arc<EndpointState>>,
+    pub runtime: Arc<ClusterRuntime>,
+    plan: Plan,
 }
 
 impl ClusterState {
     pub fn new(config: Cluster) -> Self {
         ClusterState {
-            endpoints: EndpointSet::new(config.endpoints.clone()),
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| Arc::new(EndpointState::new(e.address.clone())))
+                .collect(),
+            runtime: Arc::default(),
+            plan: Plan::new(config.lb, &config.endpoints),
             config,
-            budget: Budget::default(),
         }
     }
 
@@ -39,10 +51,82 @@ impl ClusterState {
             endpoints: vec![crate::config::Endpoint {
                 address: crate::config::EndpointAddr::Ip(app),
                 weight: 1,
+                priority: 0,
             }],
             circuit_breaker: Default::default(),
-            outlier_detection: None,
+            // The app is the only endpoint: there is nothing to eject it for.
+            outlier_detection: crate::config::OutlierDetection {
+                consecutive_gateway_errors: 0,
+                ..Default::default()
+            },
+            hash_on: crate::config::HashOn::SourceIp,
+            health_check: None,
+            queue_timeout: crate::config::DEFAULT_QUEUE_TIMEOUT,
         })
+    }
+
+    /// Takes over the runtime state the registry holds for this cluster's endpoints.
+    fn adopt(&mut self, registry: &Registry) {
+        let addrs: Vec<&EndpointAddr> = self.config.endpoints.iter().map(|e| &e.address).collect();
+        let (rt, eps) = registry.adopt(&self.config.name, &addrs);
+        self.runtime = rt;
+        self.endpoints = eps;
+    }
+
+    /// Picks an endpoint (see `balance`): not one in `tried` while others remain.
+    pub fn pick(&self, key: Option<u64>, tried: &[usize]) -> Option<Picked> {
+        self.plan.pick(
+            &self.endpoints,
+            &self.runtime,
+            key,
+            tried,
+            now_ms(),
+            &mut ThreadRng,
+        )
+    }
+
+    pub fn endpoint(&self, i: usize) -> Option<&Endpoint> {
+        self.config.endpoints.get(i)
+    }
+
+    /// Feeds one attempt's outcome to outlier detection; ejects the endpoint when it is
+    /// over a threshold and the cluster under its ejection limit.
+    pub fn record(&self, i: usize, outcome: Outcome, metrics: &Metrics) {
+        let Some(ep) = self.endpoints.get(i) else {
+            return;
+        };
+        let od = &self.config.outlier_detection;
+        let Verdict::Eject(d) = ep.record(outcome, od) else {
+            return;
+        };
+        let now = now_ms();
+        let out = self
+            .endpoints
+            .iter()
+            .filter(|e| e.ejected_for(now).is_some())
+            .count();
+        // As Envoy: the percentage caps ejections, but one may always go (unless 0%).
+        let max = match od.max_ejection_percent {
+            0 => 0,
+            pct => (self.endpoints.len() * pct as usize / 100).max(1),
+        };
+        if out >= max {
+            tracing::debug!(cluster = %self.config.name, endpoint = %ep.address, ejected = out, "outlier: ejection limit reached; endpoint stays");
+            return;
+        }
+        if ep.eject(now, d) {
+            metrics
+                .outlier_ejections
+                .with_label_values(&[&self.config.name])
+                .inc();
+            tracing::warn!(
+                cluster = %self.config.name,
+                endpoint = %ep.address,
+                ejected_for_ms = d.as_millis() as u64,
+                times = ep.times_ejected(),
+                "outlier: endpoint ejected"
+            );
+        }
     }
 }
 
@@ -86,6 +170,22 @@ impl Snapshot {
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterState>> {
         self.clusters.get(name)
+    }
+
+    /// Every cluster, for introspection.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterState>> {
+        self.clusters.values()
+    }
+
+    /// Carries the registry's runtime state into this (not yet shared) snapshot, and
+    /// lets the registry forget clusters it no longer has.
+    pub fn adopt(&mut self, registry: &Registry) {
+        for c in self.clusters.values_mut() {
+            if let Some(c) = Arc::get_mut(c) {
+                c.adopt(registry);
+            }
+        }
+        registry.retain(|name| self.clusters.contains_key(name));
     }
 }
 

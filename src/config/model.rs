@@ -21,6 +21,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Priority levels an endpoint may name (0..=MAX_PRIORITY).
+pub const MAX_PRIORITY: u32 = 7;
 pub const DEFAULT_CONTROL_IDENTITY: &str =
     "spiffe://cluster.local/ns/spoke-system/sa/spoke-control";
 
@@ -156,13 +159,42 @@ pub struct Cluster {
     pub connect_attempts: u32,
     pub endpoints: Vec<Endpoint>,
     pub circuit_breaker: CircuitBreaker,
-    pub outlier_detection: Option<OutlierDetection>,
+    pub outlier_detection: OutlierDetection,
+    /// `lb: ring_hash`: what the hash is taken of.
+    pub hash_on: HashOn,
+    pub health_check: Option<HealthCheck>,
+    #[serde(serialize_with = "ser_dur")]
+    pub queue_timeout: Duration,
+}
+
+/// The key of `ring_hash` balancing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    SourceIp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheck {
+    /// `None`: a TCP connect (and mTLS handshake for meshed clusters) is the check.
+    pub http: Option<String>,
+    /// Inclusive status ranges counted healthy.
+    pub expected: Vec<(u16, u16)>,
+    #[serde(serialize_with = "ser_dur")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
     pub address: EndpointAddr,
     pub weight: u32,
+    pub priority: u32,
 }
 
 /// An endpoint address: an IP literal, or a host name resolved at connect time.
@@ -186,6 +218,7 @@ pub struct CircuitBreaker {
     pub max_connections: u32,
     pub max_pending: u32,
     pub max_requests: u32,
+    pub max_retries: u32,
 }
 
 impl Default for CircuitBreaker {
@@ -194,16 +227,34 @@ impl Default for CircuitBreaker {
             max_connections: 1024,
             max_pending: 1024,
             max_requests: 1024,
+            max_retries: 64,
         }
     }
 }
 
+/// Passive health: consecutive failures eject an endpoint for a while. Always on; a
+/// threshold of 0 turns that counter off.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct OutlierDetection {
     pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
     #[serde(serialize_with = "ser_dur")]
     pub base_ejection: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub max_ejection: Duration,
     pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 0,
+            consecutive_gateway_errors: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

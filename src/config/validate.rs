@@ -48,11 +48,11 @@ impl Errors {
         }
     }
 
-    fn identity(&mut self, path: &str, v: &str) -> Option<Identity> {
+    pub(super) fn identity(&mut self, path: &str, v: &str) -> Option<Identity> {
         Identity::parse(v).map_err(|e| self.push(path, e)).ok()
     }
 
-    fn name(&mut self, path: &str, v: &str) {
+    pub(super) fn name(&mut self, path: &str, v: &str) {
         let ok = !v.is_empty()
             && v.len() <= 128
             && v.bytes()
@@ -170,7 +170,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
 
     let drain_timeout = e.duration("drain_timeout", &f.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
 
-    let clusters = clusters(&mut e, &f.clusters);
+    let clusters = super::cluster::clusters(&mut e, &f.clusters);
     let cluster_names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
     // With a control plane, clusters arrive over the stream: a listener may name one the
     // file does not define (the pushed config is validated whole before it is applied).
@@ -245,124 +245,6 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
         }),
         _ => Err(e.0),
     }
-}
-
-fn clusters(e: &mut Errors, raw: &[raw::Cluster]) -> Vec<Cluster> {
-    let mut names = HashSet::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, c) in raw.iter().enumerate() {
-        let p = format!("clusters[{i}]");
-        e.name(&format!("{p}.name"), &c.name);
-        if !names.insert(c.name.as_str()) {
-            e.push(
-                format!("{p}.name"),
-                format!("{:?} is defined twice", c.name),
-            );
-        }
-        let tls = c
-            .tls
-            .as_ref()
-            .and_then(|t| e.identity(&format!("{p}.tls.identity"), &t.identity));
-        let connect_timeout = e.duration(
-            &format!("{p}.connect_timeout"),
-            &c.connect_timeout,
-            DEFAULT_CONNECT_TIMEOUT,
-        );
-        if connect_timeout.is_zero() {
-            e.push(format!("{p}.connect_timeout"), "must be more than 0");
-        }
-        let connect_attempts = c.connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS);
-        if !(1..=10).contains(&connect_attempts) {
-            e.push(
-                format!("{p}.connect_attempts"),
-                format!("{connect_attempts} is not between 1 and 10"),
-            );
-        }
-        let mut seen = HashSet::new();
-        let mut endpoints = Vec::with_capacity(c.endpoints.len());
-        for (j, ep) in c.endpoints.iter().enumerate() {
-            let ep_path = format!("{p}.endpoints[{j}]");
-            let weight = ep.weight.unwrap_or(1);
-            if !(1..=10_000).contains(&weight) {
-                e.push(
-                    format!("{ep_path}.weight"),
-                    format!("{weight} is not between 1 and 10000"),
-                );
-            }
-            match endpoint_addr(&ep.address) {
-                Some(address) => {
-                    if !seen.insert(address.clone()) {
-                        e.push(
-                            format!("{ep_path}.address"),
-                            format!("{:?} is listed twice", ep.address),
-                        );
-                    }
-                    endpoints.push(Endpoint { address, weight });
-                }
-                None => e.push(
-                    format!("{ep_path}.address"),
-                    format!("{:?} is not host:port", ep.address),
-                ),
-            }
-        }
-        let d = CircuitBreaker::default();
-        let circuit_breaker = match &c.circuit_breaker {
-            None => d,
-            Some(cb) => {
-                let mut get = |field: &str, v: Option<u32>, def: u32| {
-                    let v = v.unwrap_or(def);
-                    if v == 0 {
-                        e.push(
-                            format!("{p}.circuit_breaker.{field}"),
-                            "must be more than 0",
-                        );
-                    }
-                    v
-                };
-                CircuitBreaker {
-                    max_connections: get("max_connections", cb.max_connections, d.max_connections),
-                    max_pending: get("max_pending", cb.max_pending, d.max_pending),
-                    max_requests: get("max_requests", cb.max_requests, d.max_requests),
-                }
-            }
-        };
-        let outlier_detection = c.outlier_detection.as_ref().map(|o| {
-            let pct = o.max_ejection_percent.unwrap_or(50);
-            if pct > 100 {
-                e.push(
-                    format!("{p}.outlier_detection.max_ejection_percent"),
-                    format!("{pct} is more than 100"),
-                );
-            }
-            let consecutive_5xx = o.consecutive_5xx.unwrap_or(5);
-            if consecutive_5xx == 0 {
-                e.push(
-                    format!("{p}.outlier_detection.consecutive_5xx"),
-                    "must be more than 0",
-                );
-            }
-            OutlierDetection {
-                consecutive_5xx,
-                base_ejection: e.duration(
-                    &format!("{p}.outlier_detection.base_ejection"),
-                    &o.base_ejection,
-                    Duration::from_secs(30),
-                ),
-                max_ejection_percent: pct,
-            }
-        });
-        out.push(Cluster {
-            name: c.name.clone(),
-            lb: c.lb.unwrap_or_default(),
-            tls,
-            connect_timeout,
-            connect_attempts,
-            endpoints,
-            circuit_breaker,
-            outlier_detection,
-        });
-    }
-    out
 }
 
 fn listeners(

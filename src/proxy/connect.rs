@@ -1,96 +1,187 @@
-//! Dialing a cluster: pick an endpoint, connect within the cluster's `connect_timeout`, and
-//! on a refused or timed-out connect try the next endpoint, up to `connect_attempts` tries.
-//! Every failed try is counted and logged.
+//! The one dial path to upstreams, for TCP and HTTP alike: resolve, connect within the
+//! cluster's `connect_timeout`, and for meshed clusters complete mTLS and check that the
+//! server is the expected identity. `connect_cluster` (opaque TCP) adds the balancer and
+//! circuit breaker around it and tries the next endpoint on a failed connect, up to
+//! `connect_attempts`; the HTTP pool dials through `dial` too. Every outcome reaches the
+//! balancer and outlier detection through `ClusterState::record`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
 use super::error::ProxyError;
 use super::io::Io;
+use crate::balance::{now_ms, InFlight, Limit, Outcome, Slot};
 use crate::config::{EndpointAddr, Identity};
 use crate::metrics::Metrics;
 use crate::snapshot::ClusterState;
 use crate::tls::CertStore;
 
-/// An upstream connection and which endpoint it reached.
+/// Which TLS client config (and so which ALPN) a meshed dial offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// Opaque TCP: no application protocol.
+    None,
+    Http1,
+    Http2,
+}
+
+/// What a dial needs besides the address.
+pub struct DialCtx<'a> {
+    pub timeout: Duration,
+    /// Meshed: mTLS, and the server must be this identity.
+    pub identity: Option<&'a Identity>,
+    pub alpn: Alpn,
+    pub certs: Option<&'a CertStore>,
+    pub metrics: &'a Metrics,
+}
+
+/// A dialed upstream connection.
+pub struct Dialed {
+    pub io: Io,
+    pub endpoint: SocketAddr,
+    /// The server's verified identity, for meshed dials.
+    pub peer_id: Option<Identity>,
+}
+
+/// An upstream TCP connection from `connect_cluster`, with what it holds while open.
 pub struct Connected {
     pub io: Io,
     pub endpoint: SocketAddr,
     /// Connect tries it took, 1 when the first one worked.
     pub attempts: u32,
-    /// The server's verified identity, for meshed clusters.
     pub peer_id: Option<Identity>,
+    /// Counts the connection for `least_request` and `max_connections` until dropped.
+    pub held: (InFlight, Slot),
 }
 
-/// Connects to one of the cluster's endpoints; for a cluster with `tls.identity`, also
-/// completes mTLS and checks that the server is that identity. A failed handshake or a
-/// wrong identity is a failed try like a refused connect.
-pub async fn connect_cluster(
-    cluster: &ClusterState,
-    metrics: &Metrics,
-    tls: Option<&CertStore>,
-) -> Result<Connected, ProxyError> {
-    let cfg = &cluster.config;
-    let set = &cluster.endpoints;
-    let max = (cfg.connect_attempts as usize).min(set.len());
-    let mut tried: Vec<usize> = Vec::with_capacity(max);
-    let mut last_err = None;
-    for attempt in 1..=max {
-        let Some(i) = set.pick(&tried) else { break };
-        tried.push(i);
-        let Some(ep) = set.get(i) else { break };
-        let tried = tokio::time::timeout(cfg.connect_timeout, async {
-            let (stream, endpoint) = connect_endpoint(&ep.address, cfg.connect_timeout).await?;
-            match (&cfg.tls, tls) {
-                (None, _) => Ok((Io::Plain(stream), endpoint, None)),
-                (Some(want), Some(store)) => {
-                    let Some(c) = store.current() else {
-                        return Err(ProxyError::TlsFailed {
-                            endpoint: endpoint.to_string(),
-                            reason: "no workload certificate yet".into(),
-                        });
-                    };
-                    let cfg = c.client.clone();
-                    let (io, id) = tls_connect(stream, endpoint, want, cfg, metrics).await?;
-                    Ok((io, endpoint, Some(id)))
-                }
-                (Some(_), None) => Err(ProxyError::TlsFailed {
-                    endpoint: endpoint.to_string(),
-                    reason: "no workload certificate configured".into(),
-                }),
-            }
+/// Resolves an endpoint address (host names at connect time).
+pub async fn resolve(addr: &EndpointAddr) -> Result<SocketAddr, ProxyError> {
+    match addr {
+        EndpointAddr::Ip(a) => Ok(*a),
+        EndpointAddr::Host(h, p) => tokio::net::lookup_host((h.as_str(), *p))
+            .await
+            .map_err(|e| ProxyError::Resolve {
+                endpoint: addr.to_string(),
+                reason: e.to_string(),
+            })?
+            .next()
+            .ok_or_else(|| ProxyError::Resolve {
+                endpoint: addr.to_string(),
+                reason: "no addresses".into(),
+            }),
+    }
+}
+
+/// Resolves, connects and (meshed) completes mTLS with the identity check, all within
+/// `ctx.timeout`.
+pub async fn dial(addr: &EndpointAddr, ctx: &DialCtx<'_>) -> Result<Dialed, ProxyError> {
+    let attempt = async {
+        let endpoint = resolve(addr).await?;
+        let stream = TcpStream::connect(endpoint)
+            .await
+            .map_err(|e| ProxyError::from_connect(addr.to_string(), e))?;
+        // Proxied bytes are forwarded as they come; batching is the endpoints' business.
+        let _ = stream.set_nodelay(true);
+        let Some(want) = ctx.identity else {
+            return Ok(Dialed {
+                io: Io::Plain(stream),
+                endpoint,
+                peer_id: None,
+            });
+        };
+        let no_cert = |reason: &str| ProxyError::TlsFailed {
+            endpoint: endpoint.to_string(),
+            reason: reason.into(),
+        };
+        let store = ctx
+            .certs
+            .ok_or_else(|| no_cert("no workload certificate configured"))?;
+        let current = store
+            .current()
+            .ok_or_else(|| no_cert("no workload certificate yet"))?;
+        let cfg = match ctx.alpn {
+            Alpn::None => current.client.clone(),
+            Alpn::Http1 => current.client_h1.clone(),
+            Alpn::Http2 => current.client_h2.clone(),
+        };
+        let (io, id) = tls_connect(stream, endpoint, want, cfg, ctx.metrics).await?;
+        Ok(Dialed {
+            io,
+            endpoint,
+            peer_id: Some(id),
         })
+    };
+    tokio::time::timeout(ctx.timeout, attempt)
         .await
         .unwrap_or_else(|_| {
             Err(ProxyError::ConnectTimeout {
-                endpoint: ep.address.to_string(),
+                endpoint: addr.to_string(),
             })
+        })
+}
+
+/// Connects to one of the cluster's endpoints for an opaque TCP connection: the balancer
+/// picks (`key` is the hash for `ring_hash`), a failed connect counts against the endpoint
+/// and the next one is tried, up to `connect_attempts` tries.
+pub async fn connect_cluster(
+    cluster: &ClusterState,
+    key: Option<u64>,
+    metrics: &Metrics,
+    certs: Option<&CertStore>,
+) -> Result<Connected, ProxyError> {
+    let cfg = &cluster.config;
+    let Some(slot) = cluster
+        .runtime
+        .take(Limit::Connections, &cfg.circuit_breaker)
+    else {
+        overflow(metrics, &cfg.name, Limit::Connections);
+        return Err(ProxyError::CircuitOpen {
+            cluster: cfg.name.clone(),
+            limit: Limit::Connections.label(),
         });
-        match tried {
-            Ok((io, endpoint, peer_id)) => {
+    };
+    let max = (cfg.connect_attempts as usize).min(cluster.endpoints.len());
+    let mut tried: Vec<usize> = Vec::with_capacity(max);
+    let mut last_err = None;
+    let ctx = DialCtx {
+        timeout: cfg.connect_timeout,
+        identity: cfg.tls.as_ref(),
+        alpn: Alpn::None,
+        certs,
+        metrics,
+    };
+    for attempt in 1..=max {
+        let Some(picked) = cluster.pick(key, &tried) else {
+            break;
+        };
+        if picked.panic {
+            panicked(metrics, &cfg.name);
+        }
+        let i = picked.index;
+        tried.push(i);
+        let (Some(ep), Some(state)) = (cluster.endpoint(i), cluster.endpoints.get(i)) else {
+            break;
+        };
+        let inflight = state.start();
+        let started = Instant::now();
+        match dial(&ep.address, &ctx).await {
+            Ok(d) => {
+                state.observe_latency(started.elapsed(), now_ms());
+                cluster.record(i, Outcome::Success, metrics);
                 return Ok(Connected {
-                    io,
-                    endpoint,
+                    io: d.io,
+                    endpoint: d.endpoint,
                     attempts: attempt as u32,
-                    peer_id,
-                })
+                    peer_id: d.peer_id,
+                    held: (inflight, slot),
+                });
             }
             Err(e) => {
-                metrics
-                    .upstream_connect_errors
-                    .with_label_values(&[&cfg.name, e.kind().label()])
-                    .inc();
-                tracing::warn!(
-                    cluster = %cfg.name,
-                    endpoint = %ep.address,
-                    attempt,
-                    of = max,
-                    kind = e.kind().label(),
-                    error = %e,
-                    "upstream connect failed"
-                );
+                cluster.record(i, Outcome::GatewayError, metrics);
+                connect_failed(metrics, &cfg.name, &e, attempt, max);
                 last_err = Some(e);
             }
         }
@@ -100,12 +191,48 @@ pub async fn connect_cluster(
     }))
 }
 
+/// Counts and logs one failed connect try.
+pub fn connect_failed(metrics: &Metrics, cluster: &str, e: &ProxyError, attempt: usize, of: usize) {
+    metrics
+        .upstream_connect_errors
+        .with_label_values(&[cluster, e.kind().label()])
+        .inc();
+    tracing::warn!(
+        cluster,
+        attempt,
+        of,
+        kind = e.kind().label(),
+        error = %e,
+        "upstream connect failed"
+    );
+}
+
+pub fn overflow(metrics: &Metrics, cluster: &str, limit: Limit) {
+    metrics
+        .breaker_overflow
+        .with_label_values(&[cluster, limit.label()])
+        .inc();
+    tracing::debug!(
+        cluster,
+        limit = limit.label(),
+        "circuit breaker: over the limit"
+    );
+}
+
+pub fn panicked(metrics: &Metrics, cluster: &str) {
+    metrics.lb_panic.with_label_values(&[cluster]).inc();
+    tracing::debug!(
+        cluster,
+        "no endpoint in service: picking among all (panic mode)"
+    );
+}
+
 /// mTLS over a connected stream with `cfg` (which decides ALPN), then the identity check.
 pub async fn tls_connect(
     stream: TcpStream,
     endpoint: SocketAddr,
     want: &Identity,
-    cfg: std::sync::Arc<rustls::ClientConfig>,
+    cfg: Arc<rustls::ClientConfig>,
     metrics: &Metrics,
 ) -> Result<(Io, Identity), ProxyError> {
     let connector = tokio_rustls::TlsConnector::from(cfg);
@@ -143,38 +270,4 @@ pub async fn tls_connect(
         ));
     }
     Ok((Io::Client(Box::new(tls)), got))
-}
-
-/// One connect try: resolve (for host names) and connect, both within `timeout`.
-pub async fn connect_endpoint(
-    addr: &EndpointAddr,
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), ProxyError> {
-    let name = addr.to_string();
-    let attempt = async {
-        let target = match addr {
-            EndpointAddr::Ip(a) => *a,
-            EndpointAddr::Host(h, p) => tokio::net::lookup_host((h.as_str(), *p))
-                .await
-                .map_err(|e| ProxyError::Resolve {
-                    endpoint: name.clone(),
-                    reason: e.to_string(),
-                })?
-                .next()
-                .ok_or_else(|| ProxyError::Resolve {
-                    endpoint: name.clone(),
-                    reason: "no addresses".into(),
-                })?,
-        };
-        let stream = TcpStream::connect(target)
-            .await
-            .map_err(|e| ProxyError::from_connect(name.clone(), e))?;
-        // Proxied bytes are forwarded as they come; batching is the endpoints' business.
-        let _ = stream.set_nodelay(true);
-        Ok((stream, target))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(ProxyError::ConnectTimeout { endpoint: name }),
-    }
 }

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::authorize::{self, Caller};
-use super::connect::connect_endpoint;
+use super::connect::{dial, Alpn, DialCtx};
 use super::copy::Ends;
 use super::detect::{detect, Detected, Prefixed};
 use super::http::forward::{ConnCtx, Target};
@@ -202,8 +202,16 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
     }
 
     let addr = EndpointAddr::Ip(app);
-    match connect_endpoint(&addr, DEFAULT_CONNECT_TIMEOUT).await {
-        Ok((mut stream, endpoint)) => {
+    let to_app = DialCtx {
+        timeout: DEFAULT_CONNECT_TIMEOUT,
+        identity: None,
+        alpn: Alpn::None,
+        certs: None,
+        metrics,
+    };
+    match dial(&addr, &to_app).await {
+        Ok(d) => {
+            let (mut stream, endpoint) = (d.io, d.endpoint);
             let counters = counters(metrics, "inbound", cluster);
             if !prefix.is_empty() {
                 if let Err(e) = stream.write_all(&prefix).await {
@@ -214,7 +222,7 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
             }
             let mut copied = splice(
                 down,
-                Io::Plain(stream),
+                stream,
                 ctx.cfg.idle_timeout,
                 &counters,
                 Ends {

@@ -122,7 +122,10 @@ pub async fn outbound(
         access.failed(e.kind().label(), &e);
         return;
     };
-    match connect_cluster(state, metrics, ctx.shared.tls.as_deref()).await {
+    // `ring_hash` on a TCP connection: the client's address is the only key there is.
+    let key = (state.config.lb == crate::config::Lb::RingHash)
+        .then(|| crate::balance::hash_ip(peer.ip()));
+    match connect_cluster(state, key, metrics, ctx.shared.tls.as_deref()).await {
         Ok(mut up) => {
             let counters = counters(metrics, "outbound", cluster);
             if !prefix.is_empty() {

@@ -1,19 +1,29 @@
-//! The attempt loop of one request: pick an endpoint, send over the pool within the per-try
-//! timeout, and decide from the outcome and the route's policy whether to retry (another
-//! endpoint, after a jittered backoff, within the retry budget).
+//! The attempt loop of one request: pick an endpoint, take a connection slot (HTTP/1.1,
+//! bounded by the circuit breaker, waiting at most `queue_timeout`), send over the pool
+//! within the per-try timeout, feed the outcome to the balancer and outlier detection,
+//! and decide whether to go on: a request the upstream never processed (refused stream,
+//! GOAWAY, a keep-alive connection closed under it) is sent again on a fresh connection
+//! whatever the policy says and outside the budget; other failures are retried by the
+//! route's policy (another endpoint, jittered backoff, within the retry budget and the
+//! breaker's `max_retries`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{self, ReqBody};
+use super::body::{self, Hold, ReqBody};
 use super::forward::{ConnCtx, Info};
 use super::pool::{Body, Dial, Key, SendError};
 use super::retry::{self, Failure};
-use crate::config::{EndpointAddr, Identity, RetryPolicy};
-use crate::proxy::{ErrorKind, ProxyError};
+use crate::balance::{now_ms, Limit, Outcome, Slot};
+use crate::config::{Identity, RetryPolicy};
+use crate::proxy::connect::{self, overflow, panicked};
+use crate::proxy::ErrorKind;
 use crate::snapshot::ClusterState;
+
+/// Sends of a request the upstream never processed, beyond which it fails anyway.
+const MAX_UNPROCESSED: u32 = 5;
 
 fn upstream_uri(parts: &http::request::Parts, h2: bool, authority: &str) -> Uri {
     let pq = parts
@@ -31,178 +41,203 @@ fn upstream_uri(parts: &http::request::Parts, h2: bool, authority: &str) -> Uri 
 
 pub type AttemptErr = (ErrorKind, String);
 
-#[allow(clippy::too_many_arguments)]
+/// One request's way to its upstream.
+pub struct Target<'a> {
+    pub cluster: &'a ClusterState,
+    pub policy: Option<&'a RetryPolicy>,
+    pub per_try: Option<Duration>,
+    /// Speak HTTP/2 upstream.
+    pub h2: bool,
+    pub upgrade: bool,
+    pub meshed: Option<&'a Identity>,
+    /// The `ring_hash` key.
+    pub key: Option<u64>,
+}
+
+/// What one send came to.
+enum Step {
+    Done(Response<Incoming>, Hold),
+    /// Send the same request again at once (never processed, or never sent).
+    Again,
+    /// Failed: retry under the route's policy if it covers the failure.
+    Failed(Failure, AttemptErr),
+    Fatal(AttemptErr),
+}
+
 pub async fn attempt_loop(
     conn: &ConnCtx,
     parts: &mut http::request::Parts,
     reqbody: &mut ReqBody,
-    cluster: &ClusterState,
-    policy: Option<&RetryPolicy>,
-    per_try: Option<Duration>,
-    h2: bool,
-    upgrade: bool,
-    meshed: Option<&Identity>,
+    t: &Target<'_>,
     info: &mut Info,
-) -> Result<Response<Incoming>, AttemptErr> {
+) -> Result<(Response<Incoming>, Hold), AttemptErr> {
     let shared = &conn.listener.shared;
-    let pool = &shared.pool;
+    let cluster = t.cluster;
+    let cfg = &cluster.config;
+    let metrics = &shared.metrics;
     let dial = Dial {
-        timeout: cluster.config.connect_timeout,
+        timeout: cfg.connect_timeout,
         tls: shared.tls.as_deref(),
-        metrics: &shared.metrics,
+        metrics,
     };
-    let max_connect = cluster.config.connect_attempts.max(1);
-    let max_retries = policy.map(|p| p.attempts).unwrap_or(0);
+    let max_connect = cfg.connect_attempts.max(1);
+    let max_retries = t.policy.map(|p| p.attempts).unwrap_or(0);
     // Endpoints tried so far, on the stack (tries are bounded by the config's limits).
     let mut tried = [usize::MAX; 24];
     let mut n_tried = 0;
-    let mut connect_failures = 0u32;
-    let mut retries = 0u32;
+    let (mut connect_failures, mut unprocessed, mut retries) = (0u32, 0u32, 0u32);
+    // Held from the first retry on: `max_retries` bounds requests in a retry.
+    let mut retry_slot: Option<Slot> = None;
     // A request hyper handed back unsent is reused as is (its body untouched).
     let mut carried: Option<Request<Body>> = None;
     loop {
-        let Some(i) = cluster.endpoints.pick(&tried[..n_tried]).or_else(|| {
+        let picked = cluster.pick(t.key, &tried[..n_tried]).or_else(|| {
             n_tried = 0;
-            cluster.endpoints.pick(&[])
-        }) else {
+            cluster.pick(t.key, &[])
+        });
+        let Some(picked) = picked else {
             return Err((
                 ErrorKind::NoHealthyEndpoints,
-                format!("cluster {} has no endpoints", cluster.config.name),
+                format!("cluster {} has no endpoints", cfg.name),
             ));
         };
+        if picked.panic {
+            panicked(metrics, &cfg.name);
+        }
+        let i = picked.index;
         if n_tried == tried.len() {
             n_tried = 0;
         }
         tried[n_tried] = i;
         n_tried += 1;
-        let addr = match cluster.endpoints.get(i).map(|e| &e.address) {
-            Some(EndpointAddr::Ip(a)) => *a,
-            Some(EndpointAddr::Host(h, p)) => match tokio::net::lookup_host((h.as_str(), *p))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-            {
-                Some(a) => a,
-                None => return Err((ErrorKind::ResolveFailed, format!("cannot resolve {h}:{p}"))),
-            },
-            None => return Err((ErrorKind::NoHealthyEndpoints, "no endpoint".into())),
+        let (Some(ep), Some(state)) = (cluster.endpoint(i), cluster.endpoints.get(i)) else {
+            return Err((ErrorKind::NoHealthyEndpoints, "no endpoint".into()));
+        };
+        let addr = match connect::resolve(&ep.address).await {
+            Ok(a) => a,
+            Err(e) => {
+                cluster.record(i, Outcome::GatewayError, metrics);
+                return Err((e.kind(), e.to_string()));
+            }
         };
         info.endpoint = Some(addr);
         let req = match carried.take() {
             Some(r) => r,
-            None => {
-                let Some(body) = reqbody.take() else {
-                    return Err((ErrorKind::UpstreamReset, "request body already sent".into()));
-                };
-                let mut b = Request::builder()
-                    .method(parts.method.clone())
-                    .uri(upstream_uri(parts, h2, &info.authority))
-                    .version(if h2 {
-                        Version::HTTP_2
-                    } else {
-                        Version::HTTP_11
-                    });
-                if let Some(h) = b.headers_mut() {
-                    // A body that cannot be replayed means this is the only request built:
-                    // its headers move instead of being copied.
-                    *h = if reqbody.replayable() {
-                        parts.headers.clone()
-                    } else {
-                        std::mem::take(&mut parts.headers)
-                    };
+            None => build(parts, reqbody, t.h2, &info.authority)?,
+        };
+        // An HTTP/1.1 exchange holds a connection for its whole response: bounded.
+        let conn_slot = if t.h2 {
+            None
+        } else {
+            match cluster
+                .runtime
+                .take_connection(&cfg.circuit_breaker, cfg.queue_timeout)
+                .await
+            {
+                Ok(s) => Some(s),
+                Err(Limit::Pending) => {
+                    overflow(metrics, &cfg.name, Limit::Pending);
+                    return Err((
+                        ErrorKind::CircuitOpen,
+                        format!("cluster {} has too many requests waiting", cfg.name),
+                    ));
                 }
-                match b.body(body) {
-                    Ok(r) => r,
-                    Err(e) => return Err((ErrorKind::BadRequest, e.to_string())),
+                Err(limit) => {
+                    overflow(metrics, &cfg.name, limit);
+                    return Err((
+                        ErrorKind::QueueTimeout,
+                        format!(
+                            "no connection to cluster {} within {:?}",
+                            cfg.name, cfg.queue_timeout
+                        ),
+                    ));
                 }
             }
         };
         let key = Key {
             addr,
-            tls: meshed.cloned(),
-            h2,
+            tls: t.meshed.cloned(),
+            h2: t.h2,
         };
+        let inflight = state.start();
+        let started = Instant::now();
         let send = async {
-            if upgrade {
-                pool.send_upgrade(&key, req, &dial).await
+            if t.upgrade {
+                shared.pool.send_upgrade(&key, req, &dial).await
             } else {
-                pool.send(&key, req, &dial).await
+                shared.pool.send(&key, req, &dial).await
             }
         };
-        let outcome = match per_try {
-            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
-            None => Ok(send.await),
+        let sent = match t.per_try {
+            Some(d) => tokio::time::timeout(d, send).await.ok(),
+            None => Some(send.await),
         };
-        let failure = match outcome {
-            Ok(Ok(resp)) => {
-                if meshed.is_some() {
-                    info.upstream_id = meshed.cloned();
+        let step = match sent {
+            Some(Ok(resp)) => {
+                state.observe_latency(started.elapsed(), now_ms());
+                if t.meshed.is_some() {
+                    info.upstream_id = t.meshed.cloned();
                 }
                 let status = resp.status().as_u16();
-                let grpc = resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u8>().ok())
-                    .filter(|c| *c != 0);
-                let f = match grpc {
-                    Some(c) => Some(Failure::Grpc(c)),
-                    None if status >= 400 => Some(Failure::Status(status)),
-                    None => None,
+                cluster.record(i, outcome_of(status), metrics);
+                let hold = Hold {
+                    inflight: Some(inflight),
+                    conn: conn_slot,
+                    request: None,
                 };
-                match (f, policy) {
+                match (failure_of(&resp), t.policy) {
                     (Some(f), Some(p))
-                        if retry::covers(p, f) && reqbody.replayable() && retries < max_retries =>
+                        if retry::covers(p, f)
+                            && reqbody.replayable()
+                            && retries < max_retries
+                            && claim_retry(cluster, p, f, info, metrics, &mut retry_slot) =>
                     {
-                        if !retry_allowed(cluster, p, f, info, &shared.metrics) {
-                            return Ok(resp);
-                        }
-                        drop(resp);
+                        drop((resp, hold));
                         retries += 1;
                         info.retries = retries;
                         tokio::time::sleep(retry::backoff(p.backoff, retries)).await;
                         continue;
                     }
-                    _ => return Ok(resp),
+                    _ => Step::Done(resp, hold),
                 }
             }
-            Ok(Err(SendError::Connect(e, req))) => {
-                count_connect_error(&shared.metrics, &cluster.config.name, &e);
+            Some(Err(SendError::Connect(e, req))) => {
+                cluster.record(i, Outcome::GatewayError, metrics);
                 connect_failures += 1;
+                connect::connect_failed(
+                    metrics,
+                    &cfg.name,
+                    &e,
+                    connect_failures as usize,
+                    max_connect as usize,
+                );
                 carried = Some(*req);
                 if connect_failures < max_connect {
-                    continue;
-                }
-                // Connect tries are used up; a retry policy may still allow more.
-                match policy {
-                    Some(p) if retry::covers(p, Failure::Connect) && retries < max_retries => {
-                        if !retry_allowed(cluster, p, Failure::Connect, info, &shared.metrics) {
-                            return Err((e.kind(), e.to_string()));
-                        }
-                        retries += 1;
-                        info.retries = retries;
-                        tokio::time::sleep(retry::backoff(p.backoff, retries)).await;
-                        continue;
-                    }
-                    _ => return Err((e.kind(), e.to_string())),
+                    Step::Again
+                } else {
+                    Step::Failed(Failure::Connect, (e.kind(), e.to_string()))
                 }
             }
-            Ok(Err(SendError::Http {
+            Some(Err(SendError::Http {
                 error,
                 unsent: Some(req),
+                ..
             })) => {
                 // Never written (a pooled connection had closed): safe to send elsewhere.
                 tracing::debug!(error = %error, "request not sent; trying again");
+                shared.pool.evict(&key);
                 connect_failures += 1;
                 carried = Some(*req);
-                if connect_failures < max_connect + 1 {
-                    continue;
+                if connect_failures <= max_connect {
+                    Step::Again
+                } else {
+                    Step::Fatal((ErrorKind::UpstreamReset, error.to_string()))
                 }
-                return Err((ErrorKind::UpstreamReset, error.to_string()));
             }
-            Ok(Err(SendError::Http {
+            Some(Err(SendError::Http {
                 error,
                 unsent: None,
+                reused,
             })) => {
                 if error_chain_has(&error, body::is_too_large) {
                     return Err((
@@ -210,41 +245,138 @@ pub async fn attempt_loop(
                         "request body is larger than this listener accepts".into(),
                     ));
                 }
+                let never_processed = is_unprocessed(&error)
+                    || (reused
+                        && error.is_incomplete_message()
+                        && retry::is_idempotent(&parts.method));
+                if never_processed {
+                    // GOAWAY past this stream, REFUSED_STREAM, or a keep-alive connection
+                    // the server closed as the request went out: not the endpoint's fault
+                    // and not a retry of work done.
+                    shared.pool.evict(&key);
+                    unprocessed += 1;
+                    if reqbody.replayable() && unprocessed <= MAX_UNPROCESSED {
+                        tracing::debug!(cluster = %cfg.name, endpoint = %addr, error = %error, "request not processed upstream; sending it again");
+                        continue;
+                    }
+                } else {
+                    cluster.record(i, Outcome::GatewayError, metrics);
+                }
                 let f = if is_refused_stream(&error) {
                     Failure::RefusedStream
                 } else {
                     Failure::Reset
                 };
-                (f, (ErrorKind::UpstreamReset, error.to_string()))
+                Step::Failed(f, (ErrorKind::UpstreamReset, error.to_string()))
             }
-            Err(()) => (
-                Failure::Timeout,
-                (
-                    ErrorKind::Timeout,
-                    "the upstream did not answer within the per-try timeout".to_string(),
-                ),
-            ),
+            None => {
+                cluster.record(i, Outcome::GatewayError, metrics);
+                Step::Failed(
+                    Failure::Timeout,
+                    (
+                        ErrorKind::Timeout,
+                        "the upstream did not answer within the per-try timeout".to_string(),
+                    ),
+                )
+            }
         };
-        let (f, err) = failure;
-        match policy {
-            Some(p)
-                if retry::covers(p, f)
-                    && retries < max_retries
-                    && reqbody.replayable()
-                    && (!f.maybe_processed()
-                        || p.non_idempotent
-                        || retry::is_idempotent(&parts.method)) =>
-            {
-                if !retry_allowed(cluster, p, f, info, &shared.metrics) {
-                    return Err(err);
-                }
-                retries += 1;
-                info.retries = retries;
-                tokio::time::sleep(retry::backoff(p.backoff, retries)).await;
-            }
-            _ => return Err(err),
+        let (f, err) = match step {
+            Step::Done(resp, hold) => return Ok((resp, hold)),
+            Step::Again => continue,
+            Step::Fatal(err) => return Err(err),
+            Step::Failed(f, err) => (f, err),
+        };
+        let Some(p) = t.policy else {
+            return Err(err);
+        };
+        let may = retry::covers(p, f)
+            && retries < max_retries
+            && (f == Failure::Connect || reqbody.replayable())
+            && (!f.maybe_processed() || p.non_idempotent || retry::is_idempotent(&parts.method));
+        if !may || !claim_retry(cluster, p, f, info, metrics, &mut retry_slot) {
+            return Err(err);
+        }
+        retries += 1;
+        info.retries = retries;
+        tokio::time::sleep(retry::backoff(p.backoff, retries)).await;
+    }
+}
+
+/// Builds the next attempt's request from the downstream request.
+fn build(
+    parts: &mut http::request::Parts,
+    reqbody: &mut ReqBody,
+    h2: bool,
+    authority: &str,
+) -> Result<Request<Body>, AttemptErr> {
+    let Some(body) = reqbody.take() else {
+        return Err((ErrorKind::UpstreamReset, "request body already sent".into()));
+    };
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(upstream_uri(parts, h2, authority))
+        .version(if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        });
+    if let Some(h) = b.headers_mut() {
+        // A body that cannot be replayed means this is the only request built: its
+        // headers move instead of being copied.
+        *h = if reqbody.replayable() {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+    }
+    b.body(body)
+        .map_err(|e| (ErrorKind::BadRequest, e.to_string()))
+}
+
+/// How a response counts for outlier detection.
+fn outcome_of(status: u16) -> Outcome {
+    match status {
+        502..=504 => Outcome::GatewayError,
+        500..=599 => Outcome::Error5xx,
+        _ => Outcome::Success,
+    }
+}
+
+/// A response the retry policy may want to retry.
+fn failure_of(resp: &Response<Incoming>) -> Option<Failure> {
+    let grpc = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|c| *c != 0);
+    let status = resp.status().as_u16();
+    match grpc {
+        Some(c) => Some(Failure::Grpc(c)),
+        None if status >= 400 => Some(Failure::Status(status)),
+        None => None,
+    }
+}
+
+/// Takes what a retry needs: a `max_retries` slot (the first time) and the budget.
+fn claim_retry(
+    cluster: &ClusterState,
+    p: &RetryPolicy,
+    f: Failure,
+    info: &Info,
+    metrics: &crate::metrics::Metrics,
+    slot: &mut Option<Slot>,
+) -> bool {
+    if slot.is_none() {
+        *slot = cluster
+            .runtime
+            .take(Limit::Retries, &cluster.config.circuit_breaker);
+        if slot.is_none() {
+            overflow(metrics, &cluster.config.name, Limit::Retries);
+            return false;
         }
     }
+    retry_allowed(cluster, p, f, info, metrics)
 }
 
 fn retry_allowed(
@@ -254,7 +386,7 @@ fn retry_allowed(
     info: &Info,
     metrics: &crate::metrics::Metrics,
 ) -> bool {
-    if !cluster.budget.try_retry(p.budget_percent) {
+    if !cluster.runtime.budget.try_retry(p.budget_percent) {
         metrics
             .retries
             .with_label_values(&[&cluster.config.name, "budget_exhausted"])
@@ -270,14 +402,6 @@ fn retry_allowed(
     true
 }
 
-fn count_connect_error(metrics: &crate::metrics::Metrics, cluster: &str, e: &ProxyError) {
-    metrics
-        .upstream_connect_errors
-        .with_label_values(&[cluster, e.kind().label()])
-        .inc();
-    tracing::warn!(cluster, kind = e.kind().label(), error = %e, "upstream connect failed");
-}
-
 fn error_chain_has(e: &hyper::Error, pred: fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
@@ -289,13 +413,25 @@ fn error_chain_has(e: &hyper::Error, pred: fn(&(dyn std::error::Error + 'static)
     false
 }
 
-fn is_refused_stream(e: &hyper::Error) -> bool {
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(h2e) = s.downcast_ref::<h2::Error>() {
-            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return Some(h2e);
         }
         src = s.source();
     }
-    false
+    None
+}
+
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    h2_error(e).is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// The upstream said it never processed the stream: REFUSED_STREAM, or a GOAWAY whose
+/// last stream id is below it.
+fn is_unprocessed(e: &hyper::Error) -> bool {
+    h2_error(e).is_some_and(|e| {
+        e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+    })
 }

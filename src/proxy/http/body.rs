@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::pool::{Body, BoxError};
+use crate::balance::{InFlight, Slot};
 
 /// A request body as the attempt loop sees it.
 pub enum ReqBody {
@@ -190,10 +191,22 @@ impl ResetCount {
     }
 }
 
+/// What a request holds until its response body ends: its place in the endpoint's
+/// in-flight count (`least_request`) and its circuit breaker slots.
+#[derive(Debug, Default)]
+pub struct Hold {
+    pub inflight: Option<InFlight>,
+    /// An HTTP/1.1 upstream connection in use.
+    pub conn: Option<Slot>,
+    /// `max_requests`.
+    pub request: Option<Slot>,
+}
+
 pin_project_lite::pin_project! {
     /// An upstream response body; a failure mid-stream is counted and passed on, so the
     /// client sees a broken response (never a complete-looking truncated one). A stream
-    /// with no frame for `idle` is cut the same way.
+    /// with no frame for `idle` is cut the same way. What the request holds is given back
+    /// when the body ends (or is dropped).
     pub struct Observed {
         #[pin]
         inner: Incoming,
@@ -201,16 +214,18 @@ pin_project_lite::pin_project! {
         idle: Duration,
         #[pin]
         timer: tokio::time::Sleep,
+        hold: Hold,
     }
 }
 
 impl Observed {
-    pub fn boxed(inner: Incoming, reset: ResetCount, idle: Duration) -> Body {
+    pub fn boxed(inner: Incoming, reset: ResetCount, idle: Duration, hold: Hold) -> Body {
         Observed {
             inner,
             reset: Some(reset),
             idle,
             timer: tokio::time::sleep(idle),
+            hold,
         }
         .boxed_unsync()
     }
@@ -227,6 +242,7 @@ impl HttpBody for Observed {
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
+                *this.hold = Hold::default();
                 if let Some(c) = this.reset.take() {
                     c.inc();
                 }
@@ -238,7 +254,10 @@ impl HttpBody for Observed {
                 this.timer.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                *this.hold = Hold::default();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if this.timer.as_mut().poll(cx).is_ready() {
                     if let Some(c) = this.reset.take() {

@@ -10,7 +10,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::attempt::attempt_loop;
+use super::attempt::{attempt_loop, Target as Attempt};
 use super::body::{self, Observed};
 pub use super::headers::{
     error_response, negotiate_upgrade, strip_hop_by_hop, ERROR, ORIG_PROTO, PEER_ID,
@@ -18,8 +18,10 @@ pub use super::headers::{
 use super::pool::Body;
 use super::retry;
 use super::route;
+use crate::balance::Limit;
 use crate::config::{Identity, RetryPolicy};
 use crate::proxy::authorize::{self, Caller, Held, Refused};
+use crate::proxy::connect::overflow;
 use crate::proxy::listener::ListenerCtx;
 use crate::proxy::ErrorKind;
 use crate::snapshot::ClusterState;
@@ -240,16 +242,19 @@ async fn forward(
         .headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // An empty body is kept for free, so a request the upstream never processed (GOAWAY,
+    // refused stream) can always be sent again.
     let replay = !upgrade
-        && policy.is_some_and(|p| {
-            p.attempts > 0
-                && (p.non_idempotent
-                    || retry::is_idempotent(&parts.method)
-                    || (grpc
-                        && p.on
-                            .iter()
-                            .any(|o| matches!(o, crate::config::RetryOn::Grpc(_)))))
-        });
+        && (hyper::body::Body::is_end_stream(&incoming)
+            || policy.is_some_and(|p| {
+                p.attempts > 0
+                    && (p.non_idempotent
+                        || retry::is_idempotent(&parts.method)
+                        || (grpc
+                            && p.on
+                                .iter()
+                                .any(|o| matches!(o, crate::config::RetryOn::Grpc(_)))))
+            }));
     let downstream_upgrade = if upgrade {
         // Take the upgrade handle before the body is moved on.
         let mut probe = Request::from_parts(clone_parts(parts), ());
@@ -295,22 +300,25 @@ async fn forward(
         .unwrap_or(crate::config::DEFAULT_STREAM_IDLE_TIMEOUT);
     let timeout = route.and_then(|r| r.timeout).unwrap_or(idle);
     let per_try = route.and_then(|r| r.per_try_timeout);
-    cluster.budget.request();
-    let attempts = async {
-        attempt_loop(
-            conn,
-            parts,
-            &mut reqbody,
-            &cluster,
-            policy,
-            per_try,
-            up_h2,
-            upgrade,
-            meshed.as_ref(),
-            info,
-        )
-        .await
+    let cb = &cluster.config.circuit_breaker;
+    let Some(request_slot) = cluster.runtime.take(Limit::Requests, cb) else {
+        overflow(&shared.metrics, &cluster.config.name, Limit::Requests);
+        return fail(
+            ErrorKind::CircuitOpen,
+            "the cluster has too many requests in flight",
+        );
     };
+    cluster.runtime.budget.request();
+    let target = Attempt {
+        cluster: &cluster,
+        policy,
+        per_try,
+        h2: up_h2,
+        upgrade,
+        meshed: meshed.as_ref(),
+        key: hash_key(&cluster.config, parts, conn.peer),
+    };
+    let attempts = async { attempt_loop(conn, parts, &mut reqbody, &target, info).await };
     let result = tokio::time::timeout(timeout, attempts)
         .await
         .unwrap_or_else(|_| {
@@ -319,10 +327,11 @@ async fn forward(
                 "the upstream did not answer within the route timeout".to_string(),
             ))
         });
-    let mut resp = match result {
+    let (mut resp, mut hold) = match result {
         Ok(r) => r,
         Err((kind, detail)) => return fail(kind, &detail),
     };
+    hold.request = Some(request_slot);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(down) = downstream_upgrade else {
             // Nothing was offered to switch to: an app must not answer 101 here.
@@ -336,6 +345,8 @@ async fn forward(
         let (peer, tls, peer_id) = (conn.peer, conn.tls, conn.peer_id.clone());
         let port = inbound_app.map(|a| a.port()).unwrap_or(0);
         tokio::spawn(async move {
+            // The tunnel keeps its connection slot and in-flight count while it is open.
+            let _hold = hold;
             let tunnel = async {
                 match tokio::try_join!(down, up) {
                     Ok((d, u)) => {
@@ -375,9 +386,38 @@ async fn forward(
         cluster: cluster.clone(),
     };
     (
-        Response::from_parts(rparts, Observed::boxed(rbody, reset, idle)),
+        Response::from_parts(rparts, Observed::boxed(rbody, reset, idle, hold)),
         None,
     )
+}
+
+/// The `ring_hash` key of a request: its header, cookie or client address, as the
+/// cluster says (`None` for other balancers, or when the header or cookie is missing).
+fn hash_key(
+    c: &crate::config::Cluster,
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+) -> Option<u64> {
+    use crate::config::{HashOn, Lb};
+    if c.lb != Lb::RingHash {
+        return None;
+    }
+    match &c.hash_on {
+        HashOn::SourceIp => Some(crate::balance::hash_ip(peer.ip())),
+        HashOn::Header(h) => parts
+            .headers
+            .get(h.as_str())
+            .map(|v| crate::balance::hash_parts(&[v.as_bytes()])),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| crate::balance::hash_parts(&[v.as_bytes()])),
+    }
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{EndpointAddr, Identity};
 use crate::metrics::Metrics;
-use crate::proxy::connect::{connect_endpoint, tls_connect};
+use crate::proxy::connect::{self, Alpn, DialCtx};
 use crate::proxy::io::Io;
 use crate::proxy::ProxyError;
 use crate::tls::CertStore;
@@ -44,9 +44,12 @@ pub enum SendError {
     /// No connection: the request was never sent (always safe to retry) and comes back.
     Connect(ProxyError, Box<Request<Body>>),
     /// The connection failed; `unsent` holds the request when hyper never wrote it.
+    /// `reused`: the connection had carried requests before (a keep-alive connection the
+    /// server may have closed just as this one was written).
     Http {
         error: hyper::Error,
         unsent: Option<Box<Request<Body>>>,
+        reused: bool,
     },
 }
 
@@ -57,11 +60,12 @@ pub struct Pool {
 }
 
 /// A failed `try_send_request`, keeping the request when hyper never wrote it.
-fn send_error(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> SendError {
+fn send_error(mut e: hyper::client::conn::TrySendError<Request<Body>>, reused: bool) -> SendError {
     let unsent = e.take_message().map(Box::new);
     SendError::Http {
         error: e.into_error(),
         unsent,
+        reused,
     }
 }
 
@@ -122,13 +126,14 @@ impl Pool {
             return Err(SendError::Http {
                 error,
                 unsent: Some(Box::new(req)),
+                reused: true,
             });
         }
         let result = sender.try_send_request(req).await;
         if result.is_err() && sender.is_closed() {
             lock(&self.h2).remove(key);
         }
-        result.map_err(send_error)
+        result.map_err(|e| send_error(e, true))
     }
 
     async fn send_h1(
@@ -145,6 +150,7 @@ impl Pool {
                 .position(|s| s.is_ready())
                 .map(|i| list.swap_remove(i))
         };
+        let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
             None => match connect_h1(key, dial).await {
@@ -161,7 +167,13 @@ impl Pool {
                 list.push(sender);
             }
         }
-        result.map_err(send_error)
+        result.map_err(|e| send_error(e, reused))
+    }
+
+    /// Stops new requests from using the HTTP/2 connection for `key` (it sent GOAWAY or
+    /// refused a stream): the next one dials afresh.
+    pub fn evict(&self, key: &Key) {
+        lock(&self.h2).remove(key);
     }
 
     /// A fresh HTTP/1.1 connection for one upgraded request (WebSocket and the like).
@@ -175,46 +187,23 @@ impl Pool {
             Ok(s) => s,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
-        sender.try_send_request(req).await.map_err(send_error)
+        sender
+            .try_send_request(req)
+            .await
+            .map_err(|e| send_error(e, false))
     }
 }
 
-/// TCP (and mTLS for meshed keys) within the connect timeout.
+/// TCP (and mTLS for meshed keys) through the one dial path.
 async fn dial_io(key: &Key, dial: &Dial<'_>, h2: bool) -> Result<Io, ProxyError> {
-    let attempt = async {
-        let (stream, endpoint) =
-            connect_endpoint(&EndpointAddr::Ip(key.addr), dial.timeout).await?;
-        match (&key.tls, dial.tls) {
-            (None, _) => Ok(Io::Plain(stream)),
-            (Some(want), Some(store)) => {
-                let Some(c) = store.current() else {
-                    return Err(ProxyError::TlsFailed {
-                        endpoint: endpoint.to_string(),
-                        reason: "no workload certificate yet".into(),
-                    });
-                };
-                let cfg = if h2 {
-                    c.client_h2.clone()
-                } else {
-                    c.client_h1.clone()
-                };
-                Ok(tls_connect(stream, endpoint, want, cfg, dial.metrics)
-                    .await?
-                    .0)
-            }
-            (Some(_), None) => Err(ProxyError::TlsFailed {
-                endpoint: endpoint.to_string(),
-                reason: "no workload certificate configured".into(),
-            }),
-        }
+    let ctx = DialCtx {
+        timeout: dial.timeout,
+        identity: key.tls.as_ref(),
+        alpn: if h2 { Alpn::Http2 } else { Alpn::Http1 },
+        certs: dial.tls,
+        metrics: dial.metrics,
     };
-    tokio::time::timeout(dial.timeout, attempt)
-        .await
-        .unwrap_or_else(|_| {
-            Err(ProxyError::ConnectTimeout {
-                endpoint: key.addr.to_string(),
-            })
-        })
+    Ok(connect::dial(&EndpointAddr::Ip(key.addr), &ctx).await?.io)
 }
 
 async fn connect_h2(key: &Key, dial: &Dial<'_>) -> Result<http2::SendRequest<Body>, ProxyError> {

@@ -1,0 +1,103 @@
+//! What the balancer knows, for operators: `GET /clusters` (every endpoint with its real
+//! state, load, latency estimate, outcome counts and ejections) and the `spoke_endpoints`
+//! gauge, refreshed from the same numbers at each scrape.
+
+use serde_json::{json, Value};
+
+use crate::balance::{now_ms, EndpointState};
+use crate::metrics::Metrics;
+use crate::snapshot::{ClusterState, Snapshot};
+
+const STATES: [&str; 4] = ["healthy", "ejected", "unhealthy", "draining"];
+
+/// `healthy`, `ejected` (outlier detection), `unhealthy` (active health checks).
+fn state(ep: &EndpointState, now: u64) -> &'static str {
+    if ep.is_unhealthy() {
+        "unhealthy"
+    } else if ep.ejected_for(now).is_some() {
+        "ejected"
+    } else {
+        "healthy"
+    }
+}
+
+fn endpoint(ep: &EndpointState, now: u64, weight: u32, priority: u32, st: &str) -> Value {
+    let (ok, failed) = ep.counts();
+    json!({
+        "address": ep.address.to_string(),
+        "weight": weight,
+        "priority": priority,
+        "state": st,
+        "ejected_for_ms": ep.ejected_for(now),
+        "times_ejected": ep.times_ejected(),
+        "active_requests": ep.active(),
+        "latency_ewma_ms": ep.ewma_ns() as f64 / 1e6,
+        "successes": ok,
+        "failures": failed,
+    })
+}
+
+fn cluster(c: &ClusterState, now: u64) -> Value {
+    let mut eps: Vec<Value> = c
+        .config
+        .endpoints
+        .iter()
+        .zip(&c.endpoints)
+        .map(|(cfg, ep)| endpoint(ep, now, cfg.weight, cfg.priority, state(ep, now)))
+        .collect();
+    eps.extend(
+        c.runtime
+            .draining()
+            .iter()
+            .map(|ep| endpoint(ep, now, 0, 0, "draining")),
+    );
+    let rt = &c.runtime;
+    use crate::balance::Limit::*;
+    json!({
+        "name": c.config.name,
+        "lb": c.config.lb,
+        "circuit_breaker": {
+            "connections": rt.in_use(Connections),
+            "pending": rt.in_use(Pending),
+            "requests": rt.in_use(Requests),
+            "retries": rt.in_use(Retries),
+            "limits": c.config.circuit_breaker,
+        },
+        "endpoints": eps,
+    })
+}
+
+/// The `/clusters` document, in config order.
+pub fn document(snap: &Snapshot) -> Value {
+    let now = now_ms();
+    let list: Vec<Value> = snap
+        .config
+        .clusters
+        .iter()
+        .filter_map(|c| snap.cluster(&c.name))
+        .map(|c| cluster(c, now))
+        .collect();
+    Value::Array(list)
+}
+
+/// Sets `spoke_endpoints{cluster,state}` from the current snapshot.
+pub fn refresh_gauges(snap: &Snapshot, metrics: &Metrics) {
+    let now = now_ms();
+    metrics.endpoints.reset();
+    for c in snap.clusters() {
+        let mut counts = [0i64; 4];
+        for ep in &c.endpoints {
+            let s = state(ep, now);
+            if let Some(k) = STATES.iter().position(|x| *x == s) {
+                counts[k] += 1;
+            }
+        }
+        counts[3] = c.runtime.draining().len() as i64;
+        for (s, n) in STATES.iter().zip(counts) {
+            metrics
+                .endpoints
+                .with_label_values(&[c.config.name.as_str(), s])
+                .set(n);
+        }
+    }
+}
