@@ -9,8 +9,9 @@
 //! healthy fraction times 1.4, as Envoy's overprovisioning factor) and the rest spills to
 //! the next level. With no endpoint in service anywhere, the pick ignores health (panic
 //! mode) rather than fail every request. Then the level's algorithm:
-//! - `least_request` (default): power of two choices, weighted draws, lower peak-EWMA
-//!   latency × (in-flight + 1) wins;
+//! - `least_request` (default): power of two choices (the next in weighted round-robin
+//!   order against a weighted random draw); the lower peak-EWMA latency × (in-flight + 1)
+//!   wins when clearly lower (a failure counts as a slow answer);
 //! - `round_robin`: smooth weighted round robin (no bursts to heavy endpoints);
 //! - `random`: weighted random;
 //! - `ring_hash`: a consistent hash ring (128 points per unit of weight), so removing one
@@ -114,7 +115,7 @@ impl Plan {
                     })
                     .collect();
                 Level {
-                    seq: if lb == Lb::RoundRobin {
+                    seq: if matches!(lb, Lb::RoundRobin | Lb::LeastRequest) {
                         smooth_sequence(&weights)
                     } else {
                         Vec::new()
@@ -151,7 +152,7 @@ impl Plan {
         let n = self.levels.len();
         (0..n)
             .map(|k| (first + k) % n)
-            .find_map(|l| self.in_level(l, eps, rt, key, tried.is_empty(), &ok, rng))
+            .find_map(|l| self.in_level(l, now, eps, rt, key, tried.is_empty(), &ok, rng))
             .map(|index| Picked { index, panic })
     }
 
@@ -194,9 +195,11 @@ impl Plan {
         Some((0, false))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn in_level(
         &self,
         l: usize,
+        now: u64,
         eps: &[Arc<EndpointState>],
         rt: &ClusterRuntime,
         key: Option<u64>,
@@ -210,20 +213,7 @@ impl Plan {
             return None;
         }
         let found = match (self.lb, key) {
-            (Lb::RoundRobin, _) => {
-                let cursor = &rt.cursors[l];
-                // A retry reads the cursor without moving it: it lands where the next
-                // request would, so a dead endpoint does not steal every first pick.
-                let ticket = if first_try {
-                    cursor.fetch_add(1, Relaxed)
-                } else {
-                    cursor.load(Relaxed)
-                } as usize;
-                let seq = &level.seq;
-                (0..seq.len())
-                    .map(|k| m[seq[(ticket + k) % seq.len()] as usize])
-                    .find(|&i| ok(i))
-            }
+            (Lb::RoundRobin, _) => Self::next_in_sequence(level, &rt.cursors[l], first_try, ok),
             (Lb::RingHash, Some(h)) => {
                 let ring = &level.ring;
                 let start = ring.partition_point(|(p, _)| *p < h);
@@ -232,14 +222,25 @@ impl Plan {
                     .find(|&i| ok(i))
             }
             (Lb::LeastRequest, _) => {
-                let a = draw_ok(level, ok, rng);
-                let b = draw_ok(level, ok, rng);
+                // The first choice walks the weighted round-robin order, the second is a
+                // weighted draw; the second wins only when clearly cheaper (20%), so
+                // equal, idle endpoints share exactly by weight and noise in the
+                // latency estimate does not reorder them.
+                let a = Self::next_in_sequence(level, &rt.cursors[l], first_try, ok);
+                let b = match a {
+                    Some(a) => draw_ok(level, &|i| i != a && ok(i), rng),
+                    None => draw_ok(level, ok, rng),
+                };
                 match (a, b) {
-                    (Some(a), Some(b)) if b != a => {
-                        let (ca, cb) = (eps[a as usize].cost(), eps[b as usize].cost());
-                        Some(if cb < ca { b } else { a })
+                    (Some(a), Some(b)) => {
+                        let (ca, cb) = (eps[a as usize].cost(now), eps[b as usize].cost(now));
+                        Some(if cb.saturating_mul(5) < ca.saturating_mul(4) {
+                            b
+                        } else {
+                            a
+                        })
                     }
-                    (a, _) => a,
+                    (a, b) => a.or(b),
                 }
             }
             (Lb::Random | Lb::RingHash, _) => draw_ok(level, ok, rng),
@@ -247,6 +248,28 @@ impl Plan {
         found
             .or_else(|| m.iter().copied().find(|&i| ok(i)))
             .map(|i| i as usize)
+    }
+}
+
+impl Plan {
+    /// The next member in the smooth weighted round-robin order that `ok` accepts. A
+    /// retry reads the cursor without moving it: it lands where the next request would,
+    /// so a dead endpoint does not steal every first pick.
+    fn next_in_sequence(
+        level: &Level,
+        cursor: &std::sync::atomic::AtomicU64,
+        first_try: bool,
+        ok: &impl Fn(u32) -> bool,
+    ) -> Option<u32> {
+        let ticket = if first_try {
+            cursor.fetch_add(1, Relaxed)
+        } else {
+            cursor.load(Relaxed)
+        } as usize;
+        let seq = &level.seq;
+        (0..seq.len())
+            .map(|k| level.members[seq[(ticket + k) % seq.len()] as usize])
+            .find(|&i| ok(i))
     }
 }
 

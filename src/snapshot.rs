@@ -14,6 +14,9 @@ use crate::balance::{
 use crate::config::{Cluster, Config, Endpoint, EndpointAddr};
 use crate::metrics::Metrics;
 
+/// The latency a failed attempt counts as for `least_request`.
+const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One cluster as the data plane sees it: its config, the balancing plan built from it,
 /// and the runtime state (endpoint health and load, breaker counters, retry budget) that
 /// `Shared::store` carries over from the previous snapshot.
@@ -95,6 +98,11 @@ impl ClusterState {
         let Some(ep) = self.endpoints.get(i) else {
             return;
         };
+        if outcome == Outcome::GatewayError {
+            // A failure is an answer no one wants: it weighs on `least_request` like a
+            // slow one, and fades as the latency estimate decays.
+            ep.observe_latency(FAILURE_PENALTY, now_ms());
+        }
         let od = &self.config.outlier_detection;
         let Verdict::Eject(d) = ep.record(outcome, od) else {
             return;

@@ -18,7 +18,7 @@ fn one_cluster(endpoints: &[String], extra_cluster: &str, extra_listener: &str) 
     format!(
         "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:0 }}\n\
          listeners:\n  - {{ name: l, address: 127.0.0.1:0, protocol: tcp, cluster: c{extra_listener} }}\n\
-         clusters:\n  - {{ name: c, endpoints: [ {} ]{extra_cluster} }}\n",
+         clusters:\n  - {{ name: c, lb: round_robin, endpoints: [ {} ]{extra_cluster} }}\n",
         eps.join(", ")
     )
 }
@@ -74,7 +74,7 @@ async fn weighted_round_robin() {
     let yaml = format!(
         "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:0 }}\n\
          listeners: [ {{ name: l, address: 127.0.0.1:0, protocol: tcp, cluster: c }} ]\n\
-         clusters: [ {{ name: c, endpoints: [ {{ address: \"{a}\" }}, {{ address: \"{b}\", weight: 3 }} ] }} ]\n"
+         clusters: [ {{ name: c, lb: round_robin, endpoints: [ {{ address: \"{a}\" }}, {{ address: \"{b}\", weight: 3 }} ] }} ]\n"
     );
     let p = proxy(&yaml).await;
     let l = p.listener("l").unwrap();

@@ -97,9 +97,18 @@ impl EndpointState {
         self.ewma_ns.load(Relaxed)
     }
 
-    /// `least_request`'s cost: latency estimate times requests in flight (plus one).
-    pub fn cost(&self) -> u64 {
-        (self.ewma_ns() + 1).saturating_mul(u64::from(self.active()) + 1)
+    /// `least_request`'s cost at `now`: the latency estimate, decayed for the time since
+    /// its last sample (so an endpoint that got no traffic because it was slow is tried
+    /// again), times requests in flight plus one.
+    pub fn cost(&self, now: u64) -> u64 {
+        let ewma = self.ewma_ns();
+        let idle = now.saturating_sub(self.ewma_at_ms.load(Relaxed)) as f64;
+        let decayed = if ewma == 0 || idle <= 0.0 {
+            ewma
+        } else {
+            (ewma as f64 * (-idle / EWMA_DECAY_MS).exp()) as u64
+        };
+        (decayed + 1).saturating_mul(u64::from(self.active()) + 1)
     }
 
     /// Whether it may take traffic at `now` (not ejected, not failing health checks).

@@ -221,14 +221,15 @@ pub async fn attempt_loop(
             Some(Err(SendError::Http {
                 error,
                 unsent: Some(req),
+                conn,
                 ..
             })) => {
-                // Never written (a pooled connection had closed): safe to send elsewhere.
+                // Never written (a pooled connection had closed): safe to send again.
                 tracing::debug!(error = %error, "request not sent; trying again");
-                shared.pool.evict(&key);
-                connect_failures += 1;
+                shared.pool.evict(&key, conn);
+                unprocessed += 1;
                 carried = Some(*req);
-                if connect_failures <= max_connect {
+                if unprocessed <= MAX_UNPROCESSED {
                     Step::Again
                 } else {
                     Step::Fatal((ErrorKind::UpstreamReset, error.to_string()))
@@ -238,6 +239,7 @@ pub async fn attempt_loop(
                 error,
                 unsent: None,
                 reused,
+                conn,
             })) => {
                 if error_chain_has(&error, body::is_too_large) {
                     return Err((
@@ -245,7 +247,11 @@ pub async fn attempt_loop(
                         "request body is larger than this listener accepts".into(),
                     ));
                 }
+                // Canceled, or dropped from hyper's queue when its HTTP/2 connection ended
+                // after a GOAWAY: the request never got a stream.
+                let dropped = error.is_canceled() || is_dispatch_gone(&error);
                 let never_processed = is_unprocessed(&error)
+                    || (dropped && (t.h2 || retry::is_idempotent(&parts.method)))
                     || (reused
                         && error.is_incomplete_message()
                         && retry::is_idempotent(&parts.method));
@@ -253,7 +259,7 @@ pub async fn attempt_loop(
                     // GOAWAY past this stream, REFUSED_STREAM, or a keep-alive connection
                     // the server closed as the request went out: not the endpoint's fault
                     // and not a retry of work done.
-                    shared.pool.evict(&key);
+                    shared.pool.evict(&key, conn);
                     unprocessed += 1;
                     if reqbody.replayable() && unprocessed <= MAX_UNPROCESSED {
                         tracing::debug!(cluster = %cfg.name, endpoint = %addr, error = %error, "request not processed upstream; sending it again");
@@ -422,6 +428,12 @@ fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
         src = s.source();
     }
     None
+}
+
+/// hyper dropped the request from its dispatch queue: the connection task ended first.
+/// hyper names this case only in its message.
+fn is_dispatch_gone(e: &hyper::Error) -> bool {
+    e.is_user() && e.to_string() == "dispatch task is gone"
 }
 
 fn is_refused_stream(e: &hyper::Error) -> bool {

@@ -50,22 +50,32 @@ pub enum SendError {
         error: hyper::Error,
         unsent: Option<Box<Request<Body>>>,
         reused: bool,
+        /// The HTTP/2 connection it failed on (0 for HTTP/1.1), for `evict`.
+        conn: u64,
     },
 }
 
 #[derive(Default)]
 pub struct Pool {
-    h2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+    /// One HTTP/2 connection per key, with an id so that a request failing on an old
+    /// connection never evicts the fresh one that replaced it.
+    h2: Mutex<HashMap<Key, (u64, http2::SendRequest<Body>)>>,
+    next_id: std::sync::atomic::AtomicU64,
     h1: Mutex<HashMap<Key, Vec<http1::SendRequest<Body>>>>,
 }
 
 /// A failed `try_send_request`, keeping the request when hyper never wrote it.
-fn send_error(mut e: hyper::client::conn::TrySendError<Request<Body>>, reused: bool) -> SendError {
+fn send_error(
+    mut e: hyper::client::conn::TrySendError<Request<Body>>,
+    reused: bool,
+    conn: u64,
+) -> SendError {
     let unsent = e.take_message().map(Box::new);
     SendError::Http {
         error: e.into_error(),
         unsent,
         reused,
+        conn,
     }
 }
 
@@ -110,30 +120,38 @@ impl Pool {
         req: Request<Body>,
         dial: &Dial<'_>,
     ) -> Result<Response<Incoming>, SendError> {
-        let pooled = lock(&self.h2).get(key).filter(|s| !s.is_closed()).cloned();
-        let mut sender = match pooled {
-            Some(s) => s,
+        let pooled = lock(&self.h2)
+            .get(key)
+            .filter(|(_, s)| !s.is_closed())
+            .cloned();
+        let (id, mut sender) = match pooled {
+            Some(p) => p,
             None => match connect_h2(key, dial).await {
                 Ok(s) => {
-                    lock(&self.h2).insert(key.clone(), s.clone());
-                    s
+                    let id = self
+                        .next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    lock(&self.h2).insert(key.clone(), (id, s.clone()));
+                    (id, s)
                 }
                 Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             },
         };
         if let Err(error) = sender.ready().await {
-            lock(&self.h2).remove(key);
+            self.evict(key, id);
             return Err(SendError::Http {
                 error,
                 unsent: Some(Box::new(req)),
                 reused: true,
+                conn: id,
             });
         }
         let result = sender.try_send_request(req).await;
         if result.is_err() && sender.is_closed() {
-            lock(&self.h2).remove(key);
+            self.evict(key, id);
         }
-        result.map_err(|e| send_error(e, true))
+        result.map_err(|e| send_error(e, true, id))
     }
 
     async fn send_h1(
@@ -167,13 +185,17 @@ impl Pool {
                 list.push(sender);
             }
         }
-        result.map_err(|e| send_error(e, reused))
+        result.map_err(|e| send_error(e, reused, 0))
     }
 
-    /// Stops new requests from using the HTTP/2 connection for `key` (it sent GOAWAY or
-    /// refused a stream): the next one dials afresh.
-    pub fn evict(&self, key: &Key) {
-        lock(&self.h2).remove(key);
+    /// Stops new requests from using HTTP/2 connection `conn` for `key` (it sent GOAWAY
+    /// or refused a stream): the next one dials afresh. A connection that already
+    /// replaced it stays.
+    pub fn evict(&self, key: &Key, conn: u64) {
+        let mut map = lock(&self.h2);
+        if map.get(key).is_some_and(|(id, _)| *id == conn) {
+            map.remove(key);
+        }
     }
 
     /// A fresh HTTP/1.1 connection for one upgraded request (WebSocket and the like).
@@ -190,7 +212,7 @@ impl Pool {
         sender
             .try_send_request(req)
             .await
-            .map_err(|e| send_error(e, false))
+            .map_err(|e| send_error(e, false, 0))
     }
 }
 
