@@ -166,10 +166,31 @@ async fn client(
     Ok(sender)
 }
 
+/// Sends `n` requests to the catalog; how many did not get a 200.
+async fn error_count(
+    c: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    n: u32,
+) -> anyhow::Result<u32> {
+    let mut errors = 0;
+    for _ in 0..n {
+        if get_path(c, "/catalog/items").await?.0 != 200 {
+            errors += 1;
+        }
+    }
+    Ok(errors)
+}
+
 async fn get(
     c: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
 ) -> anyhow::Result<(u16, String, String)> {
-    let req = http::Request::get("/hello")
+    get_path(c, "/hello").await
+}
+
+async fn get_path(
+    c: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+) -> anyhow::Result<(u16, String, String)> {
+    let req = http::Request::get(path)
         .header("host", "backend")
         .body(http_body_util::Empty::new())?;
     c.ready().await?;
@@ -202,6 +223,13 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     // v1 is flaky: every 7th request fails with 503; retries hide it.
     tokio::spawn(demo_app(v1, "v1", 7));
     tokio::spawn(demo_app(v2, "v2", 0));
+    // The catalog: three replicas, the third broken (every answer a 503).
+    let mut catalog = Vec::new();
+    for (name, fail_every) in [("catalog-1", 0), ("catalog-2", 0), ("catalog-3", 1)] {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        catalog.push(l.local_addr()?);
+        tokio::spawn(demo_app(l, name, fail_every));
+    }
 
     // The control plane, in this process, serving dir/mesh and signing certificates.
     let mesh_dir = dir.join("mesh");
@@ -248,6 +276,9 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
                 ("app_v2_port", v2_addr.port().to_string()),
                 ("w1", w1.to_string()),
                 ("w2", w2.to_string()),
+                ("catalog_1", catalog[0].to_string()),
+                ("catalog_2", catalog[1].to_string()),
+                ("catalog_3", catalog[2].to_string()),
             ],
         )
     };
@@ -344,6 +375,32 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     );
     println!("  route split 50/50:  statuses: {by_status2:?}   versions: {by_version2:?}");
 
+    // A broken replica: outlier detection takes it out and the errors stop.
+    let (first, rest) = (error_count(&mut c, 20).await?, error_count(&mut c, 40).await?);
+    let ejected = wm.outlier_ejections.with_label_values(&["catalog"]).get();
+    let snap = web.shared.snapshot.load_full();
+    let states: Vec<String> = snap
+        .cluster("catalog")
+        .map(|cl| {
+            let now = crate::balance::now_ms();
+            cl.endpoints
+                .iter()
+                .map(|e| {
+                    let st = match e.ejected_for(now) {
+                        Some(ms) => format!("ejected for {}s", ms / 1000),
+                        None => "healthy".into(),
+                    };
+                    format!("{} {st}", e.address)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!();
+    println!("catalog: 3 replicas, catalog-3 answers every request with 503");
+    println!("  first 20 requests: {first} errors; it was ejected (spoke_outlier_ejections_total{{cluster=\"catalog\"}} = {ejected})");
+    println!("  next 40 requests:  {rest} errors");
+    println!("  endpoints: {}", states.join(", "));
+
     println!();
     println!("request metrics (web sidecar, outbound):");
     for cluster in ["backend", "backend-v2"] {
@@ -391,9 +448,9 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     println!("demo stopped");
     let ok = by_status.get(&200).copied().unwrap_or(0) + by_status2.get(&200).copied().unwrap_or(0);
     let v2_after = by_version2.get("v2").copied().unwrap_or(0);
-    if ok != 2 * N || istatus != 403 || callers.len() != 1 || v2_after < 20 {
+    if ok != 2 * N || istatus != 403 || callers.len() != 1 || v2_after < 20 || rest != 0 {
         anyhow::bail!(
-            "the demo did not behave: {ok}/{} ok, intruder got {istatus}, v2 after the change {v2_after}",
+            "the demo did not behave: {ok}/{} ok, intruder got {istatus}, v2 after the change {v2_after}, catalog errors after the ejection {rest}",
             2 * N
         );
     }
