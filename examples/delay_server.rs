@@ -18,9 +18,13 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|a| a.parse().ok()).expect("PORT");
     let delay = Duration::from_millis(args.next().and_then(|a| a.parse().ok()).unwrap_or(0));
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     loop {
-        let Ok((sock, _)) = l.accept().await else { continue };
+        let Ok((sock, _)) = l.accept().await else {
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |_req| async move {

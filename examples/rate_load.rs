@@ -19,7 +19,9 @@ type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 async fn connect(addr: &str) -> Option<Sender> {
     let s = tokio::net::TcpStream::connect(addr).await.ok()?;
     let _ = s.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.ok()?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .ok()?;
     tokio::spawn(conn);
     Some(send)
 }
@@ -32,7 +34,10 @@ async fn main() {
     let secs: f64 = args[2].parse().expect("SECONDS");
     let conns: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(64);
     let addr = url.authority().expect("host:port").to_string();
-    let path = url.path_and_query().map(|p| p.to_string()).unwrap_or("/".into());
+    let path = url
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or("/".into());
     let (tx, rx) = async_channel(conns);
     for _ in 0..conns {
         if let Some(s) = connect(&addr).await {
@@ -47,8 +52,14 @@ async fn main() {
     for k in 0..total {
         let due = start + Duration::from_secs_f64(k as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let (tx, rx, lat, errors, addr, path) =
-            (tx.clone(), rx.clone(), lat.clone(), errors.clone(), addr.clone(), path.clone());
+        let (tx, rx, lat, errors, addr, path) = (
+            tx.clone(),
+            rx.clone(),
+            lat.clone(),
+            errors.clone(),
+            addr.clone(),
+            path.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut s = rx.recv().await.unwrap();
             let req = http::Request::get(path.as_str())
@@ -62,11 +73,17 @@ async fn main() {
                 }
                 Err(_) => false,
             };
-            lat.lock().unwrap().push(due.elapsed().as_secs_f64() * 1000.0);
+            lat.lock()
+                .unwrap()
+                .push(due.elapsed().as_secs_f64() * 1000.0);
             if !ok {
                 *errors.lock().unwrap() += 1;
             }
-            let s = if s.is_closed() { connect(&addr).await } else { Some(s) };
+            let s = if s.is_closed() {
+                connect(&addr).await
+            } else {
+                Some(s)
+            };
             if let Some(s) = s {
                 let _ = tx.send(s).await;
             }
@@ -77,7 +94,11 @@ async fn main() {
     }
     let mut l = lat.lock().unwrap().clone();
     l.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| l.get(((l.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0);
+    let q = |p: f64| {
+        l.get(((l.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     println!(
         "{{\"requests\":{},\"errors\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
         l.len(),
@@ -91,12 +112,20 @@ async fn main() {
 
 /// A small multi-consumer queue of idle connections.
 fn async_channel(cap: usize) -> (Queue, Queue) {
-    let q = Queue(Arc::new((Mutex::new(std::collections::VecDeque::with_capacity(cap)), tokio::sync::Notify::new())));
+    let q = Queue(Arc::new((
+        Mutex::new(std::collections::VecDeque::with_capacity(cap)),
+        tokio::sync::Notify::new(),
+    )));
     (q.clone(), q)
 }
 
 #[derive(Clone)]
-struct Queue(Arc<(Mutex<std::collections::VecDeque<Sender>>, tokio::sync::Notify)>);
+struct Queue(
+    Arc<(
+        Mutex<std::collections::VecDeque<Sender>>,
+        tokio::sync::Notify,
+    )>,
+);
 
 impl Queue {
     async fn send(&self, s: Sender) -> Result<(), ()> {

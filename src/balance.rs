@@ -144,6 +144,24 @@ impl Plan {
         now: u64,
         rng: &mut impl Draw,
     ) -> Option<Picked> {
+        let first_try = tried.is_empty();
+        if self.levels.len() == 1 {
+            // One level (the common case): no health scan unless the pick finds nothing.
+            let ok = |i: u32| eps[i as usize].in_service(now) && !tried.contains(&(i as usize));
+            if let Some(index) = self.in_level(0, now, eps, rt, key, first_try, &ok, rng) {
+                return Some(Picked {
+                    index,
+                    panic: false,
+                });
+            }
+            if eps.iter().any(|e| e.in_service(now)) {
+                return None; // every endpoint in service was tried
+            }
+            let any = |i: u32| !tried.contains(&(i as usize));
+            return self
+                .in_level(0, now, eps, rt, key, first_try, &any, rng)
+                .map(|index| Picked { index, panic: true });
+        }
         let (first, panic) = self.choose_level(eps, now, rng)?;
         let ok = |i: u32| {
             let i = i as usize;
@@ -152,7 +170,7 @@ impl Plan {
         let n = self.levels.len();
         (0..n)
             .map(|k| (first + k) % n)
-            .find_map(|l| self.in_level(l, now, eps, rt, key, tried.is_empty(), &ok, rng))
+            .find_map(|l| self.in_level(l, now, eps, rt, key, first_try, &ok, rng))
             .map(|index| Picked { index, panic })
     }
 
@@ -169,9 +187,6 @@ impl Plan {
                 .filter(|&&i| eps[i as usize].in_service(now))
                 .count() as u64
         };
-        if let [only] = self.levels.as_slice() {
-            return Some((0, healthy(only) == 0));
-        }
         // Each level's share: its healthy fraction × 1.4, capped by what is left.
         let mut loads = [0u64; crate::config::MAX_PRIORITY as usize + 1];
         let mut left = 100u64;

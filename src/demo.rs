@@ -376,7 +376,10 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     println!("  route split 50/50:  statuses: {by_status2:?}   versions: {by_version2:?}");
 
     // A broken replica: outlier detection takes it out and the errors stop.
-    let (first, rest) = (error_count(&mut c, 20).await?, error_count(&mut c, 40).await?);
+    let (first, rest) = (
+        error_count(&mut c, 20).await?,
+        error_count(&mut c, 40).await?,
+    );
     let ejected = wm.outlier_ejections.with_label_values(&["catalog"]).get();
     let snap = web.shared.snapshot.load_full();
     let states: Vec<String> = snap
