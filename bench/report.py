@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "control", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "lb", "control", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -836,6 +836,92 @@ def authz_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === lb ===
+
+
+def lb_section(records: list[dict], meta: dict) -> list[str]:
+    out = ["## Load balancing (`bench/run.sh lb`)", ""]
+    pick = next((r for r in records if r.get("kind") == "pick"), None)
+    if pick and isinstance(pick.get("result"), list):
+        out += [
+            "### Cost of one pick (`examples/lb_pick`, 100 endpoints, weights 1-3, one level)",
+            "",
+            "| balancer | all in service: ns per pick | 10 ejected: ns per pick | target < 200 ns |",
+            "|---|--:|--:|---|",
+        ]
+        by = {}
+        for r in pick["result"]:
+            by.setdefault(r["lb"], {})[r["ejected"]] = r["ns_per_pick"]
+        for lb, v in by.items():
+            worst = max(v.values())
+            out.append(f"| {lb} | {fmt(v.get(0), 1)} | {fmt(v.get(10), 1)} | {'met' if worst < 200 else '**not met**'} |")
+        out.append("")
+    rate = [r for r in records if r.get("kind") == "rate"]
+    if rate:
+        client = next((r.get("client") for r in records if r.get("kind") == "rate_client"), "")
+        out += [
+            "### Tail latency with a slow replica",
+            "",
+            "One Spoke hop (1 worker) in front of three replicas (`examples/delay_server`); in the `slow` rows one "
+            "of them adds 50 ms. Load: `examples/rate_load` at a fixed rate over 64 keep-alive connections, "
+            "latency measured from each request's scheduled start. Medians of "
+            f"{meta.get('runs', '?')} runs of {meta.get('seconds', '?')} s. Client: `{client}`.",
+            "",
+            "| variant | balancer | p50 ms | p90 ms | p99 ms | errors |",
+            "|---|---|--:|--:|--:|--:|",
+        ]
+        rows = {}
+        for r in rate:
+            rows.setdefault(r["variant"], {"lb": r.get("lb"), "runs": []})["runs"].append(r.get("result") or {})
+        med = {}
+        for v, row in rows.items():
+            ok = [x for x in row["runs"] if "p99_ms" in x]
+            m = {k: median([x.get(k) for x in ok]) for k in ("p50_ms", "p90_ms", "p99_ms")}
+            m["errors"] = sum(x.get("errors", 0) for x in ok)
+            med[v] = m
+            out.append(f"| {v} | {row['lb']} | {fmt(m['p50_ms'], 2)} | {fmt(m['p90_ms'], 2)} | "
+                       f"{fmt(m['p99_ms'], 2)} | {m['errors']} |")
+        out.append("")
+        h, s_ = med.get("healthy", {}), med.get("slow-least-request", {})
+        if h.get("p99_ms") and s_.get("p99_ms"):
+            r = s_["p99_ms"] / h["p99_ms"]
+            out += ["| goal | target | all healthy | one slow, least_request | ratio | |",
+                    "|---|---|--:|--:|--:|---|",
+                    f"| p99 | ≤ 1.5× all-healthy | {fmt(h['p99_ms'], 2)} | {fmt(s_['p99_ms'], 2)} | {r:.2f}× "
+                    f"| {'met' if r <= 1.5 else '**not met**'} |", ""]
+    order, hrows = http_rows([r for r in records if r.get("kind") in ("target", "wrk", "h2load", "oha")])
+    if order:
+        out += [
+            "### Two hops: the default balancer, breaker and outlier detection against round robin",
+            "",
+            "The http scenario's chain (Spoke A+B, 1 worker each, HTTP/2 over mTLS between them); A's "
+            "cluster with the default `least_request` (`spoke`), with `lb: round_robin` (`spoke-rr`), "
+            "and, when given, a build from before the resilience work (`spoke-baseline`, round robin "
+            "with no breaker or outlier detection). Runs alternate between the pairs.",
+            "",
+            "| target | wrk req/s | CPU s per 10k req A+B | h2load req/s | errors |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        for name in order:
+            row = hrows[name]
+            if row.get("skipped"):
+                out.append(f"| {row['label']} | skipped: {row['skipped']} | — | — | — |")
+                continue
+            out.append(f"| {row['label']} | {fmt(row['wrk_rps'], 0)} | {fmt(row['cpu_per_10k'], 3)} | "
+                       f"{fmt(row['h2load_rps'], 0)} | {row['wrk_errors'] + row['h2_errors']} |")
+        out.append("")
+        new = hrows.get("spoke", {})
+        for ref_name in ("spoke-baseline", "spoke-rr"):
+            ref = hrows.get(ref_name, {})
+            if new.get("wrk_rps") and ref.get("wrk_rps") and not ref.get("skipped"):
+                cost = 100 * (1 - new["wrk_rps"] / ref["wrk_rps"])
+                out.append(f"- `spoke` vs `{ref_name}`: {cost:+.1f}% fewer wrk req/s "
+                           f"(target ≤ 3% vs the baseline: {'met' if cost <= 3 else '**not met**'})")
+        out.append("")
+    out += foreign_notes(records, meta)
+    return out
+
+
 # === control ===
 
 
@@ -1109,6 +1195,8 @@ def main() -> None:
             sections += http_section(records, meta)
         elif scenario == "authz":
             sections += authz_section(records, meta)
+        elif scenario == "lb":
+            sections += lb_section(records, meta)
         elif scenario == "control":
             sections += control_section(records, meta)
         elif scenario == "startup":
