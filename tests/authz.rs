@@ -304,17 +304,6 @@ async fn h2c_app() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, heads)
 }
 
-/// Reads one response head from a raw stream.
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        within(s.read_exact(&mut b)).await.unwrap();
-        head.push(b[0]);
-    }
-    String::from_utf8_lossy(&head).to_lowercase()
-}
-
 const H2C: &[u8] = b"GET /h2c HTTP/1.1\r\nhost: backend\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
 
 #[tokio::test]
@@ -373,13 +362,7 @@ async fn websocket_tunnels_work_and_are_revoked_with_their_caller() {
     )
     .await;
     let open = || async {
-        let mut s = within(TcpStream::connect(pair.client.listener("out").unwrap()))
-            .await
-            .unwrap();
-        s.write_all(b"GET /ws HTTP/1.1\r\nhost: backend\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
-            .await
-            .unwrap();
-        let head = read_head(&mut s).await;
+        let (s, head) = websocket(pair.client.listener("out").unwrap(), "backend").await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
         assert!(head.contains("upgrade: websocket"), "{head}");
         s
@@ -408,15 +391,7 @@ async fn websocket_tunnels_work_and_are_revoked_with_their_caller() {
         "{m}"
     );
     // And a new attempt meets the new policy.
-    let mut s = within(TcpStream::connect(pair.client.listener("out").unwrap()))
-        .await
-        .unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nhost: backend\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = read_head(&mut s).await;
+    let (_s, head) = websocket(pair.client.listener("out").unwrap(), "backend").await;
     assert!(head.starts_with("http/1.1 403"), "{head}");
 }
 
@@ -430,15 +405,7 @@ async fn upgrades_follow_the_listener_and_route_lists() {
              routes: [ {{ match: {{ path_prefix: /ws }}, cluster: app{route} }} ]\n"
         )
     };
-    let upgrade = |p: SocketAddr| async move {
-        let mut s = within(TcpStream::connect(p)).await.unwrap();
-        s.write_all(
-            b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        read_head(&mut s).await
-    };
+    let upgrade = |p: SocketAddr| async move { websocket(p, "app").await.1 };
     // No upgrades on the listener: the request goes on as plain HTTP, and the app's 101
     // (to a request that asked for nothing) is not passed on.
     let p = proxy(&yaml(", upgrades: []", "")).await;

@@ -424,21 +424,7 @@ async fn denied_http_peer_gets_403() {
 async fn websocket_upgrade_becomes_a_tunnel() {
     let (app, _) = start_app("app").await;
     let p = edge("app", &[("app", app)], "").await;
-    let mut s = within(TcpStream::connect(p.listener("web").unwrap()))
-        .await
-        .unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nhost: backend\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        within(s.read_exact(&mut b)).await.unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let (mut s, head) = websocket(p.listener("web").unwrap(), "backend").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     s.write_all(b"raw frames after the upgrade").await.unwrap();

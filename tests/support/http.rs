@@ -288,3 +288,28 @@ pub fn req(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Req
     b.body(Full::new(Bytes::from(body.to_string())).boxed())
         .unwrap()
 }
+
+/// Reads one response head from a raw stream, lowercased.
+pub async fn read_head(s: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        super::within(s.read_exact(&mut b)).await.unwrap();
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+/// Opens a raw connection to `addr` and asks for a WebSocket upgrade of `/ws`; returns the
+/// stream and the response head.
+pub async fn websocket(addr: SocketAddr, host: &str) -> (TcpStream, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = super::within(TcpStream::connect(addr)).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nhost: {host}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    (s, head)
+}
