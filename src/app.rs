@@ -221,6 +221,7 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         tokio::spawn(admin::serve_admin(admin_l, state.clone())),
         tokio::spawn(admin::serve_stats(stats_l, state)),
         tokio::spawn(crate::proxy::health::run(shared.clone())),
+        crate::trace::export::spawn(shared.clone()),
     ];
     if let Some((control, local, node_id, certs_from_control)) = control_cfg {
         let node_id = if node_id.is_empty() {

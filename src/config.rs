@@ -9,6 +9,7 @@ mod inbound;
 pub mod model;
 pub mod raw;
 mod routes;
+mod trace;
 mod validate;
 
 use std::fmt;

@@ -17,3 +17,4 @@ pub mod readiness;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;

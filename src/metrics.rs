@@ -56,6 +56,11 @@ pub struct Metrics {
     pub upstream_rq_errors: IntCounterVec,
     /// `{listener, protocol}`: what protocol detection decided.
     pub protocol_detected: IntCounterVec,
+    /// Spans the collector accepted (registered once tracing is configured).
+    pub trace_spans_exported: prometheus::IntCounter,
+    /// Spans lost: the export queue was full, or the collector failed or was too slow.
+    pub trace_spans_dropped: prometheus::IntCounter,
+    registered_trace: std::sync::Once,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -235,8 +240,27 @@ impl Metrics {
                 "protocol detection results",
                 &["listener", "protocol"],
             ),
+            trace_spans_exported: prometheus::IntCounter::new(
+                "spoke_trace_spans_exported_total",
+                "spans accepted by the trace collector",
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
+            trace_spans_dropped: prometheus::IntCounter::new(
+                "spoke_trace_spans_dropped_total",
+                "spans dropped: export queue full, or the collector failed or was too slow",
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
+            registered_trace: std::sync::Once::new(),
             registry: r,
         }
+    }
+
+    /// Exports the span counters: only a proxy with `tracing:` has them.
+    pub fn show_tracing(&self) {
+        self.registered_trace.call_once(|| {
+            register(&self.registry, Box::new(self.trace_spans_exported.clone()));
+            register(&self.registry, Box::new(self.trace_spans_dropped.clone()));
+        });
     }
 
     /// Marks `version` as the one being served (an info metric: one series set to 1).

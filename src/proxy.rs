@@ -39,6 +39,8 @@ pub struct Shared {
     pub registry: crate::balance::Registry,
     /// Receives every inbound authorization decision (the demo prints them).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<AuthzEvent>>,
+    /// Trace sampling and the span queue to the OTLP exporter.
+    pub tracer: crate::trace::Tracer,
     /// Ticks after every `store`, so open connections re-check their authorization.
     changes: tokio::sync::watch::Sender<()>,
 }
@@ -56,6 +58,7 @@ impl Shared {
     pub fn new(mut snapshot: Snapshot, metrics: Arc<Metrics>, tls: Option<Arc<CertStore>>) -> Self {
         let registry = crate::balance::Registry::default();
         snapshot.adopt(&registry);
+        let tracer = crate::trace::Tracer::new(&snapshot.config, metrics.clone());
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -64,6 +67,7 @@ impl Shared {
             pool: Default::default(),
             registry,
             observer: None,
+            tracer,
             changes: tokio::sync::watch::Sender::new(()),
         }
     }
@@ -73,6 +77,7 @@ impl Shared {
     pub fn store(&self, mut snapshot: Snapshot) {
         snapshot.adopt(&self.registry);
         self.metrics.set_config_version(&snapshot.version);
+        self.tracer.configure(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
         self.changes.send_replace(());
     }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 pub use super::identity::{AllowRule, Identity};
-pub use super::raw::{AuthzAction, Capture, DefaultPolicy, Direction, Lb, Protocol, TlsMode};
+pub use super::raw::{
+    AuthzAction, Capture, CollectorProtocol, DefaultPolicy, Direction, Lb, Protocol, TlsMode,
+};
+pub use super::trace::{Collector, Tracing};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub const DEFAULT_STATS: &str = "0.0.0.0:15020";
@@ -44,6 +47,7 @@ pub struct Config {
     pub inbound: Vec<InboundPort>,
     pub default_policy: DefaultPolicy,
     pub workloads: Vec<Workload>,
+    pub tracing: Option<Tracing>,
     #[serde(skip)]
     pub raw: super::raw::File,
 }
@@ -98,6 +102,8 @@ pub struct Listener {
     pub max_request_bytes: Option<u64>,
     /// Upgrade protocols tunnelled (lowercase names).
     pub upgrades: Vec<String>,
+    /// Overrides `tracing.sampling` for this listener's requests.
+    pub trace_sampling: Option<f64>,
 }
 
 /// Where a listener's connections go.

@@ -40,6 +40,9 @@ pub struct File {
     /// Mesh config only: per-identity settings the control plane hands to each sidecar.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<Workload>,
+    /// Distributed tracing: sampling and the OTLP collector spans go to. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -151,6 +154,9 @@ pub struct Listener {
     /// never tunnelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrades: Option<Vec<String>>,
+    /// Overrides the top-level `tracing.sampling` for requests this listener accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<ListenerTracing>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -428,4 +434,50 @@ pub struct Workload {
     pub identity: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inbound: Vec<InboundPort>,
+}
+
+/// `tracing:` at the top level.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The share of new traces (no sampling decision from the caller) that are sampled,
+    /// 0.0 to 1.0. Default 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<Collector>,
+    /// The `service.name` of this sidecar's spans. Default: `node.id`, else `spoke`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// Where spans are exported (OTLP).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Collector {
+    /// `host:port`, e.g. `127.0.0.1:4317` (gRPC) or `127.0.0.1:4318` (HTTP).
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<CollectorProtocol>,
+    /// One export call that takes longer fails (its spans are dropped). Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectorProtocol {
+    /// OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies: `POST /v1/traces`.
+    Http,
+}
+
+/// A listener's `tracing:` override.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTracing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<f64>,
 }

@@ -226,6 +226,8 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
         })
         .collect();
 
+    let tracing = super::trace::tracing(&mut e, f);
+
     match (admin, stats, e.0.is_empty()) {
         (Some(admin), Some(stats), true) => Ok(Config {
             node,
@@ -241,6 +243,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
             inbound,
             default_policy: f.default_policy.unwrap_or_default(),
             workloads,
+            tracing,
             raw: f.clone(),
         }),
         _ => Err(e.0),
@@ -341,6 +344,7 @@ fn listeners(
                 max_request_bytes: l.max_request_bytes,
                 upgrades: super::routes::upgrades(e, &format!("{p}.upgrades"), &l.upgrades)
                     .unwrap_or_else(|| vec!["websocket".to_string()]),
+                trace_sampling: super::trace::listener(e, &p, &l.tracing),
             });
         }
     }

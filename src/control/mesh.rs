@@ -44,6 +44,9 @@ pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<String>> {
                 if f.default_policy.is_some() {
                     merged.default_policy = f.default_policy;
                 }
+                if f.tracing.is_some() {
+                    merged.tracing = f.tracing;
+                }
             }
             Err(e) => errors.push(format!("{}: {e}", p.display())),
         }
@@ -65,7 +68,7 @@ fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
         if present {
             out.push(ConfigError {
                 path: field.to_string(),
-                message: "belongs in a proxy config, not the mesh config (which takes clusters, routes, services, workloads, default_policy)".into(),
+                message: "belongs in a proxy config, not the mesh config (which takes clusters, routes, services, workloads, default_policy, tracing)".into(),
             });
         }
     };
@@ -93,6 +96,7 @@ pub fn workload_view(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
         services: mesh.services.clone(),
         inbound,
         default_policy: mesh.default_policy,
+        tracing: mesh.tracing.clone(),
         ..Default::default()
     }
 }
@@ -114,5 +118,7 @@ pub fn merge_local(local: &raw::File, remote: raw::File) -> raw::File {
         inbound: remote.inbound,
         default_policy: remote.default_policy,
         workloads: Vec::new(),
+        // The mesh's tracing settings, else the sidecar's own.
+        tracing: remote.tracing.or_else(|| local.tracing.clone()),
     }
 }

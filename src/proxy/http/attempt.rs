@@ -195,6 +195,7 @@ pub async fn attempt_loop(
                         drop((resp, hold));
                         retries += 1;
                         info.retries = retries;
+                        crate::trace::retried(info, f.reason());
                         tokio::time::sleep(retry::backoff(p.backoff, retries)).await;
                         continue;
                     }
@@ -304,6 +305,7 @@ pub async fn attempt_loop(
         }
         retries += 1;
         info.retries = retries;
+        crate::trace::retried(info, f.reason());
         tokio::time::sleep(retry::backoff(p.backoff, retries)).await;
     }
 }

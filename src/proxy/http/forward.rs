@@ -63,6 +63,8 @@ pub struct Info {
     pub endpoint: Option<SocketAddr>,
     pub retries: u32,
     pub upstream_id: Option<Identity>,
+    /// The request's span, when it is sampled.
+    pub trace: Option<Box<crate::trace::Span>>,
 }
 
 impl Info {
@@ -89,7 +91,9 @@ pub async fn handle(
         endpoint: None,
         retries: 0,
         upstream_id: None,
+        trace: None,
     };
+    info.trace = crate::trace::start(&conn, &mut parts.headers);
     let (resp, kind) = forward(&conn, &mut parts, incoming, &mut info).await;
     let cluster = info.cluster_label();
     let direction = conn.listener.cfg.direction_str();
@@ -126,8 +130,11 @@ pub async fn handle(
         upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
         retries = info.retries,
         error = kind.map(ErrorKind::label).unwrap_or(""),
+        trace_id = info.trace.as_ref().map(|s| tracing::field::display(s.trace_id())),
+        span_id = info.trace.as_ref().map(|s| tracing::field::display(s.span_id())),
         "http"
     );
+    crate::trace::finish(&conn, &mut info, code.as_u16(), kind.map(ErrorKind::label));
     Ok(resp)
 }
 
@@ -193,6 +200,7 @@ async fn forward(
             cluster = c.clone();
             info.cluster = Some(c.clone());
             route = d.route;
+            crate::trace::on_route(info, &snapshot.config.routes, route);
         }
     }
     // What a later policy is checked against while a tunnel is open.
