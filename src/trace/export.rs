@@ -42,7 +42,7 @@ pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
 /// A connection to one collector, kept while the settings name it.
 enum Transport {
     Grpc(TraceServiceClient<tonic::transport::Channel>),
-    Http(Client<HttpConnector, Full<Bytes>>, http::Uri),
+    Http(Box<Client<HttpConnector, Full<Bytes>>>, http::Uri),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,7 @@ fn transport(c: &Collector) -> Result<Transport, ExportError> {
             connector.set_connect_timeout(Some(c.timeout));
             connector.set_nodelay(true);
             let client = Client::builder(TokioExecutor::new()).build(connector);
-            Ok(Transport::Http(client, uri))
+            Ok(Transport::Http(Box::new(client), uri))
         }
     }
 }
