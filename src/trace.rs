@@ -137,10 +137,14 @@ pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Box<Span>> {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"force"))
         && conn.tls
         && conn.peer_id.is_some();
+    let meshed = conn.tls && conn.peer_id.is_some();
     let incoming = context::extract(headers);
     let sampled = force
         || match incoming.and_then(|c| c.sampled) {
             Some(s) => s,
+            // A meshed caller is a sidecar that already decided: a sampled request would
+            // carry its context, so this hop starts no trace of its own (no orphan spans).
+            None if meshed => false,
             None => tracer.sample_new(conn.listener.cfg.trace_sampling),
         };
     if !sampled {

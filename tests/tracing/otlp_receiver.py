@@ -4,6 +4,7 @@ JSON line per span received, and runs until stdin closes."""
 
 import json
 import sys
+import threading
 from concurrent import futures
 
 import grpc
@@ -13,6 +14,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 def value(v):
     kind = v.WhichOneof("value")
     return getattr(v, kind) if kind else None
+
+
+LOCK = threading.Lock()
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -32,7 +36,10 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         "status": s.status.code,
                         "attributes": {a.key: value(a.value) for a in s.attributes},
                     }
-                    print(json.dumps(line), flush=True)
+                    # Exports from two sidecars arrive at once: one whole line each.
+                    with LOCK:
+                        sys.stdout.write(json.dumps(line) + "\n")
+                        sys.stdout.flush()
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
