@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "lb", "control", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "tracing", "lb", "control", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -836,6 +836,76 @@ def authz_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === tracing ===
+
+
+TRACING_GOALS = {"spoke-trace0": 1.0, "spoke-trace1": 10.0}
+
+
+def tracing_section(records: list[dict], meta: dict) -> list[str]:
+    order, rows = http_rows(records)
+    spans = {r["target"]: r for r in records if r.get("kind") == "spans"}
+    sink = next((r.get("stats") for r in records if r.get("kind") == "sink"), None)
+    out = [
+        "## Tracing (`bench/run.sh tracing`)",
+        "",
+        "The two-hop HTTP chain of the http scenario (Spoke A+B, 1 worker each) three times: "
+        "tracing off (`spoke`), `tracing: { sampling: 0 }` (`spoke-trace0`: every request's "
+        "context is looked for, none is sampled) and `sampling: 1` (`spoke-trace1`: two spans "
+        "per request, exported over OTLP/HTTP in batches to `bench/otlp-sink.py`, which only "
+        "counts; `bench/spoke-trace-http-{a,b}.yaml.tmpl`). The pairs run side by side and the "
+        "runs alternate between them (wrk, then h2load), so drift hits all alike. "
+        f"Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} runs of "
+        f"{meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
+        "",
+        "| target | wrk req/s | wrk p99 ms | wrk errors | CPU s per 10k req A+B (wrk) | h2load req/s | h2load errors | CPU s per 10k req A+B (h2load) | spans exported | spans dropped |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            out.append(f"| {row['label']} | skipped: {row['skipped']} |" + " — |" * 8)
+            continue
+        sp = spans.get(name, {})
+        out.append("| " + " | ".join([
+            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p99"], 2), str(row["wrk_errors"]),
+            fmt(row["cpu_per_10k"], 3), fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
+            fmt(row["h2_cpu_per_10k"], 3), str(sp.get("exported", "—")), str(sp.get("dropped", "—")),
+        ]) + " |")
+    out.append("")
+    base = rows.get("spoke", {})
+    if base and not base.get("skipped"):
+        out += ["| goal | target | tracing off | traced | cost | |", "|---|---|--:|--:|--:|---|"]
+        for name, limit in TRACING_GOALS.items():
+            row = rows.get(name, {})
+            if not row or row.get("skipped"):
+                continue
+            for label, key in (("wrk req/s (HTTP/1.1)", "wrk_rps"), ("h2load req/s (h2c)", "h2load_rps")):
+                a, b = base.get(key), row.get(key)
+                if a and b:
+                    cost = 100 * (1 - b / a)
+                    out.append(f"| {label} | {name}: ≤ {limit:g}% fewer | {fmt(a, 0)} | {fmt(b, 0)} | "
+                               f"{cost:.1f}% | {'met' if cost <= limit else '**not met**'} |")
+        out.append("")
+    if isinstance(sink, dict):
+        out += [f"The sink received {sink.get('exports', '?')} export requests "
+                f"({fmt((sink.get('bytes') or 0) / 1048576, 1)} MiB) in the whole run.", ""]
+    out += ["### Per-run numbers", "", "| target | tool | run | req/s | requests | errors | proxy CPU s |",
+            "|---|---|--:|--:|--:|--:|--:|"]
+    for name in order:
+        row = rows[name]
+        for tool in ("wrk", "h2load"):
+            for r in row.get(tool, []):
+                res = r.get("result") if isinstance(r.get("result"), dict) else {}
+                err = (res.get("non2xx", 0) + res.get("socket_errors", 0) + res.get("failed", 0)
+                       + res.get("errored", 0) + res.get("timeout", 0))
+                out.append(f"| {row['label']} | {tool} | {r['run']} | {fmt(res.get('rps'), 0)} | "
+                           f"{res.get('requests', '—')} | {err} | {fmt(r.get('proxy_cpu_s'), 2)} |")
+    out.append("")
+    out += foreign_notes(records, meta)
+    return out
+
+
 # === lb ===
 
 
@@ -1195,6 +1265,8 @@ def main() -> None:
             sections += http_section(records, meta)
         elif scenario == "authz":
             sections += authz_section(records, meta)
+        elif scenario == "tracing":
+            sections += tracing_section(records, meta)
         elif scenario == "lb":
             sections += lb_section(records, meta)
         elif scenario == "control":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spoke benchmark harness: direct vs Spoke vs Envoy vs HAProxy, on 127.0.0.1 only.
 #
-#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz control startup   (default: all)
+#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz tracing control startup   (default: all)
 #
 #   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
 #   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
@@ -16,6 +16,9 @@
 #            two-hop rps of the default balancer against round robin
 #   authz    the http scenario's Spoke pair with and without a 20-rule inbound policy on B:
 #            the cost of per-request authorization
+#   tracing  the http scenario's Spoke pair with tracing off, on with sampling 0 (context
+#            parsed, nothing sampled) and with sampling 1 (every request two spans, exported
+#            over OTLP/HTTP to bench/otlp-sink.py): the cost of tracing
 #   control  the control plane (`spoke control`): push latency to 100 discovery streams
 #            (examples/control_load), its RSS with 1,000 streams, and config swaps under HTTP
 #            load through two sidecars it feeds
@@ -91,7 +94,7 @@ BENCH_CONTROL_MANY=${BENCH_CONTROL_MANY:-1000}
 BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-30}
 BENCH_SWAP_HZ=${BENCH_SWAP_HZ:-10}
 
-SCENARIOS=(tcp mtls http authz lb control startup)
+SCENARIOS=(tcp mtls http authz tracing lb control startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -914,7 +917,7 @@ PY
 # (h2c prior knowledge), oha (fixed rate, if installed).
 
 HTTP_UP_PORT=19601
-declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710 [spoke-rr]=19730 [spoke-baseline]=19750)
+declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710 [spoke-rr]=19730 [spoke-baseline]=19750 [spoke-trace0]=19850 [spoke-trace1]=19870)
 declare -A HTTP_LABEL=(
     [direct]="direct (no proxy)"
     [spoke]="spoke A+B (1 worker each)"
@@ -923,6 +926,8 @@ declare -A HTTP_LABEL=(
     [envoy-c2]="envoy A+B (--concurrency 2 each)"
     [haproxy]="haproxy A+B (nbthread 1 each)"
     [spoke-authz]="spoke A+B (1 worker each), B with a 20-rule policy"
+    [spoke-trace0]="spoke A+B (1 worker each), tracing with sampling 0"
+    [spoke-trace1]="spoke A+B (1 worker each), tracing with sampling 1 (OTLP/HTTP export)"
 )
 declare -A HTTP_ROLE_OFFSET=([a]=0 [b]=10)
 
@@ -953,11 +958,12 @@ http_prepare() { # NAME ROLE(a|b) -> H_CMD, H_ENV, H_URL, H_LISTEN, H_CFG; 1 + T
     H_CFG=$RUN_DIR/http-$name-$role.$ext
     local tmpl=$kind-http-$role.$ext.tmpl lb=least_request bin=$SPOKE_BIN
     [[ $name == spoke-authz && $role == b ]] && tmpl=spoke-authz-http-b.yaml.tmpl
+    [[ $name == spoke-trace* ]] && tmpl=spoke-trace-http-$role.yaml.tmpl
     [[ $name == spoke-rr || $name == spoke-baseline ]] && lb=round_robin
     [[ $name == spoke-baseline ]] && bin=${BASELINE_BIN:-}
     render "$BENCH_DIR/$tmpl" LB="$lb" ADMIN_PORT="$admin" READY_PORT="$ready" \
         LISTEN="$H_LISTEN" B_LISTEN=$((${HTTP_BASE[$name]} + 11)) UPSTREAM_PORT="$HTTP_UP_PORT" \
-        CERTS="$CERTS" THREADS="$workers" >"$H_CFG"
+        CERTS="$CERTS" THREADS="$workers" SAMPLING="${name#spoke-trace}" SINK_PORT="$TRACE_SINK_PORT" >"$H_CFG"
     case $kind in
     spoke)
         if [[ ! -x $bin ]]; then T_SKIP="${bin#"$ROOT"/} not found (not built yet?)"; return 1; fi
@@ -1119,6 +1125,49 @@ scenario_authz() {
     scenario_foreign authz
 }
 
+# === scenario: tracing ===
+#
+# What tracing costs on the request path: three Spoke pairs as in the http scenario, side by
+# side with alternating runs: tracing off (`spoke`), sampling 0 (`spoke-trace0`: every
+# request's context is parsed, none is sampled) and sampling 1 (`spoke-trace1`: two spans per
+# request, batched and exported over OTLP/HTTP to bench/otlp-sink.py, which only counts).
+# Goals: sampling 0 within 1% of off, sampling 1 within 10%. The span counters of each pair
+# (exported, dropped) are recorded at the end.
+
+TRACE_SINK_PORT=19848
+
+scenario_tracing() {
+    RESULTS=$RUN_DIR/tracing.jsonl
+    : >"$RESULTS"
+    log "scenario tracing: spoke two hops, tracing off / sampling 0 / sampling 1; wrk and h2load ${BENCH_SECONDS}s x $BENCH_RUNS runs, alternating"
+    make_certs
+    start_http_upstream
+    port_listening "$TRACE_SINK_PORT" && die "port $TRACE_SINK_PORT is already in use"
+    start_bg "$RUN_DIR/otlp-sink.log" python3 "$BENCH_DIR/otlp-sink.py" "$TRACE_SINK_PORT"
+    local sink=$BG_PID
+    wait_http_ok "http://127.0.0.1:$TRACE_SINK_PORT/stats" 10 "$sink" ||
+        die "otlp sink did not start: $(tail_log "$RUN_DIR/otlp-sink.log")"
+    alternating_pairs tracing spoke spoke-trace0 spoke-trace1
+    json_obj scenario tracing kind sink stats "json:$(curl -fsS --max-time 5 "http://127.0.0.1:$TRACE_SINK_PORT/stats" || echo null)" >>"$RESULTS"
+    stop_pid "$sink"
+    stop_pid "$UPSTREAM_PID"
+    scenario_foreign tracing
+}
+
+trace_counters() { # NAME -> kind=spans record: spans exported and dropped by A and B
+    local name=$1 role port text exported=0 dropped=0 v
+    for role in a b; do
+        port=$((${HTTP_BASE[$name]} + ${HTTP_ROLE_OFFSET[$role]} + 6))
+        text=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null || true)
+        v=$(awk '$1 == "spoke_trace_spans_exported_total" { print $2 }' <<<"$text")
+        exported=$((exported + ${v:-0}))
+        v=$(awk '$1 == "spoke_trace_spans_dropped_total" { print $2 }' <<<"$text")
+        dropped=$((dropped + ${v:-0}))
+    done
+    json_obj scenario tracing kind spans target "$name" exported "$exported" dropped "$dropped" >>"$RESULTS"
+    log "  $name spans exported $exported, dropped $dropped (A+B)"
+}
+
 alternating_pairs() { # SCENARIO NAME... -> two-hop pairs side by side, wrk then h2load runs alternating
     local scenario=$1 name tool i pids=() started=()
     shift
@@ -1155,6 +1204,7 @@ alternating_pairs() { # SCENARIO NAME... -> two-hop pairs side by side, wrk then
     for name in "${started[@]}"; do
         json_obj scenario "$scenario" kind target target "$name" label "${HTTP_LABEL[$name]}" port "${port[$name]}" \
             config_a "http-$name-a.yaml" config_b "http-$name-b.yaml" >>"$RESULTS"
+        if [[ $scenario == tracing ]]; then trace_counters "$name"; fi
     done
     for i in "${pids[@]}"; do stop_pid "$i"; done
 }
