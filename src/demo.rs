@@ -248,10 +248,14 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    // Spans go to an OTLP receiver in this process; only a request that asks is sampled.
+    let collector = TcpListener::bind("127.0.0.1:0").await?;
     let base = vec![
         ("control", control.listen.to_string()),
         ("dir", dir_s.clone()),
+        ("collector", collector.local_addr()?.to_string()),
     ];
+    let collected = crate::trace::collect::start(collector);
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut vars = base.clone();
@@ -343,6 +347,8 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     println!(
         "  retries that hid v1's 503s: {retries} (spoke_retries_total{{cluster=\"backend\"}})"
     );
+
+    let traced = crate::trace::collect::show_one(&mut c, &collected).await?;
 
     let mut ic = client(intruder_out).await?;
     let (istatus, ikind, _) = get(&mut ic).await?;
@@ -451,9 +457,15 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     println!("demo stopped");
     let ok = by_status.get(&200).copied().unwrap_or(0) + by_status2.get(&200).copied().unwrap_or(0);
     let v2_after = by_version2.get("v2").copied().unwrap_or(0);
-    if ok != 2 * N || istatus != 403 || callers.len() != 1 || v2_after < 20 || rest != 0 {
+    if ok != 2 * N
+        || istatus != 403
+        || callers.len() != 1
+        || v2_after < 20
+        || rest != 0
+        || traced < 2
+    {
         anyhow::bail!(
-            "the demo did not behave: {ok}/{} ok, intruder got {istatus}, v2 after the change {v2_after}, catalog errors after the ejection {rest}",
+            "the demo did not behave: {ok}/{} ok, intruder got {istatus}, v2 after the change {v2_after}, catalog errors after the ejection {rest}, {traced} spans of the traced request",
             2 * N
         );
     }

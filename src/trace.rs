@@ -9,6 +9,7 @@
 //! look-ups: no allocation, no lock. A full queue drops the span and counts it, so a slow
 //! or dead collector never delays or fails a request.
 
+pub mod collect;
 pub mod context;
 pub mod export;
 pub mod span;
