@@ -440,3 +440,70 @@ async fn python_opentelemetry_receiver_decodes_the_export() {
     assert_eq!(client["attributes"]["url.path"], "/py");
     assert_eq!(server["attributes"]["http.response.status_code"], 200);
 }
+
+/// Every log event of this test binary's proxies, as JSON lines.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogBuf;
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_access_event_carries_trace_and_span_ids() {
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(|| LogBuf)
+        .with_env_filter("access=info")
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    let (collector, spans) = grpc_receiver().await;
+    let t = Traced::start(app().await, &tracing("1.0", collector, "grpc")).await;
+    assert_eq!(t.get("/logged", &[]).await.status, 200);
+    let spans = spans.wait(2).await;
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).to_string();
+    for s in [one(&spans, CLIENT), one(&spans, SERVER)] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&format!("\"span_id\":\"{}\"", s.span_id())))
+            .unwrap_or_else(|| panic!("no access event with span {}: {logs}", s.span_id()));
+        assert!(
+            line.contains(&format!("\"trace_id\":\"{}\"", s.trace_id())),
+            "{line}"
+        );
+        assert!(line.contains("/logged"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_listener_overrides_the_sampling_ratio() {
+    let (collector, spans) = grpc_receiver().await;
+    let app = app().await;
+    let p = support::proxy(&format!(
+        "{BASE}{}\n\
+         listeners: [ {{ name: all, address: 127.0.0.1:0, protocol: http, cluster: app, tracing: {{ sampling: 1 }} }},\n\
+                      {{ name: none, address: 127.0.0.1:0, protocol: http, cluster: app }} ]\n\
+         clusters: [ {{ name: app, endpoints: [ {{ address: \"{app}\" }} ] }} ]\n",
+        tracing("0", collector, "grpc")
+    ))
+    .await;
+    for name in ["none", "all", "none", "all"] {
+        let mut c = within(Client::connect(p.listener(name).unwrap(), false)).await;
+        let got = within(c.send(req("GET", &format!("/{name}"), &[], "")))
+            .await
+            .unwrap();
+        assert_eq!(got.status, 200);
+    }
+    let got = spans.wait(2).await;
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got
+        .iter()
+        .all(|s| s.attr("url.path").as_deref() == Some("/all") && s.span.kind == CLIENT));
+}
