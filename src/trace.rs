@@ -127,17 +127,19 @@ fn random_trace() -> [u8; 16] {
 
 /// Reads the caller's context, decides whether the request is sampled and, if it is,
 /// writes the next hop's context into `headers` and returns its span. `x-spoke-trace` is
-/// always removed; it counts only from a meshed peer.
+/// always removed (tracing on or off); it counts only from a meshed peer.
 pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Box<Span>> {
-    let tracer = &conn.listener.shared.tracer;
-    if !tracer.enabled() {
-        return None;
-    }
+    // Removed even with tracing off, so an app cannot force sampling at the next hop by
+    // sending it through a sidecar that does not trace.
     let force = headers
         .remove(FORCE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"force"))
         && conn.tls
         && conn.peer_id.is_some();
+    let tracer = &conn.listener.shared.tracer;
+    if !tracer.enabled() {
+        return None;
+    }
     let meshed = conn.tls && conn.peer_id.is_some();
     let incoming = context::extract(headers);
     let sampled = force

@@ -32,9 +32,14 @@ struct Traced {
 
 impl Traced {
     async fn start(app: SocketAddr, tracing: &str) -> Traced {
+        Self::start2(app, tracing, tracing).await
+    }
+
+    /// With a `tracing:` line for the client sidecar and another for the server sidecar.
+    async fn start2(app: SocketAddr, client_tracing: &str, server_tracing: &str) -> Traced {
         let pki = Pki::new(support::pki::TD);
         let server = support::proxy(&format!(
-            "{BASE}{}node: {{ id: backend-0 }}\n{tracing}\n\
+            "{BASE}{}node: {{ id: backend-0 }}\n{server_tracing}\n\
              listeners: [ {{ name: in, address: 127.0.0.1:0, direction: inbound, forward: \"{app}\" }} ]\n\
              inbound: [ {{ port: {}, allow: [ \"{WEB}\" ] }} ]\n",
             pki.issue("backend", BACKEND).yaml(""),
@@ -42,7 +47,7 @@ impl Traced {
         ))
         .await;
         let client = support::proxy(&format!(
-            "{BASE}{}node: {{ id: web-0 }}\n{tracing}\n\
+            "{BASE}{}node: {{ id: web-0 }}\n{client_tracing}\n\
              listeners: [ {{ name: out, address: 127.0.0.1:0, protocol: http, cluster: backend }} ]\n\
              clusters: [ {{ name: backend, tls: {{ identity: \"{BACKEND}\" }}, endpoints: [ {{ address: \"{}\" }} ] }} ]\n\
              routes: [ {{ match: {{ path_prefix: /flaky }}, cluster: backend, retry: {{ attempts: 2, on: [\"503\"], backoff: 1ms, budget_percent: 100 }} }} ]\n",
@@ -506,4 +511,29 @@ async fn a_listener_overrides_the_sampling_ratio() {
     assert!(got
         .iter()
         .all(|s| s.attr("url.path").as_deref() == Some("/all") && s.span.kind == CLIENT));
+}
+
+#[tokio::test]
+async fn a_sidecar_that_does_not_trace_leaves_the_next_hop_nothing_to_follow() {
+    let (collector, spans) = grpc_receiver().await;
+    // The client sidecar has tracing off; the server sidecar samples every new trace.
+    let t = Traced::start2(app().await, "", &tracing("1.0", collector, "grpc")).await;
+    // Its meshed caller decided (by sending no context): the server starts no trace. And
+    // the app's force header is stripped by the client sidecar even with tracing off.
+    let got = t.get("/off", &[("x-spoke-trace", "force")]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.field("x-spoke-trace"), "-");
+    assert_eq!(got.field("traceparent"), "-");
+    assert!(spans.settle().await.is_empty());
+    // A sampled context from the app still reaches the server sidecar, which continues it.
+    let tp = format!("00-{TID}-{SID}-01");
+    let got = t.get("/off", &[("traceparent", &tp)]).await;
+    let spans = spans.wait(1).await;
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].span.kind, SERVER);
+    assert_eq!(spans[0].parent(), SID);
+    assert_eq!(
+        got.field("traceparent"),
+        format!("00-{TID}-{}-01", spans[0].span_id())
+    );
 }
