@@ -203,10 +203,11 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     tokio::spawn(demo_app(v1, "v1", 7));
     tokio::spawn(demo_app(v2, "v2", 0));
 
-    // The control plane, in this process, serving dir/mesh and signing certificates.
+    // The control plane, in this process, serving dir/mesh and signing certificates. The
+    // mesh file needs the backend sidecar's addresses, so it is written once that sidecar
+    // runs; until then the control plane holds the sidecars' streams (no placeholder push).
     let mesh_dir = dir.join("mesh");
     std::fs::create_dir_all(&mesh_dir)?;
-    std::fs::write(mesh_dir.join("mesh.yaml"), "clusters: []\n")?;
     let ca_dir = dir.join("ca");
     let control = control::server::start(
         control::server::Settings {

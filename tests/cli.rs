@@ -267,6 +267,15 @@ fn demo_runs_and_stops_by_itself() {
         "{text}"
     );
     assert!(text.contains("/metrics"), "{text}");
+    // A newcomer's first screen warns only about the intruder it shows: no NACK of a
+    // placeholder mesh pushed before the real one was written.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("WARN") && !l.contains("authz: request denied"))
+        .collect();
+    assert!(warnings.is_empty(), "{err}");
+    assert!(!err.contains("NACK") && !err.contains("rejected"), "{err}");
 }
 
 #[test]

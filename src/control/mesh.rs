@@ -6,8 +6,9 @@ use std::path::Path;
 
 use crate::config::{self, raw, ConfigError, Identity};
 
-/// Reads and merges `dir/*.yaml` (in name order). Every problem is reported with its file.
-pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<String>> {
+/// The mesh config files of `dir`: every `*.yaml`/`*.yml` that is not a dotfile (editors and
+/// atomic writers keep their temporary files as dotfiles), in name order.
+pub fn files(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
     let mut names: Vec<_> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
@@ -19,9 +20,15 @@ pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<String>> {
                         .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             })
             .collect(),
-        Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
     names.sort();
+    Ok(names)
+}
+
+/// Reads and merges `dir/*.yaml` (in name order). Every problem is reported with its file.
+pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<String>> {
+    let names = files(dir).map_err(|e| vec![e])?;
     let mut merged = raw::File::default();
     let mut errors = Vec::new();
     for p in &names {
