@@ -240,6 +240,7 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         tokio::spawn(admin::serve_stats(stats_l, state)),
     ];
     if let Some((control, local, node_id, certs_from_control)) = control_cfg {
+        shared.metrics.show_control();
         let node_id = if node_id.is_empty() {
             format!("spoke-{}", std::process::id())
         } else {

@@ -350,7 +350,7 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     for cluster in ["backend", "backend-v2"] {
         let h = wm
             .request_duration
-            .with_label_values(&["outbound", cluster]);
+            .with_label_values(&["outbound", cluster, "to-backend"]);
         let n = h.get_sample_count();
         let mean_ms = if n > 0 {
             h.get_sample_sum() / n as f64 * 1000.0
@@ -359,7 +359,9 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
         };
         println!(
             "  spoke_requests_total{{cluster=\"{cluster}\",code=\"200\"}} = {:>3}   mean latency {mean_ms:.2} ms",
-            wm.requests.with_label_values(&["outbound", cluster, "200"]).get()
+            wm.requests
+                .with_label_values(&["outbound", cluster, "200", "to-backend"])
+                .get()
         );
     }
     println!("where to look:");

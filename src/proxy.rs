@@ -4,6 +4,7 @@
 pub mod authorize;
 pub mod connect;
 pub mod copy;
+pub mod counted;
 pub mod detect;
 pub mod error;
 pub mod http;
@@ -50,6 +51,7 @@ pub struct AuthzEvent {
 
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, tls: Option<Arc<CertStore>>) -> Self {
+        metrics.init_for(&snapshot.config);
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -65,6 +67,7 @@ impl Shared {
     /// those that must re-check their authorization are told.
     pub fn store(&self, snapshot: Snapshot) {
         self.metrics.set_config_version(&snapshot.version);
+        self.metrics.init_for(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
         self.changes.send_replace(());
     }

@@ -275,10 +275,11 @@ async fn rotation_under_iperf3_loses_no_connection() {
             None,
             "{m}"
         );
-        assert_eq!(
-            metric(&m, "spoke_tls_handshake_errors_total", &[]),
-            None,
-            "{m}"
-        );
+        // Created at 0 for every known reason; none may have moved.
+        let failed: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("spoke_tls_handshake_errors_total{") && !l.ends_with(" 0"))
+            .collect();
+        assert!(failed.is_empty(), "{m}");
     }
 }

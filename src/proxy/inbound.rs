@@ -204,13 +204,13 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
     let addr = EndpointAddr::Ip(app);
     match connect_endpoint(&addr, DEFAULT_CONNECT_TIMEOUT).await {
         Ok((mut stream, endpoint)) => {
-            let counters = counters(metrics, "inbound", cluster);
+            let counters = counters(ctx, "inbound", cluster);
             if !prefix.is_empty() {
                 if let Err(e) = stream.write_all(&prefix).await {
                     access.failed("upstream_error", &e);
                     return;
                 }
-                counters.rx.inc_by(prefix.len() as u64);
+                counters.add_rx(prefix.len() as u64);
             }
             let mut copied = splice(
                 down,

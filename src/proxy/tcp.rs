@@ -41,10 +41,13 @@ impl Drop for ActiveGuard {
     }
 }
 
-pub fn counters(m: &Metrics, direction: &str, cluster: &str) -> Counters {
+pub fn counters(ctx: &ListenerCtx, direction: &str, cluster: &str) -> Counters {
+    let m = &ctx.shared.metrics;
     Counters {
         rx: m.tcp_bytes.with_label_values(&[direction, cluster, "rx"]),
         tx: m.tcp_bytes.with_label_values(&[direction, cluster, "tx"]),
+        listener_rx: ctx.counters.rx.clone(),
+        listener_tx: ctx.counters.tx.clone(),
     }
 }
 
@@ -124,13 +127,13 @@ pub async fn outbound(
     };
     match connect_cluster(state, metrics, ctx.shared.tls.as_deref()).await {
         Ok(mut up) => {
-            let counters = counters(metrics, "outbound", cluster);
+            let counters = counters(ctx, "outbound", cluster);
             if !prefix.is_empty() {
                 if let Err(e) = up.io.write_all(&prefix).await {
                     access.failed("upstream_error", &e);
                     return;
                 }
-                counters.rx.inc_by(prefix.len() as u64);
+                counters.add_rx(prefix.len() as u64);
             }
             let mut copied = splice(
                 Io::Plain(down),

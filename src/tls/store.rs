@@ -38,7 +38,7 @@ impl CertStore {
     /// Loads the files once; start-up fails if they are not a valid set.
     pub fn from_files(files: &TlsFiles, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
         let (bytes, configs) = Self::read_and_build(files)?;
-        metrics.cert_expiry.set(configs.not_after);
+        metrics.set_cert_expiry(configs.not_after);
         Ok(CertStore {
             current: ArcSwapOption::from_pointee(configs),
             files: Some(files.clone()),
@@ -82,7 +82,7 @@ impl CertStore {
 
     /// Swaps in configs built elsewhere (certificates from the control plane).
     pub fn store(&self, configs: TlsConfigs) {
-        self.metrics.cert_expiry.set(configs.not_after);
+        self.metrics.set_cert_expiry(configs.not_after);
         self.current.store(Some(Arc::new(configs)));
     }
 

@@ -93,13 +93,14 @@ pub async fn handle(
     let metrics = &conn.listener.shared.metrics;
     let code = resp.status();
     let elapsed = start.elapsed();
+    let listener = conn.listener.cfg.name.as_str();
     metrics
         .requests
-        .with_label_values(&[direction, cluster, code.as_str()])
+        .with_label_values(&[direction, cluster, code.as_str(), listener])
         .inc();
     metrics
         .request_duration
-        .with_label_values(&[direction, cluster])
+        .with_label_values(&[direction, cluster, listener])
         .observe(elapsed.as_secs_f64());
     if let Some(k) = kind {
         metrics

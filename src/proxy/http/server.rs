@@ -27,6 +27,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = conn.listener.cfg.idle_timeout;
+    let counters = &conn.listener.counters;
+    let io = crate::proxy::counted::Counted::new(io, counters.rx.clone(), counters.tx.clone());
     if conn.h2 {
         let ctx = conn.clone();
         let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
@@ -124,7 +126,12 @@ fn refused(conn: &ConnCtx, v: &Verdict) -> http::Response<Body> {
     let direction = conn.listener.cfg.direction_str();
     let m = &conn.listener.shared.metrics;
     m.requests
-        .with_label_values(&[direction, "none", &v.status.to_string()])
+        .with_label_values(&[
+            direction,
+            "none",
+            &v.status.to_string(),
+            &conn.listener.cfg.name,
+        ])
         .inc();
     m.upstream_rq_errors
         .with_label_values(&["none", v.kind])
