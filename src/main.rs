@@ -233,8 +233,9 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
     let cfg = match config::load(&args.config) {
         Ok(c) => c,
         Err(errs) => {
+            // Printed once, plainly: these are for the operator reading the terminal (or
+            // the pod's last termination message), in the same form `spoke check` uses.
             for e in &errs.0 {
-                tracing::error!(file = %args.config.display(), "{e}");
                 eprintln!("{}: {e}", args.config.display());
             }
             return ExitCode::from(2);
@@ -249,7 +250,6 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             for line in e.to_string().lines() {
-                tracing::error!("{line}");
                 eprintln!("{}: {line}", args.config.display());
             }
             return ExitCode::from(e.exit_code() as u8);

@@ -123,7 +123,7 @@ fn sigterm_drains_a_live_connection_then_exits_0() {
     let cfg = write_tmp(
         "drain.yaml",
         &format!(
-            "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\ndrain_timeout: 10s\n\
+            "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\ndrain_timeout: 10s\naccess_log: true\n\
              listeners: [ {{ name: l, address: 127.0.0.1:{lp}, protocol: tcp, cluster: c }} ]\n\
              clusters: [ {{ name: c, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
         ),
@@ -428,7 +428,7 @@ fn mtls_between_processes_logs_the_peer_identity() {
         "mtls-server.yaml",
         &format!(
             "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{in_stats} }}\n{}\
-             listeners: [ {{ name: in, address: 127.0.0.1:{in_port}, direction: inbound, forward: \"{app}\" }} ]\n\
+             listeners: [ {{ name: in, address: 127.0.0.1:{in_port}, direction: inbound, forward: \"{app}\", access_log: true }} ]\n\
              inbound: [ {{ port: {}, tls: strict, allow: [ \"{web_id}\" ] }} ]\n",
             tls("backend"),
             app.port()
@@ -437,7 +437,7 @@ fn mtls_between_processes_logs_the_peer_identity() {
     let client_cfg = write_tmp(
         "mtls-client.yaml",
         &format!(
-            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{out_stats} }}\n{}\
+            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{out_stats} }}\naccess_log: true\n{}\
              listeners: [ {{ name: out, address: 127.0.0.1:{out_port}, protocol: tcp, cluster: backend }} ]\n\
              clusters: [ {{ name: backend, tls: {{ identity: \"{backend_id}\" }}, endpoints: [ {{ address: \"127.0.0.1:{in_port}\" }} ] }} ]\n",
             tls("web")

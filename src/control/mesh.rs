@@ -84,6 +84,7 @@ fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
     no("listeners", !f.listeners.is_empty());
     no("inbound", !f.inbound.is_empty());
     no("drain_timeout", f.drain_timeout.is_some());
+    no("access_log", f.access_log.is_some());
     out
 }
 
@@ -121,5 +122,6 @@ pub fn merge_local(local: &raw::File, remote: raw::File) -> raw::File {
         inbound: remote.inbound,
         default_policy: remote.default_policy,
         workloads: Vec::new(),
+        access_log: local.access_log,
     }
 }

@@ -82,7 +82,7 @@ pub async fn connect_cluster(
                     .upstream_connect_errors
                     .with_label_values(&[&cfg.name, e.kind()])
                     .inc();
-                tracing::warn!(
+                tracing::debug!(
                     cluster = %cfg.name,
                     endpoint = %ep.address,
                     attempt,

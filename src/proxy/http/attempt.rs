@@ -275,7 +275,7 @@ fn count_connect_error(metrics: &crate::metrics::Metrics, cluster: &str, e: &Pro
         .upstream_connect_errors
         .with_label_values(&[cluster, e.kind()])
         .inc();
-    tracing::warn!(cluster, kind = e.kind(), error = %e, "upstream connect failed");
+    tracing::debug!(cluster, kind = e.kind(), error = %e, "upstream connect failed");
 }
 
 fn error_chain_has(e: &hyper::Error, pred: fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {

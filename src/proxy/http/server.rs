@@ -136,16 +136,18 @@ fn refused(conn: &ConnCtx, v: &Verdict) -> http::Response<Body> {
     m.upstream_rq_errors
         .with_label_values(&["none", v.kind])
         .inc();
-    tracing::info!(
-        target: "access",
-        listener = %conn.listener.cfg.name,
-        direction,
-        peer = %conn.peer,
-        status = v.status,
-        error = v.kind,
-        detail = v.detail,
-        "http request refused"
-    );
+    if conn.listener.cfg.access_log {
+        tracing::info!(
+            target: "access",
+            listener = %conn.listener.cfg.name,
+            direction,
+            peer = %conn.peer,
+            status = v.status,
+            error = v.kind,
+            detail = v.detail,
+            "http request refused"
+        );
+    }
     let status = http::StatusCode::from_u16(v.status).unwrap_or(http::StatusCode::BAD_REQUEST);
     let mut r = forward::error_response(status, v.kind, v.detail);
     r.headers_mut().insert(
