@@ -138,6 +138,54 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
     out
 }
 
+/// Everything `spoke proxy` checks before it binds, beyond the schema: parts it cannot act
+/// on, the admin address, the certificate files, the control plane's trust bundle.
+/// `spoke check` runs exactly this, so the two always agree.
+pub fn preflight(cfg: &Config, unsafe_admin: bool) -> Vec<ConfigError> {
+    let mut out = unsupported(cfg);
+    let err = |path: &str, message: String| ConfigError {
+        path: path.into(),
+        message,
+    };
+    if !unsafe_admin && !cfg.admin.ip().is_loopback() {
+        out.push(err(
+            "admin.address",
+            format!(
+                "{} is not a loopback address; the admin server can drain the proxy and change logging, so it stays on loopback unless --unsafe-admin is given",
+                cfg.admin
+            ),
+        ));
+    }
+    if let Some(files) = &cfg.tls {
+        if let Err(e) = CertStore::check_files(files) {
+            out.push(err(tls_error_path(files, &e), e.to_string()));
+        }
+    }
+    if let Some(c) = &cfg.control {
+        if let Some(path) = c.roots.as_ref() {
+            if let Err(e) = std::fs::read(path) {
+                out.push(err(
+                    "control.roots",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The `tls.*` field a certificate problem belongs to.
+fn tls_error_path(files: &crate::config::TlsFiles, e: &crate::tls::TlsError) -> &'static str {
+    use crate::tls::TlsError;
+    match e {
+        TlsError::Read { path, .. } if *path == files.key.display().to_string() => "tls.key",
+        TlsError::Read { path, .. } if *path == files.roots.display().to_string() => "tls.roots",
+        TlsError::Pem { what: "key", .. } | TlsError::KeyMismatch => "tls.key",
+        TlsError::Pem { what: "roots", .. } => "tls.roots",
+        _ => "tls.cert",
+    }
+}
+
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -146,18 +194,9 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError>
 
 /// Binds everything and starts serving. Returns once the proxy is ready.
 pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
-    let unsupported = unsupported(&cfg);
-    if !unsupported.is_empty() {
-        return Err(StartError::Config(ConfigErrors(unsupported)));
-    }
-    if !opts.unsafe_admin && !cfg.admin.ip().is_loopback() {
-        return Err(StartError::Config(ConfigErrors(vec![ConfigError {
-            path: "admin.address".into(),
-            message: format!(
-                "{} is not a loopback address; the admin server can drain the proxy and change logging, so it stays on loopback unless --unsafe-admin is given",
-                cfg.admin
-            ),
-        }])));
+    let refused = preflight(&cfg, opts.unsafe_admin);
+    if !refused.is_empty() {
+        return Err(StartError::Config(ConfigErrors(refused)));
     }
 
     // Bind every socket first, so a port clash fails start-up before anything serves.

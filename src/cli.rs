@@ -126,9 +126,25 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Config files to check.
-    #[arg(required = true)]
+    /// Proxy config files to check (`-` reads stdin), exactly as `spoke proxy` checks them
+    /// before it binds: schema, cross-section rules, unsupported parts, certificate files.
+    #[arg(required_unless_present = "mesh")]
     pub files: Vec<PathBuf>,
+    /// A control plane's config directory, every `*.yaml` merged as `spoke control` does.
+    #[arg(long, value_name = "DIR")]
+    pub mesh: Option<PathBuf>,
+    /// `text`: `FILE:LINE:COL: path: message` lines on stderr; `json`: one document on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: CheckOutput,
+    /// Check as `spoke proxy --unsafe-admin` would run (a non-loopback admin address).
+    #[arg(long)]
+    pub unsafe_admin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ pub mod app;
 pub mod authz;
 pub mod balance;
 pub mod ca;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

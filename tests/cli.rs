@@ -70,8 +70,13 @@ fn check_reports_every_error_and_exits_2() {
     let unknown = write_tmp("unknown.yaml", "listeners: []\nlisterners: []\n");
     let (code, _, err) = run(&["check", syntax.to_str().unwrap(), unknown.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("line 1"), "{err}");
-    assert!(err.contains("unknown field `listerners`"), "{err}");
+    assert!(err.contains("syntax.yaml:1:14: syntax:"), "{err}");
+    assert!(
+        err.contains(
+            "unknown.yaml:2:1: listerners: unknown field `listerners`; did you mean `listeners`?"
+        ),
+        "{err}"
+    );
 
     let (code, _, err) = run(&["check", "/nonexistent/spoke.yaml"]);
     assert_eq!(code, 2);

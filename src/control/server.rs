@@ -134,7 +134,7 @@ impl State {
                 for e in &errors {
                     tracing::warn!(error = %e, "mesh config refused; keeping the last good version");
                 }
-                *lock(&self.last_error) = Some(errors);
+                *lock(&self.last_error) = Some(errors.iter().map(|e| e.to_string()).collect());
             }
         }
     }
@@ -360,7 +360,10 @@ pub async fn start(
         tracing::info!(dir = %settings.config_dir.display(), "no mesh config file yet; streams wait for the first one");
         None
     } else {
-        Some(mesh::load_dir(&settings.config_dir)?)
+        Some(
+            mesh::load_dir(&settings.config_dir)
+                .map_err(|e| e.iter().map(|d| d.to_string()).collect::<Vec<_>>())?,
+        )
     };
     let td = settings.ca.trust_domain().to_string();
     // The serving certificate: the control plane's own identity, from its own CA.

@@ -48,6 +48,11 @@ impl CertStore {
         })
     }
 
+    /// Reads and checks the files as start-up does (`spoke check` runs this too).
+    pub fn check_files(files: &TlsFiles) -> Result<(), TlsError> {
+        Self::read_and_build(files).map(|_| ())
+    }
+
     fn read_and_build(files: &TlsFiles) -> Result<(Vec<u8>, TlsConfigs), TlsError> {
         let cert = read(&files.cert)?;
         let key = read(&files.key)?;
