@@ -194,6 +194,7 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError>
 
 /// Binds everything and starts serving. Returns once the proxy is ready.
 pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
+    let started = std::time::Instant::now();
     let refused = preflight(&cfg, opts.unsafe_admin);
     if !refused.is_empty() {
         return Err(StartError::Config(ConfigErrors(refused)));
@@ -269,10 +270,21 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     }
 
     let (drain, watch) = Drain::new();
+    let mut bound_listeners = Vec::with_capacity(bound.len());
+    for (l, sock) in listener_cfgs.iter().zip(&bound) {
+        let addr = sock.local_addr().map_err(|source| StartError::Bind {
+            what: format!("listener {}", l.name),
+            addr: l.address,
+            source,
+        })?;
+        bound_listeners.push((l.clone(), addr));
+    }
     let state = Arc::new(AdminState {
         shared: shared.clone(),
         drain: drain.trigger(),
         log: opts.log,
+        started,
+        listeners: bound_listeners,
     });
     let mut servers = vec![
         tokio::spawn(admin::serve_admin(admin_l, state.clone())),
