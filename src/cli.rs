@@ -43,6 +43,28 @@ pub enum Command {
     Ca(CaCommand),
     /// Run the control plane (mesh config, discovery stream, CA), or make a token.
     Control(ControlArgs),
+    /// The control plane's view of every sidecar: versions sent and ACKed, last NACK.
+    Status(StatusArgs),
+    /// Pass/fail checks of one running sidecar through its admin server.
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The control plane's stats address (`host:port` or `http://host:port`), as given to
+    /// `spoke control --stats`.
+    #[arg(long, env = "SPOKE_CONTROL_STATS", default_value = "127.0.0.1:15014")]
+    pub control: String,
+    /// Print the control plane's JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// The sidecar's admin address (`admin.address`, loopback by default).
+    #[arg(long, env = "SPOKE_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: String,
 }
 
 #[derive(Debug, Args)]

@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod readiness;
 pub mod snapshot;
+pub mod status;
 pub mod telemetry;
 pub mod tls;

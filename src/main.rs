@@ -21,6 +21,27 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(args) => check(&args),
+        Command::Status(args) => match spoke::status::status(&args.control, args.json) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Diagnose(args) => {
+            let checks = spoke::status::diagnose(&args.admin);
+            for c in &checks {
+                println!("{} {}", if c.ok { "[ok]  " } else { "[FAIL]" }, c.line);
+            }
+            if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Command::Ca(cmd) => ca(cmd),
         Command::Control(args) => {
             if let Some(ControlCommand::Token { ca, id, ttl }) = args.command {

@@ -80,6 +80,7 @@ pub fn server_info(state: &AdminState) -> Value {
         },
         "control": snap.config.control.as_ref().map(|c| c.address.clone()),
         "control_connected": snap.config.control.as_ref().map(|_| state.shared.metrics.control_connected.get() == 1),
+        "last_update": *state.shared.last_update.lock().unwrap_or_else(|p| p.into_inner()),
     })
 }
 
