@@ -44,6 +44,8 @@ pub struct Config {
     pub inbound: Vec<InboundPort>,
     pub default_policy: DefaultPolicy,
     pub workloads: Vec<Workload>,
+    /// The top-level default for listeners' access events.
+    pub access_log: bool,
     #[serde(skip)]
     pub raw: super::raw::File,
 }
@@ -98,6 +100,8 @@ pub struct Listener {
     pub max_request_bytes: Option<u64>,
     /// Upgrade protocols tunnelled (lowercase names).
     pub upgrades: Vec<String>,
+    /// One `access` event per request or connection.
+    pub access_log: bool,
 }
 
 /// Where a listener's connections go.

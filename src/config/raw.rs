@@ -40,6 +40,10 @@ pub struct File {
     /// Mesh config only: per-identity settings the control plane hands to each sidecar.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<Workload>,
+    /// One `access` event per request or connection, for every listener that does not say
+    /// otherwise. Default false. Independent of the log level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -151,6 +155,9 @@ pub struct Listener {
     /// never tunnelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrades: Option<Vec<String>>,
+    /// This listener's access events; default: the top-level `access_log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

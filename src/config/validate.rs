@@ -182,7 +182,8 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
         }
     };
 
-    let listeners = listeners(&mut e, &f.listeners, &check_ref);
+    let access_log = f.access_log.unwrap_or(false);
+    let listeners = listeners(&mut e, &f.listeners, access_log, &check_ref);
 
     let mut vips = HashSet::new();
     let services = f
@@ -241,6 +242,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
             inbound,
             default_policy: f.default_policy.unwrap_or_default(),
             workloads,
+            access_log,
             raw: f.clone(),
         }),
         _ => Err(e.0),
@@ -250,6 +252,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
 fn listeners(
     e: &mut Errors,
     raw: &[raw::Listener],
+    access_log: bool,
     check_ref: &dyn Fn(&mut Errors, String, &str),
 ) -> Vec<Listener> {
     let mut names = HashSet::new();
@@ -341,6 +344,7 @@ fn listeners(
                 max_request_bytes: l.max_request_bytes,
                 upgrades: super::routes::upgrades(e, &format!("{p}.upgrades"), &l.upgrades)
                     .unwrap_or_else(|| vec!["websocket".to_string()]),
+                access_log: l.access_log.unwrap_or(access_log),
             });
         }
     }

@@ -63,6 +63,8 @@ pub struct Info {
     pub endpoint: Option<SocketAddr>,
     pub retries: u32,
     pub upstream_id: Option<Identity>,
+    /// Why the upstream part failed (the last try's error), for the one failure event.
+    pub error: Option<String>,
 }
 
 impl Info {
@@ -89,6 +91,7 @@ pub async fn handle(
         endpoint: None,
         retries: 0,
         upstream_id: None,
+        error: None,
     };
     let (resp, kind) = forward(&conn, &mut parts, incoming, &mut info).await;
     let cluster = info.cluster_label();
@@ -96,13 +99,14 @@ pub async fn handle(
     let metrics = &conn.listener.shared.metrics;
     let code = resp.status();
     let elapsed = start.elapsed();
+    let listener = conn.listener.cfg.name.as_str();
     metrics
         .requests
-        .with_label_values(&[direction, cluster, code.as_str()])
+        .with_label_values(&[direction, cluster, code.as_str(), listener])
         .inc();
     metrics
         .request_duration
-        .with_label_values(&[direction, cluster])
+        .with_label_values(&[direction, cluster, listener])
         .observe(elapsed.as_secs_f64());
     if let Some(k) = kind {
         metrics
@@ -110,24 +114,41 @@ pub async fn handle(
             .with_label_values(&[cluster, k.label()])
             .inc();
     }
-    tracing::info!(
-        target: "access",
-        listener = %conn.listener.cfg.name,
-        direction,
-        peer = %conn.peer,
-        peer_id = conn.peer_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
-        method = %info.method,
-        authority = %info.authority,
-        path = info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
-        status = code.as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        cluster,
-        endpoint = info.endpoint.map(|e| e.to_string()).unwrap_or_default(),
-        upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
-        retries = info.retries,
-        error = kind.map(ErrorKind::label).unwrap_or(""),
-        "http"
-    );
+    // One event per failed request, whatever the log level of the access log: the tries
+    // before it are debug events.
+    if let Some(error) = &info.error {
+        tracing::warn!(
+            listener = %conn.listener.cfg.name,
+            cluster,
+            kind = kind.map(ErrorKind::label).unwrap_or("upstream"),
+            status = code.as_u16(),
+            tries = info.retries + 1,
+            endpoint = info.endpoint.map(tracing::field::display),
+            error = %error,
+            "request failed"
+        );
+    }
+    if conn.listener.cfg.access_log {
+        // Absent values are left out rather than logged empty.
+        tracing::info!(
+            target: "access",
+            listener = %conn.listener.cfg.name,
+            direction,
+            peer = %conn.peer,
+            peer_id = conn.peer_id.as_ref().map(|i| i.as_str()),
+            method = %info.method,
+            authority = (!info.authority.is_empty()).then_some(info.authority.as_str()),
+            path = info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
+            status = code.as_u16(),
+            duration_us = elapsed.as_micros() as u64,
+            cluster,
+            endpoint = info.endpoint.map(tracing::field::display),
+            upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()),
+            retries = info.retries,
+            error = kind.map(ErrorKind::label),
+            "http"
+        );
+    }
     Ok(resp)
 }
 
@@ -329,7 +350,11 @@ async fn forward(
         });
     let (mut resp, mut hold) = match result {
         Ok(r) => r,
-        Err((kind, detail)) => return fail(kind, &detail),
+        Err((kind, detail)) => {
+            let r = fail(kind, &detail);
+            info.error = Some(detail);
+            return r;
+        }
     };
     hold.request = Some(request_slot);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
