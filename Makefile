@@ -10,7 +10,10 @@ release:
 	$(CARGO) build --release
 
 # Unit and integration tests (real sockets on 127.0.0.1; netns tests run when root).
+# .ci/tools checks (and as root installs) what the tests use and names what is missing;
+# tests whose tool or root is missing say they were skipped.
 test:
+	bash .ci/tools
 	$(CARGO) test --all-targets -- --test-threads=4
 
 lint:

@@ -677,9 +677,6 @@ declare -A MTLS_LABEL=(
     [envoy-c2]="envoy A+B (--concurrency 2 each)"
     [envoy-x25519]="envoy A+B (--concurrency 1 each, X25519 only)"
     [haproxy]="haproxy A+B (nbthread 1 each)"
-    [spoke-authz]="spoke A+B (1 worker each), B with a 20-rule policy"
-    [spoke-rr]="spoke A+B (1 worker each), A with lb: round_robin"
-    [spoke-baseline]="spoke A+B (1 worker each), BASELINE_BIN (round robin, before resilience)"
 )
 declare -A MTLS_ROLE_OFFSET=([a]=0 [b]=10 [probe]=20)
 SPIFFE_WEB=spiffe://cluster.local/ns/default/sa/web
@@ -928,6 +925,8 @@ declare -A HTTP_LABEL=(
     [spoke-authz]="spoke A+B (1 worker each), B with a 20-rule policy"
     [spoke-trace0]="spoke A+B (1 worker each), tracing with sampling 0"
     [spoke-trace1]="spoke A+B (1 worker each), tracing with sampling 1 (OTLP/HTTP export)"
+    [spoke-rr]="spoke A+B (1 worker each), A with lb: round_robin"
+    [spoke-baseline]="spoke A+B (1 worker each), BASELINE_BIN (round robin, before the resilience work)"
 )
 declare -A HTTP_ROLE_OFFSET=([a]=0 [b]=10)
 

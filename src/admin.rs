@@ -1,8 +1,11 @@
 //! The two small HTTP servers beside the proxy:
 //! - stats (`0.0.0.0:15020`, read-only): `/metrics`, `/ready`, `/live`, for Prometheus and
 //!   kubelet probes;
-//! - admin (`127.0.0.1:15000`): `/config_dump`, `/clusters`, and the mutating `POST /logging`
-//!   and `POST /drain`, which answer 403 to any peer that is not on loopback.
+//! - admin (`127.0.0.1:15000`): `/config_dump`, `/clusters`, `/certs`, `/server_info`,
+//!   `/listeners` (in `info`), and the mutating `POST /logging` and `POST /drain`, which
+//!   answer 403 to any peer that is not on loopback.
+
+mod info;
 
 mod clusters;
 
@@ -27,6 +30,10 @@ pub struct AdminState {
     pub shared: Arc<Shared>,
     pub drain: drain::Trigger,
     pub log: Option<LogHandle>,
+    /// When the proxy started (`/server_info` uptime).
+    pub started: std::time::Instant,
+    /// Each listener's config and bound address (`/listeners`).
+    pub listeners: Vec<(crate::config::Listener, SocketAddr)>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -163,9 +170,20 @@ fn admin_handler(state: &AdminState, req: &Request<Incoming>, peer: SocketAddr) 
     match path {
         "/" => text(
             StatusCode::OK,
-            "spoke admin\n  GET  /config_dump\n  GET  /clusters\n  GET  /metrics\n  GET  /ready\n  POST /logging?level=<filter>\n  POST /drain\n",
+            "spoke admin\n  GET  /config_dump[?format=yaml]\n  GET  /clusters\n  GET  /certs\n  GET  /server_info\n  GET  /listeners\n  GET  /metrics\n  GET  /ready\n  POST /logging?level=<filter>\n  POST /drain\n",
         ),
-        "/config_dump" => config_dump(state),
+        "/config_dump" if req.uri().query() == Some("format=yaml") => {
+            let mut r = text(StatusCode::OK, info::config_yaml(state));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/yaml"),
+            );
+            r
+        }
+        "/config_dump" => pretty(&info::config_dump(state)),
+        "/certs" => pretty(&info::certs(state)),
+        "/server_info" => pretty(&info::server_info(state)),
+        "/listeners" => pretty(&info::listeners(state)),
         "/clusters" => clusters(state),
         "/metrics" => metrics(state),
         "/ready" => ready(state),
@@ -180,13 +198,8 @@ fn admin_handler(state: &AdminState, req: &Request<Incoming>, peer: SocketAddr) 
     }
 }
 
-fn config_dump(state: &AdminState) -> Resp {
-    let snap = state.shared.snapshot.load_full();
-    let mut value = serde_json::to_value(&*snap.config).unwrap_or_default();
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert("version".into(), snap.version.clone().into());
-    }
-    json(serde_json::to_string_pretty(&value).unwrap_or_default() + "\n")
+fn pretty(v: &serde_json::Value) -> Resp {
+    json(serde_json::to_string_pretty(v).unwrap_or_default() + "\n")
 }
 
 fn clusters(state: &AdminState) -> Resp {

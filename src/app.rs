@@ -120,6 +120,54 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
     out
 }
 
+/// Everything `spoke proxy` checks before it binds, beyond the schema: parts it cannot act
+/// on, the admin address, the certificate files, the control plane's trust bundle.
+/// `spoke check` runs exactly this, so the two always agree.
+pub fn preflight(cfg: &Config, unsafe_admin: bool) -> Vec<ConfigError> {
+    let mut out = unsupported(cfg);
+    let err = |path: &str, message: String| ConfigError {
+        path: path.into(),
+        message,
+    };
+    if !unsafe_admin && !cfg.admin.ip().is_loopback() {
+        out.push(err(
+            "admin.address",
+            format!(
+                "{} is not a loopback address; the admin server can drain the proxy and change logging, so it stays on loopback unless --unsafe-admin is given",
+                cfg.admin
+            ),
+        ));
+    }
+    if let Some(files) = &cfg.tls {
+        if let Err(e) = CertStore::check_files(files) {
+            out.push(err(tls_error_path(files, &e), e.to_string()));
+        }
+    }
+    if let Some(c) = &cfg.control {
+        if let Some(path) = c.roots.as_ref() {
+            if let Err(e) = std::fs::read(path) {
+                out.push(err(
+                    "control.roots",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The `tls.*` field a certificate problem belongs to.
+fn tls_error_path(files: &crate::config::TlsFiles, e: &crate::tls::TlsError) -> &'static str {
+    use crate::tls::TlsError;
+    match e {
+        TlsError::Read { path, .. } if *path == files.key.display().to_string() => "tls.key",
+        TlsError::Read { path, .. } if *path == files.roots.display().to_string() => "tls.roots",
+        TlsError::Pem { what: "key", .. } | TlsError::KeyMismatch => "tls.key",
+        TlsError::Pem { what: "roots", .. } => "tls.roots",
+        _ => "tls.cert",
+    }
+}
+
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -128,18 +176,10 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError>
 
 /// Binds everything and starts serving. Returns once the proxy is ready.
 pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
-    let unsupported = unsupported(&cfg);
-    if !unsupported.is_empty() {
-        return Err(StartError::Config(ConfigErrors(unsupported)));
-    }
-    if !opts.unsafe_admin && !cfg.admin.ip().is_loopback() {
-        return Err(StartError::Config(ConfigErrors(vec![ConfigError {
-            path: "admin.address".into(),
-            message: format!(
-                "{} is not a loopback address; the admin server can drain the proxy and change logging, so it stays on loopback unless --unsafe-admin is given",
-                cfg.admin
-            ),
-        }])));
+    let started = std::time::Instant::now();
+    let refused = preflight(&cfg, opts.unsafe_admin);
+    if !refused.is_empty() {
+        return Err(StartError::Config(ConfigErrors(refused)));
     }
 
     // Bind every socket first, so a port clash fails start-up before anything serves.
@@ -212,10 +252,21 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     }
 
     let (drain, watch) = Drain::new();
+    let mut bound_listeners = Vec::with_capacity(bound.len());
+    for (l, sock) in listener_cfgs.iter().zip(&bound) {
+        let addr = sock.local_addr().map_err(|source| StartError::Bind {
+            what: format!("listener {}", l.name),
+            addr: l.address,
+            source,
+        })?;
+        bound_listeners.push((l.clone(), addr));
+    }
     let state = Arc::new(AdminState {
         shared: shared.clone(),
         drain: drain.trigger(),
         log: opts.log,
+        started,
+        listeners: bound_listeners,
     });
     let mut servers = vec![
         tokio::spawn(admin::serve_admin(admin_l, state.clone())),
@@ -224,6 +275,7 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         crate::trace::export::spawn(shared.clone()),
     ];
     if let Some((control, local, node_id, certs_from_control)) = control_cfg {
+        shared.metrics.show_control();
         let node_id = if node_id.is_empty() {
             format!("spoke-{}", std::process::id())
         } else {

@@ -1,5 +1,7 @@
-//! Command-line definitions only (clap derive). Every flag can also come from a `SPOKE_*`
-//! environment variable so Kubernetes manifests can set them.
+//! Command-line definitions only (clap derive). The flags a pod's manifest sets (log
+//! format and level, the proxy's config, the control plane's settings) can also come from
+//! `SPOKE_*` environment variables; the one-off commands (`ca`, `control token`) take flags
+//! only. Every subcommand's help ends with an example and its exit codes.
 
 use std::path::PathBuf;
 
@@ -11,10 +13,11 @@ use crate::telemetry::LogFormat;
 #[command(
     name = "spoke",
     version,
-    about = "A small, fast service-mesh sidecar proxy"
+    about = "A small, fast service-mesh sidecar proxy",
+    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid config.\nDocs: README.md and docs/ in the repository."
 )]
 pub struct Cli {
-    /// Log format.
+    /// Log format (stderr; colour only on a terminal without NO_COLOR).
     #[arg(
         long,
         global = true,
@@ -33,16 +36,56 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar proxy.
+    #[command(
+        after_help = "Example:\n  spoke proxy --config /etc/spoke/proxy.yaml\n\nExit codes: 0 after a drain (SIGTERM, SIGINT, POST /drain), 1 runtime failure (a port in use), 2 invalid config."
+    )]
     Proxy(ProxyArgs),
-    /// Validate proxy or mesh config files; exit 2 on any error.
+    /// Validate proxy config files (or a mesh directory) exactly as `spoke proxy` would.
+    #[command(
+        after_help = "Examples:\n  spoke check proxy.yaml\n  kubectl get cm spoke -o jsonpath='{.data.proxy\\.yaml}' | spoke check -\n  spoke check --mesh mesh/ --output json\n\nExit codes: 0 valid, 2 any error (each as FILE:LINE:COL: path: message)."
+    )]
     Check(CheckArgs),
     /// Run a whole demo on loopback and print what happened.
+    #[command(
+        after_help = "Example:\n  spoke demo --duration 5s\n\nExit codes: 0 the demo behaved, 1 it did not, 2 bad usage."
+    )]
     Demo(DemoArgs),
     /// Make the mesh's root CA and workload certificates.
     #[command(subcommand)]
     Ca(CaCommand),
     /// Run the control plane (mesh config, discovery stream, CA), or make a token.
+    #[command(
+        after_help = "Examples:\n  spoke control --config-dir mesh/ --ca ca/ --listen 0.0.0.0:15010 --stats 0.0.0.0:15014\n  spoke control token --ca ca/ --id spiffe://cluster.local/ns/default/sa/web --ttl 24h > web.token\n\nExit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure (a port in use), 2 bad usage, an invalid mesh directory or CA."
+    )]
     Control(ControlArgs),
+    /// The control plane's view of every sidecar: versions sent and ACKed, last NACK.
+    #[command(
+        after_help = "Example:\n  spoke status --control 127.0.0.1:15014\n\nExit codes: 0 table printed, 1 the control plane cannot be asked, 2 bad usage."
+    )]
+    Status(StatusArgs),
+    /// Pass/fail checks of one running sidecar through its admin server.
+    #[command(
+        after_help = "Example:\n  kubectl exec web-0 -c spoke -- spoke diagnose --admin 127.0.0.1:15000\n\nExit codes: 0 every check passed, 1 any failed, 2 bad usage."
+    )]
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The control plane's stats address (`host:port` or `http://host:port`), as given to
+    /// `spoke control --stats`.
+    #[arg(long, env = "SPOKE_CONTROL_STATS", default_value = "127.0.0.1:15014")]
+    pub control: String,
+    /// Print the control plane's JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// The sidecar's admin address (`admin.address`, loopback by default).
+    #[arg(long, env = "SPOKE_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: String,
 }
 
 #[derive(Debug, Args)]
@@ -69,12 +112,18 @@ pub struct ControlArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ControlCommand {
-    /// Print a bootstrap token for one identity.
+    /// Print a bootstrap token for one identity (creates CA/token.key on first use).
+    #[command(
+        after_help = "Example:\n  spoke control token --ca ca/ --id spiffe://cluster.local/ns/default/sa/web > web.token\n\nExit codes: 0 token printed, 2 bad usage, an identity outside the CA's trust domain, an unreadable CA."
+    )]
     Token {
+        /// The CA directory made by `spoke ca init`; the token key is kept there.
         #[arg(long)]
         ca: PathBuf,
+        /// The workload's SPIFFE ID the token proves, e.g. spiffe://cluster.local/ns/default/sa/web.
         #[arg(long)]
         id: String,
+        /// How long the token is accepted.
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
@@ -83,9 +132,14 @@ pub enum ControlCommand {
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Make a root CA: DIR/root.pem and DIR/root.key (0600).
+    #[command(
+        after_help = "Example:\n  spoke ca init --out ca/ --trust-domain cluster.local\n\nExit codes: 0 written, 2 bad usage or files exist (without --force)."
+    )]
     Init {
+        /// Directory to write root.pem and root.key to (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// The trust domain: identities are spiffe://<trust-domain>/...
         #[arg(long, default_value = "cluster.local", env = "SPOKE_TRUST_DOMAIN")]
         trust_domain: String,
         /// Root lifetime.
@@ -96,6 +150,9 @@ pub enum CaCommand {
         force: bool,
     },
     /// Issue a workload certificate: OUT/cert.pem, OUT/key.pem (0600), OUT/root.pem.
+    #[command(
+        after_help = "Example:\n  spoke ca issue --ca ca/ --id spiffe://cluster.local/ns/default/sa/web --out certs/web --validity 24h\n\nExit codes: 0 written, 2 bad usage, a bad identity, an unreadable CA or files exist (without --force)."
+    )]
     Issue {
         /// The CA directory made by `spoke ca init`.
         #[arg(long)]
@@ -103,6 +160,7 @@ pub enum CaCommand {
         /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web.
         #[arg(long)]
         id: String,
+        /// Directory to write cert.pem, key.pem and root.pem to (created if missing).
         #[arg(long)]
         out: PathBuf,
         /// Certificate lifetime.
@@ -126,9 +184,25 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Config files to check.
-    #[arg(required = true)]
+    /// Proxy config files to check (`-` reads stdin), exactly as `spoke proxy` checks them
+    /// before it binds: schema, cross-section rules, unsupported parts, certificate files.
+    #[arg(required_unless_present = "mesh")]
     pub files: Vec<PathBuf>,
+    /// A control plane's config directory, every `*.yaml` merged as `spoke control` does.
+    #[arg(long, value_name = "DIR")]
+    pub mesh: Option<PathBuf>,
+    /// `text`: `FILE:LINE:COL: path: message` lines on stderr; `json`: one document on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: CheckOutput,
+    /// Check as `spoke proxy --unsafe-admin` would run (a non-loopback admin address).
+    #[arg(long)]
+    pub unsafe_admin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -136,4 +210,44 @@ pub struct DemoArgs {
     /// Stop by itself after this long (`5s`, `1m`); default: run until Ctrl-C.
     #[arg(long, env = "SPOKE_DEMO_DURATION")]
     pub duration: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag says what it is for; every command ends with an example and its exit codes.
+    #[test]
+    fn every_flag_has_help_and_every_command_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name());
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{name} --{id}: no help"));
+                }
+            }
+            let after = cmd
+                .get_after_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let group = cmd.get_subcommands().next().is_some()
+                && cmd
+                    .get_arguments()
+                    .all(|a| a.is_global_set() || a.get_id() == "help" || a.get_id() == "version");
+            let documented = after.contains("Example") && after.contains("Exit codes");
+            if !(group || documented) {
+                missing.push(format!("{name}: no example or exit codes"));
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        for sub in Cli::command().get_subcommands() {
+            walk(sub, "spoke", &mut missing);
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
 }

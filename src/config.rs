@@ -11,6 +11,7 @@ pub mod raw;
 mod routes;
 mod trace;
 mod validate;
+pub mod yaml;
 
 use std::fmt;
 use std::path::Path;
@@ -18,6 +19,7 @@ use std::path::Path;
 pub use model::*;
 pub use routes::retry_on;
 pub use validate::{endpoint_addr, validate};
+pub use yaml::{Located, Positions};
 
 /// One problem in a config: where (`clusters[0].endpoints[1].address`) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,22 +62,82 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
-/// Parses YAML text into the raw schema. Syntax errors, unknown fields and wrong types
-/// come back with line and column.
-pub fn parse_yaml(text: &str) -> Result<raw::File, ConfigError> {
-    if text.trim().is_empty() {
-        return Ok(raw::File::default());
+/// One problem in a named file: `FILE:LINE:COL: path: message`, the form every command
+/// prints config errors in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub at: Located,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.at.line, self.at.col, self.at.error
+        )
     }
-    serde_saphyr::from_str::<raw::File>(text).map_err(|e| ConfigError {
-        path: String::new(),
-        message: e.to_string(),
-    })
+}
+
+impl Diagnostic {
+    pub fn new(file: &str, at: Located) -> Self {
+        Diagnostic {
+            file: file.to_string(),
+            at,
+        }
+    }
+
+    /// A problem with the file as a whole (it cannot be read).
+    pub fn whole(file: &str, message: impl Into<String>) -> Self {
+        Diagnostic::new(
+            file,
+            Located {
+                line: 1,
+                col: 1,
+                error: ConfigError {
+                    path: String::new(),
+                    message: message.into(),
+                },
+            },
+        )
+    }
+}
+
+/// Parses YAML text into the raw schema, with every syntax, type and unknown-field error
+/// placed (line, column, path), and where each path is for later errors.
+pub fn parse_located(text: &str) -> Result<(raw::File, Positions), Vec<Located>> {
+    let tree = yaml::parse(text)?;
+    let positions = Positions::of(&tree);
+    let file = yaml::decode(&tree)?;
+    Ok((file, positions))
+}
+
+/// Parses YAML text into the raw schema (errors without their places).
+pub fn parse_yaml(text: &str) -> Result<raw::File, ConfigErrors> {
+    parse_located(text)
+        .map(|(f, _)| f)
+        .map_err(|e| ConfigErrors(e.into_iter().map(|l| l.error).collect()))
+}
+
+/// Parses and validates YAML text; every error is placed.
+pub fn from_yaml_located(text: &str) -> Result<(Config, Positions), Vec<Located>> {
+    let (raw, positions) = parse_located(text)?;
+    match validate(&raw) {
+        Ok(cfg) => Ok((cfg, positions)),
+        Err(errs) => {
+            let mut placed: Vec<Located> = errs.into_iter().map(|e| positions.locate(e)).collect();
+            placed.sort_by_key(|l| (l.line, l.col));
+            Err(placed)
+        }
+    }
 }
 
 /// Parses and validates YAML text.
 pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
-    let raw = parse_yaml(text)?;
-    validate(&raw).map_err(ConfigErrors)
+    from_yaml_located(text)
+        .map(|(c, _)| c)
+        .map_err(|e| ConfigErrors(e.into_iter().map(|l| l.error).collect()))
 }
 
 /// Reads, parses and validates a config file.

@@ -231,10 +231,11 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
         tokio::spawn(demo_app(l, name, fail_every));
     }
 
-    // The control plane, in this process, serving dir/mesh and signing certificates.
+    // The control plane, in this process, serving dir/mesh and signing certificates. The
+    // mesh file needs the backend sidecar's addresses, so it is written once that sidecar
+    // runs; until then the control plane holds the sidecars' streams (no placeholder push).
     let mesh_dir = dir.join("mesh");
     std::fs::create_dir_all(&mesh_dir)?;
-    std::fs::write(mesh_dir.join("mesh.yaml"), "clusters: []\n")?;
     let ca_dir = dir.join("ca");
     let control = control::server::start(
         control::server::Settings {
@@ -415,7 +416,7 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     for cluster in ["backend", "backend-v2"] {
         let h = wm
             .request_duration
-            .with_label_values(&["outbound", cluster]);
+            .with_label_values(&["outbound", cluster, "to-backend"]);
         let n = h.get_sample_count();
         let mean_ms = if n > 0 {
             h.get_sample_sum() / n as f64 * 1000.0
@@ -424,7 +425,9 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
         };
         println!(
             "  spoke_requests_total{{cluster=\"{cluster}\",code=\"200\"}} = {:>3}   mean latency {mean_ms:.2} ms",
-            wm.requests.with_label_values(&["outbound", cluster, "200"]).get()
+            wm.requests
+                .with_label_values(&["outbound", cluster, "200", "to-backend"])
+                .get()
         );
     }
     println!("where to look:");

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use spoke::cli::{CaCommand, CheckArgs, Cli, Command, ControlArgs, ControlCommand, ProxyArgs};
+use spoke::cli::{
+    CaCommand, CheckArgs, CheckOutput, Cli, Command, ControlArgs, ControlCommand, ProxyArgs,
+};
 use spoke::{app, config, telemetry};
 
 fn main() -> ExitCode {
@@ -19,6 +21,27 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(args) => check(&args),
+        Command::Status(args) => match spoke::status::status(&args.control, args.json) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Diagnose(args) => {
+            let checks = spoke::status::diagnose(&args.admin);
+            for c in &checks {
+                println!("{} {}", if c.ok { "[ok]  " } else { "[FAIL]" }, c.line);
+            }
+            if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Command::Ca(cmd) => ca(cmd),
         Command::Control(args) => {
             if let Some(ControlCommand::Token { ca, id, ttl }) = args.command {
@@ -65,20 +88,24 @@ fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
 }
 
 fn check(args: &CheckArgs) -> ExitCode {
-    let mut failed = false;
+    let mut diags = Vec::new();
+    if let Some(dir) = &args.mesh {
+        diags.extend(spoke::check::mesh_dir(dir));
+    }
     for f in &args.files {
-        if let Err(errs) = config::load(f) {
-            failed = true;
-            for e in &errs.0 {
-                eprintln!("{}: {e}", f.display());
-            }
+        if let Err(d) = spoke::check::proxy_file(f, args.unsafe_admin) {
+            diags.extend(d);
         }
     }
-    if failed {
-        ExitCode::from(2)
-    } else {
-        println!("ok");
+    match args.output {
+        CheckOutput::Json => println!("{}", spoke::check::to_json(&diags)),
+        CheckOutput::Text if diags.is_empty() => println!("ok"),
+        CheckOutput::Text => diags.iter().for_each(|d| eprintln!("{d}")),
+    }
+    if diags.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     }
 }
 
@@ -230,12 +257,13 @@ async fn control(args: ControlArgs) -> ExitCode {
 
 async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
     raise_fd_limit();
-    let cfg = match config::load(&args.config) {
+    // The same checks as `spoke check`, printed once, plainly, in the same form: they are
+    // for the operator at the terminal (or the pod's last termination message).
+    let cfg = match spoke::check::proxy_file(&args.config, args.unsafe_admin) {
         Ok(c) => c,
-        Err(errs) => {
-            for e in &errs.0 {
-                tracing::error!(file = %args.config.display(), "{e}");
-                eprintln!("{}: {e}", args.config.display());
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
             }
             return ExitCode::from(2);
         }
@@ -249,7 +277,6 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             for line in e.to_string().lines() {
-                tracing::error!("{line}");
                 eprintln!("{}: {line}", args.config.display());
             }
             return ExitCode::from(e.exit_code() as u8);

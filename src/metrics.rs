@@ -3,11 +3,46 @@
 //!
 //! Label values come only from small closed sets (cluster and listener names from config,
 //! error kinds from `kind()` functions); peer identities and addresses go to logs instead.
+//!
+//! A metric exists only when its subject does: the certificate expiry gauge appears with the
+//! first certificate, the control gauge only on a proxy with `control:`. Counters alerts
+//! divide or `rate()` over (retries, TLS failures, denials, config updates) are created at 0
+//! for every label set the config makes known (`init_for`), so a query has a series before
+//! the first event.
+
+use std::sync::Once;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+
+use crate::config::{Config, ListenerTarget};
+
+/// `spoke_retries_total` reasons (see `proxy::http::retry::Failure::reason`).
+pub const RETRY_REASONS: &[&str] = &[
+    "status",
+    "grpc",
+    "connect_failure",
+    "refused_stream",
+    "reset",
+    "per_try_timeout",
+    "budget_exhausted",
+];
+
+/// The `spoke_tls_handshake_errors_total` reasons created at 0: the ones an alert is likely
+/// to watch (the full list is in `tls::handshake_reason` and the docs).
+pub const TLS_REASONS: &[&str] = &[
+    "no_client_cert",
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "bad_identity",
+    "foreign_trust_domain",
+    "wrong_identity",
+    "plaintext",
+    "handshake_timeout",
+];
 
 /// All of Spoke's metrics and the registry that exports them.
 pub struct Metrics {
@@ -23,6 +58,13 @@ pub struct Metrics {
     pub upstream_connect_errors: IntCounterVec,
     /// `{listener}`: connections closed at accept because the listener was full.
     pub listener_overflow: IntCounterVec,
+    /// `{listener, direction}`: connections accepted by each listener, whatever its protocol.
+    pub listener_connections_opened: IntCounterVec,
+    /// `{listener, direction}`
+    pub listener_connections_active: IntGaugeVec,
+    /// `{listener, direction, flow}`: bytes of every connection of a listener (after TLS);
+    /// flow rx from the downstream client, tx to it.
+    pub listener_bytes: IntCounterVec,
     /// `{version}` = 1 for the config version being served.
     pub config_version: IntGaugeVec,
     /// `{result}` applied | rejected.
@@ -46,9 +88,9 @@ pub struct Metrics {
     pub cert_expiry: IntGauge,
     /// `{result}` applied | rejected: certificate file reloads.
     pub cert_reloads: IntCounterVec,
-    /// `{direction, cluster, code}`
+    /// `{direction, cluster, code, listener}`
     pub requests: IntCounterVec,
-    /// `{direction, cluster}`
+    /// `{direction, cluster, listener}`
     pub request_duration: HistogramVec,
     /// `{cluster, reason}`
     pub retries: IntCounterVec,
@@ -61,6 +103,8 @@ pub struct Metrics {
     /// Spans lost: the export queue was full, or the collector failed or was too slow.
     pub trace_spans_dropped: prometheus::IntCounter,
     registered_trace: std::sync::Once,
+    registered_cert: Once,
+    registered_control: Once,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -100,25 +144,24 @@ impl Metrics {
             &r,
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         );
+        // Registered only once their subject exists (`show_control`, `set_cert_expiry`).
         let control_connected = IntGauge::new(
             "spoke_control_connected",
             "1 while the control stream is connected",
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
-        register(&r, Box::new(control_connected.clone()));
         let cert_expiry = IntGauge::new(
             "spoke_cert_expiry_timestamp_seconds",
             "unix time when the workload certificate expires",
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
-        register(&r, Box::new(cert_expiry.clone()));
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "spoke_request_duration_seconds",
                 "HTTP request duration as seen by the proxy",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
-            &["direction", "cluster"],
+            &["direction", "cluster", "listener"],
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         register(&r, Box::new(request_duration.clone()));
@@ -152,6 +195,24 @@ impl Metrics {
                 "spoke_listener_overflow_total",
                 "connections refused because the listener was at max_connections",
                 &["listener"],
+            ),
+            listener_connections_opened: counter(
+                &r,
+                "spoke_listener_connections_opened_total",
+                "connections accepted by each listener, whatever its protocol",
+                &["listener", "direction"],
+            ),
+            listener_connections_active: gauge(
+                &r,
+                "spoke_listener_connections_active",
+                "connections open now on each listener",
+                &["listener", "direction"],
+            ),
+            listener_bytes: counter(
+                &r,
+                "spoke_listener_bytes_total",
+                "bytes on each listener's connections; flow rx = from the downstream client, tx = to it",
+                &["listener", "direction", "flow"],
             ),
             config_version: gauge(
                 &r,
@@ -219,7 +280,7 @@ impl Metrics {
                 &r,
                 "spoke_requests_total",
                 "HTTP requests by response code",
-                &["direction", "cluster", "code"],
+                &["direction", "cluster", "code", "listener"],
             ),
             request_duration,
             retries: counter(
@@ -251,6 +312,8 @@ impl Metrics {
             )
             .unwrap_or_else(|e| unreachable!("{e}")),
             registered_trace: std::sync::Once::new(),
+            registered_cert: Once::new(),
+            registered_control: Once::new(),
             registry: r,
         }
     }
@@ -261,6 +324,64 @@ impl Metrics {
             register(&self.registry, Box::new(self.trace_spans_exported.clone()));
             register(&self.registry, Box::new(self.trace_spans_dropped.clone()));
         });
+    }
+
+    /// Sets the certificate expiry gauge, exporting it from the first certificate on.
+    pub fn set_cert_expiry(&self, unix: i64) {
+        self.registered_cert
+            .call_once(|| register(&self.registry, Box::new(self.cert_expiry.clone())));
+        self.cert_expiry.set(unix);
+    }
+
+    /// Exports `spoke_control_connected` (at 0 until the stream connects): only a proxy
+    /// with `control:` has one.
+    pub fn show_control(&self) {
+        self.registered_control
+            .call_once(|| register(&self.registry, Box::new(self.control_connected.clone())));
+    }
+
+    /// Creates at 0 the counters a config makes known, so `rate()` and alerts have a series
+    /// before the first event: retries per cluster and reason, denials per inbound port,
+    /// TLS handshake failures when the proxy has (or will get) a certificate.
+    pub fn init_for(&self, cfg: &Config) {
+        for result in ["applied", "rejected"] {
+            self.config_updates.with_label_values(&[result]);
+        }
+        for c in &cfg.clusters {
+            for reason in RETRY_REASONS {
+                self.retries.with_label_values(&[c.name.as_str(), reason]);
+            }
+        }
+        let mut ports: Vec<u16> = cfg.inbound.iter().map(|p| p.port).collect();
+        ports.extend(cfg.listeners.iter().filter_map(|l| match l.target {
+            ListenerTarget::Forward(app) => Some(app.port()),
+            _ => None,
+        }));
+        for port in ports {
+            self.authz_denied.with_label_values(&[&port.to_string()]);
+            self.authz_revoked.with_label_values(&[&port.to_string()]);
+        }
+        if cfg.tls.is_some() || cfg.control.is_some() {
+            let inbound = cfg
+                .listeners
+                .iter()
+                .any(|l| l.direction() == crate::config::Direction::Inbound);
+            for reason in TLS_REASONS {
+                if inbound {
+                    self.tls_handshake_errors
+                        .with_label_values(&["inbound", reason]);
+                }
+                if cfg.clusters.iter().any(|c| c.tls.is_some()) {
+                    self.tls_handshake_errors
+                        .with_label_values(&["outbound", reason]);
+                }
+            }
+        }
+        if cfg.tls.is_some() {
+            for result in ["applied", "rejected"] {
+                self.cert_reloads.with_label_values(&[result]);
+            }
+        }
     }
 
     /// Marks `version` as the one being served (an info metric: one series set to 1).

@@ -4,6 +4,7 @@
 pub mod authorize;
 pub mod connect;
 pub mod copy;
+pub mod counted;
 pub mod detect;
 pub mod error;
 pub mod health;
@@ -43,6 +44,19 @@ pub struct Shared {
     pub tracer: crate::trace::Tracer,
     /// Ticks after every `store`, so open connections re-check their authorization.
     changes: tokio::sync::watch::Sender<()>,
+    /// The last config update from the control plane (`/server_info`, `spoke diagnose`).
+    pub last_update: std::sync::Mutex<Option<LastUpdate>>,
+}
+
+/// What became of the last pushed config.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastUpdate {
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+    pub version: String,
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 /// One inbound authorization decision.
@@ -59,6 +73,7 @@ impl Shared {
         let registry = crate::balance::Registry::default();
         snapshot.adopt(&registry);
         let tracer = crate::trace::Tracer::new(&snapshot.config, metrics.clone());
+        metrics.init_for(&snapshot.config);
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -69,6 +84,7 @@ impl Shared {
             observer: None,
             tracer,
             changes: tokio::sync::watch::Sender::new(()),
+            last_update: std::sync::Mutex::new(None),
         }
     }
 
@@ -78,8 +94,23 @@ impl Shared {
         snapshot.adopt(&self.registry);
         self.metrics.set_config_version(&snapshot.version);
         self.tracer.configure(&snapshot.config);
+        self.metrics.init_for(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
         self.changes.send_replace(());
+    }
+
+    /// Records what became of a pushed config.
+    pub fn record_update(&self, result: &'static str, version: &str, error: Option<String>) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        *self.last_update.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastUpdate {
+            result,
+            version: version.to_string(),
+            error,
+            at,
+        });
     }
 
     /// Ticks after each snapshot stored from now on. Subscribe before loading the snapshot

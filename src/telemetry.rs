@@ -1,5 +1,10 @@
 //! Logging setup: `tracing` with a plain or JSON formatter and a filter that the admin
 //! server's `POST /logging` can change while the proxy runs.
+//!
+//! Colour only when stderr is a terminal and `NO_COLOR` is unset or empty, so files, pipes
+//! and log collectors never get escape codes. Access events (`target: "access"`) are
+//! switched by the config's `access_log`, not by the level: the filter lets them through
+//! unless it names `access` itself.
 
 use std::sync::Arc;
 
@@ -33,18 +38,42 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether to colour output written to stderr: a terminal, and no `NO_COLOR`.
+pub fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
+/// The filter for `spec`, with access events let through unless `spec` names them.
+fn access_filter(spec: &str) -> Result<EnvFilter, String> {
+    let full = if spec.contains("access") {
+        spec.to_string()
+    } else if spec.trim().is_empty() {
+        "access=info".to_string()
+    } else {
+        format!("{spec},access=info")
+    };
+    EnvFilter::try_new(&full).map_err(|e| format!("log level {spec:?}: {e}"))
+}
+
 /// Installs the global subscriber. `level` wins over `RUST_LOG`; with neither, `info`.
 pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String> {
     let initial = match level {
         Some(l) => l.to_string(),
         None => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
     };
-    let filter = EnvFilter::try_new(&initial).map_err(|e| format!("log level {initial:?}: {e}"))?;
+    let filter = access_filter(&initial)?;
     let (filter, handle) = reload::Layer::new(filter);
     let registry = Registry::default().with(filter);
     let result = match format {
         LogFormat::Plain => registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(true))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(true)
+                    .with_ansi(use_colour()),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -52,6 +81,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
+                    .with_ansi(false)
                     .with_writer(std::io::stderr),
             )
             .try_init(),
@@ -59,7 +89,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
     result.map_err(|e| e.to_string())?;
     Ok(LogHandle {
         set: Arc::new(move |f: &str| {
-            let new = EnvFilter::try_new(f).map_err(|e| format!("{f:?}: {e}"))?;
+            let new = access_filter(f)?;
             handle.reload(new).map_err(|e| e.to_string())
         }),
     })

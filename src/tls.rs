@@ -66,6 +66,8 @@ pub struct Material {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub roots: Arc<RootCertStore>,
+    /// The trust bundle as read, for `/certs`.
+    pub roots_der: Vec<CertificateDer<'static>>,
     pub identity: Identity,
     /// Unix seconds.
     pub not_before: i64,
@@ -96,8 +98,10 @@ pub fn load_material(
     };
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem("key"))?;
     let mut roots = RootCertStore::empty();
+    let mut roots_der = Vec::new();
     for r in CertificateDer::pem_slice_iter(roots_pem) {
         let r = r.map_err(pem("roots"))?;
+        roots_der.push(r.clone());
         roots.add(r).map_err(|e| TlsError::Pem {
             what: "roots",
             reason: e.to_string(),
@@ -146,6 +150,7 @@ pub fn load_material(
         chain,
         key,
         roots: Arc::new(roots),
+        roots_der,
         identity,
         not_before,
         not_after,
@@ -172,6 +177,9 @@ pub struct TlsConfigs {
     pub client_h1: Arc<ClientConfig>,
     pub identity: Identity,
     pub not_after: i64,
+    /// The chain (leaf first) and trust bundle these configs use, for `/certs`.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub roots: Vec<CertificateDer<'static>>,
 }
 
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -226,6 +234,8 @@ pub fn build_configs(m: &Material, min: TlsVersion) -> Result<TlsConfigs, TlsErr
         client: Arc::new(client),
         identity: m.identity.clone(),
         not_after: m.not_after,
+        chain: m.chain.clone(),
+        roots: m.roots_der.clone(),
     })
 }
 

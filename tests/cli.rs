@@ -70,8 +70,13 @@ fn check_reports_every_error_and_exits_2() {
     let unknown = write_tmp("unknown.yaml", "listeners: []\nlisterners: []\n");
     let (code, _, err) = run(&["check", syntax.to_str().unwrap(), unknown.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("line 1"), "{err}");
-    assert!(err.contains("unknown field `listerners`"), "{err}");
+    assert!(err.contains("syntax.yaml:1:14: syntax:"), "{err}");
+    assert!(
+        err.contains(
+            "unknown.yaml:2:1: listerners: unknown field `listerners`; did you mean `listeners`?"
+        ),
+        "{err}"
+    );
 
     let (code, _, err) = run(&["check", "/nonexistent/spoke.yaml"]);
     assert_eq!(code, 2);
@@ -123,7 +128,7 @@ fn sigterm_drains_a_live_connection_then_exits_0() {
     let cfg = write_tmp(
         "drain.yaml",
         &format!(
-            "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\ndrain_timeout: 10s\n\
+            "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\ndrain_timeout: 10s\naccess_log: true\n\
              listeners: [ {{ name: l, address: 127.0.0.1:{lp}, protocol: tcp, cluster: c }} ]\n\
              clusters: [ {{ name: c, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
         ),
@@ -267,6 +272,19 @@ fn demo_runs_and_stops_by_itself() {
         "{text}"
     );
     assert!(text.contains("/metrics"), "{text}");
+    // The broken catalog replica is ejected and its errors stop.
+    assert!(text.contains("next 40 requests:  0 errors"), "{text}");
+    assert!(text.contains("ejected for"), "{text}");
+    // A newcomer's first screen warns only about what it shows (the intruder, the broken
+    // replica's ejection): no NACK of a placeholder mesh pushed before the real one.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("WARN") && !l.contains("authz: request denied"))
+        .filter(|l| !(l.contains("outlier: endpoint ejected") && l.contains("cluster=catalog")))
+        .collect();
+    assert!(warnings.is_empty(), "{err}");
+    assert!(!err.contains("NACK") && !err.contains("rejected"), "{err}");
 }
 
 #[test]
@@ -419,7 +437,7 @@ fn mtls_between_processes_logs_the_peer_identity() {
         "mtls-server.yaml",
         &format!(
             "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{in_stats} }}\n{}\
-             listeners: [ {{ name: in, address: 127.0.0.1:{in_port}, direction: inbound, forward: \"{app}\" }} ]\n\
+             listeners: [ {{ name: in, address: 127.0.0.1:{in_port}, direction: inbound, forward: \"{app}\", access_log: true }} ]\n\
              inbound: [ {{ port: {}, tls: strict, allow: [ \"{web_id}\" ] }} ]\n",
             tls("backend"),
             app.port()
@@ -428,7 +446,7 @@ fn mtls_between_processes_logs_the_peer_identity() {
     let client_cfg = write_tmp(
         "mtls-client.yaml",
         &format!(
-            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{out_stats} }}\n{}\
+            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{out_stats} }}\naccess_log: true\n{}\
              listeners: [ {{ name: out, address: 127.0.0.1:{out_port}, protocol: tcp, cluster: backend }} ]\n\
              clusters: [ {{ name: backend, tls: {{ identity: \"{backend_id}\" }}, endpoints: [ {{ address: \"127.0.0.1:{in_port}\" }} ] }} ]\n",
             tls("web")

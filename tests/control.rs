@@ -276,7 +276,7 @@ async fn config_swaps_under_load_lose_nothing() {
     let (v2, seen2) = start_app("v2").await;
     // The backend sidecar: two inbound listeners (v1, v2), policy from the mesh.
     let roots = m.ca.join("root.pem");
-    m.write("clusters: []\n");
+    // No mesh file yet: the control plane holds both streams until the real one is written.
     let control = in_process_control(&m).await;
     let control_block = |token: &Path| {
         format!(
@@ -386,10 +386,15 @@ async fn config_swaps_under_load_lose_nothing() {
         metric(&wm, "spoke_config_updates_total", &["result=\"applied\""]).unwrap() >= 20.0,
         "{wm}"
     );
-    // At most the first, empty mesh (no `backend` for the web listener, if the sidecar
-    // connected before the real one was written) was NACKed.
+    // No push was ever refused: the control plane sent nothing before its first load.
     let rejected = metric(&wm, "spoke_config_updates_total", &["result=\"rejected\""]);
-    assert!(rejected.unwrap_or(0.0) <= 1.0, "{wm}");
+    assert_eq!(rejected.unwrap_or(0.0), 0.0, "{wm}");
+    let cm = control.state.metrics.render();
+    assert_eq!(
+        metric(&cm, "spoke_control_nacks_total", &[]),
+        Some(0.0),
+        "{cm}"
+    );
 }
 
 /// Protocol faults on the stream: a wrong type_url is refused, a stale nonce is ignored, a
@@ -568,4 +573,41 @@ async fn removed_endpoint_keeps_its_open_connections() {
     assert_eq!(&buf, b"two");
     // ...while a new one goes to its replacement.
     assert_eq!(within(roundtrip(out, b"")).await.unwrap(), b"b");
+}
+
+/// A control plane started on a directory without mesh files serves no stream until the
+/// first file arrives: `/ready` is 503, `/status` has no version, and a connected sidecar
+/// gets version 1 (the real config) as its first push, so it never NACKs a placeholder.
+#[test]
+fn streams_wait_for_the_first_mesh_file() {
+    let m = Mesh::new();
+    let (cp, cs, lp, ps) = (free_port(), free_port(), free_port(), free_port());
+    let _control = m.control(cp, cs);
+    wait_for("control /status", Duration::from_secs(10), || {
+        get(cs, "/status").is_some()
+    });
+    assert_eq!(get(cs, "/ready").unwrap().0, 503);
+    assert!(status(cs)["version"].is_null(), "{}", status(cs));
+    let _proxy = m.proxy(cp, lp, ps);
+    wait_for("sidecar connected", Duration::from_secs(10), || {
+        status(cs)["sidecars"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(ps, "/ready").unwrap().0, 503, "no config yet");
+    assert!(status(cs)["sidecars"][0]["sent_version"].is_null());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(async { echo().await });
+    m.write(&backend_at(backend));
+    wait_for("sidecar ready", Duration::from_secs(10), || {
+        get(ps, "/ready").is_some_and(|r| r.0 == 200)
+    });
+    assert_eq!(get(cs, "/ready").unwrap().0, 200);
+    assert_eq!(acked(cs, WEB), "1");
+    let (_, metrics) = get(ps, "/metrics").unwrap();
+    assert_eq!(
+        metric(&metrics, "spoke_config_updates_total", &["rejected"]).unwrap_or(0.0),
+        0.0
+    );
 }

@@ -568,6 +568,13 @@ async fn real_grpc_through_the_proxy() {
 /// curl, HTTP/1.1 and HTTP/2 with prior knowledge, through the proxy.
 #[tokio::test]
 async fn curl_http1_and_http2() {
+    if !need(
+        "curl_http1_and_http2",
+        "curl (apt-get install curl; make test installs it as root)",
+        have("curl"),
+    ) {
+        return;
+    }
     let (app, _) = start_app("app").await;
     let p = edge("app", &[("app", app)], "").await;
     let url = format!("http://{}/echo", p.listener("web").unwrap());

@@ -186,11 +186,13 @@ async fn kubernetes_symlink_swap_is_seen() {
 /// connections keep opening: no stream breaks, no connection fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_iperf3_loses_no_connection() {
-    let have_iperf = Command::new("iperf3").arg("--version").output().is_ok();
-    assert!(
-        have_iperf,
-        "iperf3 is needed (apt-get install iperf3; .ci/run installs it)"
-    );
+    if !need(
+        "rotation_under_iperf3_loses_no_connection",
+        "iperf3 (apt-get install iperf3; make test installs it as root)",
+        have("iperf3"),
+    ) {
+        return;
+    }
     let pki = Pki::new(TD);
     let backend = pki.issue("backend", BACKEND);
     let web = pki.issue("web", WEB);
@@ -275,10 +277,11 @@ async fn rotation_under_iperf3_loses_no_connection() {
             None,
             "{m}"
         );
-        assert_eq!(
-            metric(&m, "spoke_tls_handshake_errors_total", &[]),
-            None,
-            "{m}"
-        );
+        // Created at 0 for every known reason; none may have moved.
+        let failed: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("spoke_tls_handshake_errors_total{") && !l.ends_with(" 0"))
+            .collect();
+        assert!(failed.is_empty(), "{m}");
     }
 }

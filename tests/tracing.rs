@@ -374,7 +374,8 @@ async fn a_dead_collector_changes_no_status_or_latency() {
 }
 
 /// The Python receiver needs PyPI's `opentelemetry-proto` and `grpcio` (`.ci/run` installs
-/// them). Missing under CI=true fails the test; elsewhere it is skipped with the reason.
+/// them). Missing under CI=true or SPOKE_REQUIRE_ALL=1 fails the test; elsewhere it is
+/// skipped with the reason.
 fn python_receiver() -> Option<std::process::Child> {
     use std::process::{Command, Stdio};
     let probe = Command::new("python3")
@@ -383,13 +384,17 @@ fn python_receiver() -> Option<std::process::Child> {
             "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
         ])
         .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = "python3 with the PyPI packages opentelemetry-proto and grpcio is needed \
-                   (pip install opentelemetry-proto grpcio; .ci/run installs them)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{why}");
-        }
-        eprintln!("skipped: {why}");
+    let found = probe.as_ref().is_ok_and(|o| o.status.success());
+    let what = "python3 with the PyPI packages opentelemetry-proto and grpcio \
+                (pip install opentelemetry-proto grpcio; .ci/run installs them)";
+    if !found && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("python_opentelemetry_receiver_decodes_the_export: needs {what} (CI=true)");
+    }
+    if !support::need(
+        "python_opentelemetry_receiver_decodes_the_export",
+        what,
+        found,
+    ) {
         return None;
     }
     Some(
@@ -470,7 +475,8 @@ async fn the_access_event_carries_trace_and_span_ids() {
         .finish();
     let _ = tracing::subscriber::set_global_default(subscriber);
     let (collector, spans) = grpc_receiver().await;
-    let t = Traced::start(app().await, &tracing("1.0", collector, "grpc")).await;
+    let on = format!("{}\naccess_log: true", tracing("1.0", collector, "grpc"));
+    let t = Traced::start(app().await, &on).await;
     assert_eq!(t.get("/logged", &[]).await.status, 200);
     let spans = spans.wait(2).await;
     let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).to_string();

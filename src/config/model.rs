@@ -48,6 +48,8 @@ pub struct Config {
     pub default_policy: DefaultPolicy,
     pub workloads: Vec<Workload>,
     pub tracing: Option<Tracing>,
+    /// The top-level default for listeners' access events.
+    pub access_log: bool,
     #[serde(skip)]
     pub raw: super::raw::File,
 }
@@ -104,6 +106,8 @@ pub struct Listener {
     pub upgrades: Vec<String>,
     /// Overrides `tracing.sampling` for this listener's requests.
     pub trace_sampling: Option<f64>,
+    /// One `access` event per request or connection.
+    pub access_log: bool,
 }
 
 /// Where a listener's connections go.

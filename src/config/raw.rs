@@ -40,6 +40,10 @@ pub struct File {
     /// Mesh config only: per-identity settings the control plane hands to each sidecar.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<Workload>,
+    /// One `access` event per request or connection, for every listener that does not say
+    /// otherwise. Default false. Independent of the log level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
     /// Distributed tracing: sampling and the OTLP collector spans go to. Off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
@@ -154,6 +158,9 @@ pub struct Listener {
     /// never tunnelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrades: Option<Vec<String>>,
+    /// This listener's access events; default: the top-level `access_log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
     /// Overrides the top-level `tracing.sampling` for requests this listener accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<ListenerTracing>,

@@ -182,7 +182,8 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
         }
     };
 
-    let listeners = listeners(&mut e, &f.listeners, &check_ref);
+    let access_log = f.access_log.unwrap_or(false);
+    let listeners = listeners(&mut e, &f.listeners, access_log, &check_ref);
 
     let mut vips = HashSet::new();
     let services = f
@@ -244,6 +245,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
             default_policy: f.default_policy.unwrap_or_default(),
             workloads,
             tracing,
+            access_log,
             raw: f.clone(),
         }),
         _ => Err(e.0),
@@ -253,6 +255,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
 fn listeners(
     e: &mut Errors,
     raw: &[raw::Listener],
+    access_log: bool,
     check_ref: &dyn Fn(&mut Errors, String, &str),
 ) -> Vec<Listener> {
     let mut names = HashSet::new();
@@ -345,6 +348,7 @@ fn listeners(
                 upgrades: super::routes::upgrades(e, &format!("{p}.upgrades"), &l.upgrades)
                     .unwrap_or_else(|| vec!["websocket".to_string()]),
                 trace_sampling: super::trace::listener(e, &p, &l.tracing),
+                access_log: l.access_log.unwrap_or(access_log),
             });
         }
     }

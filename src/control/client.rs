@@ -209,6 +209,8 @@ impl Client {
             let reply = match self.build(&resp) {
                 Ok(snapshot) => {
                     tracing::info!(version = %resp.version_info, "config applied");
+                    self.shared
+                        .record_update("applied", &resp.version_info, None);
                     self.shared.store(snapshot);
                     metrics.config_updates.with_label_values(&["applied"]).inc();
                     *last_good = resp.version_info.clone();
@@ -226,6 +228,8 @@ impl Client {
                 }
                 Err(e) => {
                     tracing::warn!(version = %resp.version_info, error = %e, "config rejected (NACK); keeping the last good one");
+                    self.shared
+                        .record_update("rejected", &resp.version_info, Some(e.clone()));
                     metrics
                         .config_updates
                         .with_label_values(&["rejected"])

@@ -2,12 +2,14 @@
 //! `raw::File` of clusters, routes, services, workloads and the default policy, validated
 //! with the same code as a proxy config; and the per-workload view a sidecar receives.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use crate::config::{self, raw, ConfigError, Identity};
+use crate::config::{self, raw, ConfigError, Diagnostic, Identity, Located, Positions};
 
-/// Reads and merges `dir/*.yaml` (in name order). Every problem is reported with its file.
-pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<String>> {
+/// The mesh config files of `dir`: every `*.yaml`/`*.yml` that is not a dotfile (editors and
+/// atomic writers keep their temporary files as dotfiles), in name order.
+pub fn files(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
     let mut names: Vec<_> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
@@ -19,40 +21,113 @@ pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<String>> {
                         .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             })
             .collect(),
-        Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
     names.sort();
+    Ok(names)
+}
+
+/// Where each entry of the merged lists came from, to place errors found on the merge.
+#[derive(Default)]
+struct Origins {
+    /// (file name, where its paths are)
+    files: Vec<(String, Positions)>,
+    /// list name -> for each merged entry, (file index, index in that file)
+    lists: HashMap<&'static str, Vec<(usize, usize)>>,
+    default_policy: Option<usize>,
+    tracing: Option<usize>,
+}
+
+impl Origins {
+    fn add(&mut self, list: &'static str, file: usize, n: usize) {
+        self.lists
+            .entry(list)
+            .or_default()
+            .extend((0..n).map(|i| (file, i)));
+    }
+
+    /// `clusters[3].name` of the merge is `clusters[1].name` of the second file.
+    fn place(&self, dir: &Path, e: ConfigError) -> Diagnostic {
+        for (list, from) in &self.lists {
+            let Some(rest) = e.path.strip_prefix(list).and_then(|r| r.strip_prefix('[')) else {
+                continue;
+            };
+            let Some((n, rest)) = rest.split_once(']') else {
+                continue;
+            };
+            if let Some(&(file, i)) = n.parse::<usize>().ok().and_then(|n| from.get(n)) {
+                let (name, pos) = &self.files[file];
+                let path = format!("{list}[{i}]{rest}");
+                return Diagnostic::new(name, pos.locate(ConfigError { path, ..e }));
+            }
+        }
+        if let (Some(file), true) = (self.tracing, e.path.starts_with("tracing")) {
+            let (name, pos) = &self.files[file];
+            return Diagnostic::new(name, pos.locate(e));
+        }
+        match self.default_policy.or(self.files.len().checked_sub(1)) {
+            Some(file) if e.path.starts_with("default_policy") || self.files.len() == 1 => {
+                let (name, pos) = &self.files[file];
+                Diagnostic::new(name, pos.locate(e))
+            }
+            _ => Diagnostic::new(
+                &dir.display().to_string(),
+                Located {
+                    line: 1,
+                    col: 1,
+                    error: e,
+                },
+            ),
+        }
+    }
+}
+
+/// Reads and merges `dir/*.yaml` (in name order), as `spoke control` serves it and
+/// `spoke check --mesh` checks it. Every problem is placed in its file:
+/// `FILE:LINE:COL: path: message`.
+pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<Diagnostic>> {
+    let names = files(dir).map_err(|e| vec![Diagnostic::whole(&dir.display().to_string(), e)])?;
     let mut merged = raw::File::default();
     let mut errors = Vec::new();
+    let mut origins = Origins::default();
     for p in &names {
+        let name = p.display().to_string();
         let text = match std::fs::read_to_string(p) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(format!("{}: {e}", p.display()));
+                errors.push(Diagnostic::whole(&name, format!("cannot read: {e}")));
                 continue;
             }
         };
-        match config::parse_yaml(&text) {
-            Ok(f) => {
+        match config::parse_located(&text) {
+            Ok((f, pos)) => {
                 for e in check_mesh_only(&f) {
-                    errors.push(format!("{}: {e}", p.display()));
+                    errors.push(Diagnostic::new(&name, pos.locate(e)));
                 }
+                let k = origins.files.len();
+                origins.add("clusters", k, f.clusters.len());
+                origins.add("routes", k, f.routes.len());
+                origins.add("services", k, f.services.len());
+                origins.add("workloads", k, f.workloads.len());
+                origins.files.push((name, pos));
                 merged.clusters.extend(f.clusters);
                 merged.routes.extend(f.routes);
                 merged.services.extend(f.services);
                 merged.workloads.extend(f.workloads);
                 if f.default_policy.is_some() {
                     merged.default_policy = f.default_policy;
+                    origins.default_policy = Some(k);
                 }
                 if f.tracing.is_some() {
                     merged.tracing = f.tracing;
+                    origins.tracing = Some(k);
                 }
             }
-            Err(e) => errors.push(format!("{}: {e}", p.display())),
+            Err(es) => errors.extend(es.into_iter().map(|l| Diagnostic::new(&name, l))),
         }
     }
     if let Err(errs) = config::validate(&merged) {
-        errors.extend(errs.iter().map(|e| e.to_string()));
+        errors.extend(errs.into_iter().map(|e| origins.place(dir, e)));
     }
     if errors.is_empty() {
         Ok(merged)
@@ -80,6 +155,7 @@ fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
     no("listeners", !f.listeners.is_empty());
     no("inbound", !f.inbound.is_empty());
     no("drain_timeout", f.drain_timeout.is_some());
+    no("access_log", f.access_log.is_some());
     out
 }
 
@@ -120,5 +196,6 @@ pub fn merge_local(local: &raw::File, remote: raw::File) -> raw::File {
         workloads: Vec::new(),
         // The mesh's tracing settings, else the sidecar's own.
         tracing: remote.tracing.or_else(|| local.tracing.clone()),
+        access_log: local.access_log,
     }
 }

@@ -26,10 +26,18 @@ use crate::ca::Ca;
 use crate::config::{raw, Identity};
 use crate::metrics::ControlMetrics;
 
-/// One valid mesh config, numbered.
+/// One valid mesh config, numbered from 1. Version 0 is "nothing loaded yet": a control
+/// plane started on a directory without mesh files holds every stream until the first
+/// complete load, so no sidecar is ever sent a placeholder it would have to refuse.
 pub struct Mesh {
     pub version: u64,
     pub raw: raw::File,
+}
+
+impl Mesh {
+    pub fn is_loaded(&self) -> bool {
+        self.version > 0
+    }
 }
 
 /// What `/status` shows for one connected sidecar.
@@ -67,13 +75,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl State {
-    pub fn new(initial: raw::File, ca: Ca, tokens: TokenKey, cert_ttl: Duration) -> Arc<Self> {
+    /// `initial` is `None` when the directory holds no mesh file yet: streams wait for one.
+    pub fn new(
+        initial: Option<raw::File>,
+        ca: Ca,
+        tokens: TokenKey,
+        cert_ttl: Duration,
+    ) -> Arc<Self> {
+        let version = u64::from(initial.is_some());
         let (tx, _) = watch::channel(Arc::new(Mesh {
-            version: 1,
-            raw: initial,
+            version,
+            raw: initial.unwrap_or_default(),
         }));
         let metrics = ControlMetrics::new();
-        metrics.mesh_version.set(1);
+        metrics.mesh_version.set(version as i64);
         Arc::new(State {
             mesh: tx,
             ca,
@@ -88,11 +103,14 @@ impl State {
 
     /// Re-reads the directory; a valid change becomes the next version and is pushed.
     pub fn reload(&self, dir: &std::path::Path) {
+        let current = self.mesh.borrow().clone();
+        if !current.is_loaded() && mesh::files(dir).is_ok_and(|f| f.is_empty()) {
+            return;
+        }
         match mesh::load_dir(dir) {
             Ok(raw) => {
                 *lock(&self.last_error) = None;
-                let current = self.mesh.borrow().clone();
-                if current.raw == raw {
+                if current.is_loaded() && current.raw == raw {
                     return;
                 }
                 let version = current.version + 1;
@@ -101,7 +119,11 @@ impl State {
                     .config_loads
                     .with_label_values(&["applied"])
                     .inc();
-                tracing::info!(version, "mesh config changed; pushing");
+                if version == 1 {
+                    tracing::info!(version, "mesh config loaded; serving");
+                } else {
+                    tracing::info!(version, "mesh config changed; pushing");
+                }
                 self.mesh.send_replace(Arc::new(Mesh { version, raw }));
             }
             Err(errors) => {
@@ -112,7 +134,7 @@ impl State {
                 for e in &errors {
                     tracing::warn!(error = %e, "mesh config refused; keeping the last good version");
                 }
-                *lock(&self.last_error) = Some(errors);
+                *lock(&self.last_error) = Some(errors.iter().map(|e| e.to_string()).collect());
             }
         }
     }
@@ -121,8 +143,9 @@ impl State {
     pub fn status_json(&self) -> String {
         let mut sidecars: Vec<SidecarStatus> = lock(&self.sidecars).values().cloned().collect();
         sidecars.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let mesh = self.mesh.borrow().clone();
         let doc = serde_json::json!({
-            "version": self.mesh.borrow().version.to_string(),
+            "version": mesh.is_loaded().then(|| mesh.version.to_string()),
             "config_error": *lock(&self.last_error),
             "sidecars": sidecars,
         });
@@ -229,8 +252,18 @@ async fn serve_stream(
         },
     );
     tracing::info!(node = %node_id, identity = ?identity.as_ref().map(|i| i.as_str()), "sidecar connected");
+    // Nothing is sent before the first complete load: a placeholder would only be refused.
+    let current = loop {
+        let current = mesh_rx.borrow_and_update().clone();
+        if current.is_loaded() {
+            break current;
+        }
+        tokio::select! {
+            changed = mesh_rx.changed() => if changed.is_err() { return Ok(()) },
+            msg = inbound.message() => if msg?.is_none() { return Ok(()) },
+        }
+    };
     // A new stream always gets the full current state.
-    let current = mesh_rx.borrow_and_update().clone();
     let mut nonce = send(state, id, &current, identity.as_ref(), &tx).await?;
     loop {
         tokio::select! {
@@ -313,13 +346,25 @@ impl Drop for Running {
     }
 }
 
-/// Loads the mesh config (it must be valid to start), binds, and serves.
+/// Loads the mesh config (it must be valid to start), binds, and serves. A directory with no
+/// mesh file yet is not an error: the control plane waits for one and holds every stream.
 pub async fn start(
     settings: Settings,
     listen: tokio::net::TcpListener,
     stats: tokio::net::TcpListener,
 ) -> Result<Running, Vec<String>> {
-    let initial = mesh::load_dir(&settings.config_dir)?;
+    let initial = if mesh::files(&settings.config_dir)
+        .map_err(|e| vec![e])?
+        .is_empty()
+    {
+        tracing::info!(dir = %settings.config_dir.display(), "no mesh config file yet; streams wait for the first one");
+        None
+    } else {
+        Some(
+            mesh::load_dir(&settings.config_dir)
+                .map_err(|e| e.iter().map(|d| d.to_string()).collect::<Vec<_>>())?,
+        )
+    };
     let td = settings.ca.trust_domain().to_string();
     // The serving certificate: the control plane's own identity, from its own CA.
     let server_id = Identity::parse(&super::control_identity(&td)).map_err(|e| vec![e])?;

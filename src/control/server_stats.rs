@@ -38,6 +38,11 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4",
             state.metrics.render(),
         ),
+        "/ready" if !state.mesh.borrow().is_loaded() => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "waiting for the first mesh config\n".into(),
+        ),
         "/ready" | "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         _ => reply(
             StatusCode::NOT_FOUND,

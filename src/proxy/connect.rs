@@ -191,13 +191,14 @@ pub async fn connect_cluster(
     }))
 }
 
-/// Counts and logs one failed connect try.
+/// Counts and logs (at debug: the request's own event says if it failed) one failed
+/// connect try.
 pub fn connect_failed(metrics: &Metrics, cluster: &str, e: &ProxyError, attempt: usize, of: usize) {
     metrics
         .upstream_connect_errors
         .with_label_values(&[cluster, e.kind().label()])
         .inc();
-    tracing::warn!(
+    tracing::debug!(
         cluster,
         attempt,
         of,

@@ -58,16 +58,28 @@ pub struct Copied {
     pub outcome: Outcome,
 }
 
-/// Counters the copy feeds, fetched once per connection.
+/// Counters the copy feeds, fetched once per connection: the cluster's
+/// (`spoke_tcp_bytes_total`) and the listener's (`spoke_listener_bytes_total`).
 pub struct Counters {
     pub rx: IntCounter,
     pub tx: IntCounter,
+    pub listener_rx: IntCounter,
+    pub listener_tx: IntCounter,
+}
+
+impl Counters {
+    /// Counts bytes from the client that went upstream outside the copy (a replayed prefix).
+    pub fn add_rx(&self, n: u64) {
+        self.rx.inc_by(n);
+        self.listener_rx.inc_by(n);
+    }
 }
 
 /// The bookkeeping of one direction: its counter and total, and the shared last-activity
 /// clock the idle timer reads.
 struct Flow<'a> {
     counter: &'a IntCounter,
+    listener: &'a IntCounter,
     total: &'a AtomicU64,
     last: &'a AtomicU64,
     start: Instant,
@@ -84,6 +96,7 @@ impl Flow<'_> {
 
     pub fn moved(&self, n: usize) {
         self.counter.inc_by(n as u64);
+        self.listener.inc_by(n as u64);
         self.total.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
@@ -109,16 +122,17 @@ impl Tracker {
 
     /// The bookkeeping for the downstream->upstream and upstream->downstream directions.
     pub fn flows<'a>(&'a self, counters: &'a Counters) -> (Flow<'a>, Flow<'a>) {
-        let flow = |counter, total, fail| Flow {
+        let flow = |counter, listener, total, fail| Flow {
             counter,
+            listener,
             total,
             last: &self.last,
             start: self.start,
             fail,
         };
         (
-            flow(&counters.rx, &self.rx, DOWN_TO_UP),
-            flow(&counters.tx, &self.tx, UP_TO_DOWN),
+            flow(&counters.rx, &counters.listener_rx, &self.rx, DOWN_TO_UP),
+            flow(&counters.tx, &counters.listener_tx, &self.tx, UP_TO_DOWN),
         )
     }
 

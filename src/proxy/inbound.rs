@@ -212,13 +212,13 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
     match dial(&addr, &to_app).await {
         Ok(d) => {
             let (mut stream, endpoint) = (d.io, d.endpoint);
-            let counters = counters(metrics, "inbound", cluster);
+            let counters = counters(ctx, "inbound", cluster);
             if !prefix.is_empty() {
                 if let Err(e) = stream.write_all(&prefix).await {
                     access.failed("upstream_error", &e);
                     return;
                 }
-                counters.rx.inc_by(prefix.len() as u64);
+                counters.add_rx(prefix.len() as u64);
             }
             let mut copied = splice(
                 down,

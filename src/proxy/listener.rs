@@ -19,8 +19,17 @@ use crate::config::{Listener, ListenerTarget, Protocol};
 use crate::drain;
 use crate::snapshot::ClusterState;
 
+/// A listener's own metrics, whatever its protocol, fetched once.
+pub struct ListenerCounters {
+    pub opened: prometheus::IntCounter,
+    pub active: prometheus::IntGauge,
+    pub rx: prometheus::IntCounter,
+    pub tx: prometheus::IntCounter,
+}
+
 /// A listener's fixed settings and shared state, handed to each of its connections.
 pub struct ListenerCtx {
+    pub counters: ListenerCounters,
     pub cfg: Listener,
     pub shared: Arc<Shared>,
     pub drain: drain::Watch,
@@ -38,7 +47,20 @@ impl ListenerCtx {
             ))),
             _ => None,
         };
+        let m = &shared.metrics;
+        let labels = [cfg.name.as_str(), cfg.direction_str()];
+        let flow = |f| {
+            m.listener_bytes
+                .with_label_values(&[labels[0], labels[1], f])
+        };
+        let counters = ListenerCounters {
+            opened: m.listener_connections_opened.with_label_values(&labels),
+            active: m.listener_connections_active.with_label_values(&labels),
+            rx: flow("rx"),
+            tx: flow("tx"),
+        };
         ListenerCtx {
+            counters,
             cfg,
             shared,
             drain,
@@ -85,8 +107,11 @@ pub async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>) {
         let _ = sock.set_nodelay(true);
         let ctx = ctx.clone();
         let guard = ctx.drain.guard();
+        ctx.counters.opened.inc();
+        ctx.counters.active.inc();
         tokio::spawn(async move {
             handle(&ctx, sock, peer).await;
+            ctx.counters.active.dec();
             drop(permit);
             drop(guard);
         });

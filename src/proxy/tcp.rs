@@ -41,10 +41,13 @@ impl Drop for ActiveGuard {
     }
 }
 
-pub fn counters(m: &Metrics, direction: &str, cluster: &str) -> Counters {
+pub fn counters(ctx: &ListenerCtx, direction: &str, cluster: &str) -> Counters {
+    let m = &ctx.shared.metrics;
     Counters {
         rx: m.tcp_bytes.with_label_values(&[direction, cluster, "rx"]),
         tx: m.tcp_bytes.with_label_values(&[direction, cluster, "tx"]),
+        listener_rx: ctx.counters.rx.clone(),
+        listener_tx: ctx.counters.tx.clone(),
     }
 }
 
@@ -58,33 +61,41 @@ pub struct Access<'a> {
 }
 
 impl Access<'_> {
+    /// The access event of a connection that was proxied (if the listener logs them).
     pub fn done(&self, endpoint: &str, upstream_id: Option<&Identity>, c: &Copied) {
+        if !self.ctx.cfg.access_log {
+            return;
+        }
         tracing::info!(
             target: "access",
             listener = %self.ctx.cfg.name,
             peer = %self.peer,
-            peer_id = self.peer_id.map(|i| i.as_str()).unwrap_or(""),
+            peer_id = self.peer_id.map(|i| i.as_str()),
             cluster = self.cluster,
             endpoint,
-            upstream_id = upstream_id.map(|i| i.as_str()).unwrap_or(""),
+            upstream_id = upstream_id.map(|i| i.as_str()),
             bytes_rx = c.rx,
             bytes_tx = c.tx,
-            duration_ms = self.start.elapsed().as_millis() as u64,
+            duration_us = self.start.elapsed().as_micros() as u64,
             outcome = c.outcome.as_str(),
             "tcp"
         );
     }
 
+    /// The access event of a connection that ended before any byte was proxied.
     pub fn failed(&self, outcome: &str, error: &dyn std::fmt::Display) {
+        if !self.ctx.cfg.access_log {
+            return;
+        }
         tracing::info!(
             target: "access",
             listener = %self.ctx.cfg.name,
             peer = %self.peer,
-            peer_id = self.peer_id.map(|i| i.as_str()).unwrap_or(""),
+            peer_id = self.peer_id.map(|i| i.as_str()),
             cluster = self.cluster,
             bytes_rx = 0u64,
             bytes_tx = 0u64,
-            duration_ms = self.start.elapsed().as_millis() as u64,
+            duration_us = self.start.elapsed().as_micros() as u64,
             outcome,
             error = %error,
             "tcp"
@@ -127,13 +138,13 @@ pub async fn outbound(
         .then(|| crate::balance::hash_ip(peer.ip()));
     match connect_cluster(state, key, metrics, ctx.shared.tls.as_deref()).await {
         Ok(mut up) => {
-            let counters = counters(metrics, "outbound", cluster);
+            let counters = counters(ctx, "outbound", cluster);
             if !prefix.is_empty() {
                 if let Err(e) = up.io.write_all(&prefix).await {
                     access.failed("upstream_error", &e);
                     return;
                 }
-                counters.rx.inc_by(prefix.len() as u64);
+                counters.add_rx(prefix.len() as u64);
             }
             let mut copied = splice(
                 Io::Plain(down),
@@ -146,6 +157,10 @@ pub async fn outbound(
             copied.rx += prefix.len() as u64;
             access.done(&up.endpoint.to_string(), up.peer_id.as_ref(), &copied);
         }
-        Err(e) => access.failed(e.kind().label(), &e),
+        Err(e) => {
+            // One event per failed connection; each try was a debug event.
+            tracing::warn!(listener = %ctx.cfg.name, cluster, kind = e.kind().label(), error = %e, "upstream connect failed");
+            access.failed(e.kind().label(), &e)
+        }
     }
 }

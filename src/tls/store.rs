@@ -38,7 +38,7 @@ impl CertStore {
     /// Loads the files once; start-up fails if they are not a valid set.
     pub fn from_files(files: &TlsFiles, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
         let (bytes, configs) = Self::read_and_build(files)?;
-        metrics.cert_expiry.set(configs.not_after);
+        metrics.set_cert_expiry(configs.not_after);
         Ok(CertStore {
             current: ArcSwapOption::from_pointee(configs),
             files: Some(files.clone()),
@@ -46,6 +46,11 @@ impl CertStore {
             source: std::sync::Mutex::new(bytes),
             metrics,
         })
+    }
+
+    /// Reads and checks the files as start-up does (`spoke check` runs this too).
+    pub fn check_files(files: &TlsFiles) -> Result<(), TlsError> {
+        Self::read_and_build(files).map(|_| ())
     }
 
     fn read_and_build(files: &TlsFiles) -> Result<(Vec<u8>, TlsConfigs), TlsError> {
@@ -82,7 +87,7 @@ impl CertStore {
 
     /// Swaps in configs built elsewhere (certificates from the control plane).
     pub fn store(&self, configs: TlsConfigs) {
-        self.metrics.cert_expiry.set(configs.not_after);
+        self.metrics.set_cert_expiry(configs.not_after);
         self.current.store(Some(Arc::new(configs)));
     }
 

@@ -11,6 +11,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::io::Write as _;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -141,6 +143,34 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .find(|l| labels.iter().all(|want| l.contains(want)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Whether a test's outside requirement (root, a tool) is met. When it is not, the test
+/// says that it is skipped and why, and returns early; with `SPOKE_REQUIRE_ALL=1` (CI, as
+/// root, with every tool installed) a missing requirement fails the test instead, so
+/// nothing is skipped silently where everything should run.
+pub fn need(test: &str, what: &str, met: bool) -> bool {
+    if met {
+        return true;
+    }
+    let msg = format!("{test}: skipped: needs {what}");
+    if std::env::var("SPOKE_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("{msg} (SPOKE_REQUIRE_ALL=1)");
+    }
+    // Straight to the stderr handle: the test harness captures `eprintln!` of passing
+    // tests, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "{msg}");
+    false
+}
+
+/// Whether `tool` can be run (`tool --version` starts).
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// A free port on 127.0.0.1 (bound and released; fine for tests that start processes).

@@ -65,6 +65,8 @@ pub struct Info {
     pub upstream_id: Option<Identity>,
     /// The request's span, when it is sampled.
     pub trace: Option<Box<crate::trace::Span>>,
+    /// Why the upstream part failed (the last try's error), for the one failure event.
+    pub error: Option<String>,
 }
 
 impl Info {
@@ -92,6 +94,7 @@ pub async fn handle(
         retries: 0,
         upstream_id: None,
         trace: None,
+        error: None,
     };
     info.trace = crate::trace::start(&conn, &mut parts.headers);
     let (resp, kind) = forward(&conn, &mut parts, incoming, &mut info).await;
@@ -100,13 +103,14 @@ pub async fn handle(
     let metrics = &conn.listener.shared.metrics;
     let code = resp.status();
     let elapsed = start.elapsed();
+    let listener = conn.listener.cfg.name.as_str();
     metrics
         .requests
-        .with_label_values(&[direction, cluster, code.as_str()])
+        .with_label_values(&[direction, cluster, code.as_str(), listener])
         .inc();
     metrics
         .request_duration
-        .with_label_values(&[direction, cluster])
+        .with_label_values(&[direction, cluster, listener])
         .observe(elapsed.as_secs_f64());
     if let Some(k) = kind {
         metrics
@@ -114,26 +118,43 @@ pub async fn handle(
             .with_label_values(&[cluster, k.label()])
             .inc();
     }
-    tracing::info!(
-        target: "access",
-        listener = %conn.listener.cfg.name,
-        direction,
-        peer = %conn.peer,
-        peer_id = conn.peer_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
-        method = %info.method,
-        authority = %info.authority,
-        path = info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
-        status = code.as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        cluster,
-        endpoint = info.endpoint.map(|e| e.to_string()).unwrap_or_default(),
-        upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
-        retries = info.retries,
-        error = kind.map(ErrorKind::label).unwrap_or(""),
-        trace_id = info.trace.as_ref().map(|s| tracing::field::display(s.trace_id())),
-        span_id = info.trace.as_ref().map(|s| tracing::field::display(s.span_id())),
-        "http"
-    );
+    // One event per failed request, whatever the log level of the access log: the tries
+    // before it are debug events.
+    if let Some(error) = &info.error {
+        tracing::warn!(
+            listener = %conn.listener.cfg.name,
+            cluster,
+            kind = kind.map(ErrorKind::label).unwrap_or("upstream"),
+            status = code.as_u16(),
+            tries = info.retries + 1,
+            endpoint = info.endpoint.map(tracing::field::display),
+            error = %error,
+            "request failed"
+        );
+    }
+    if conn.listener.cfg.access_log {
+        // Absent values are left out rather than logged empty.
+        tracing::info!(
+            target: "access",
+            listener = %conn.listener.cfg.name,
+            direction,
+            peer = %conn.peer,
+            peer_id = conn.peer_id.as_ref().map(|i| i.as_str()),
+            method = %info.method,
+            authority = (!info.authority.is_empty()).then_some(info.authority.as_str()),
+            path = info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
+            status = code.as_u16(),
+            duration_us = elapsed.as_micros() as u64,
+            cluster,
+            endpoint = info.endpoint.map(tracing::field::display),
+            upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()),
+            retries = info.retries,
+            error = kind.map(ErrorKind::label),
+            trace_id = info.trace.as_ref().map(|s| tracing::field::display(s.trace_id())),
+            span_id = info.trace.as_ref().map(|s| tracing::field::display(s.span_id())),
+            "http"
+        );
+    }
     crate::trace::finish(&conn, &mut info, code.as_u16(), kind.map(ErrorKind::label));
     Ok(resp)
 }
@@ -337,7 +358,11 @@ async fn forward(
         });
     let (mut resp, mut hold) = match result {
         Ok(r) => r,
-        Err((kind, detail)) => return fail(kind, &detail),
+        Err((kind, detail)) => {
+            let r = fail(kind, &detail);
+            info.error = Some(detail);
+            return r;
+        }
     };
     hold.request = Some(request_slot);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

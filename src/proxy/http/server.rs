@@ -27,6 +27,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = conn.listener.cfg.idle_timeout;
+    let counters = &conn.listener.counters;
+    let io = crate::proxy::counted::Counted::new(io, counters.rx.clone(), counters.tx.clone());
     if conn.h2 {
         let ctx = conn.clone();
         let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
@@ -124,21 +126,28 @@ fn refused(conn: &ConnCtx, v: &Verdict) -> http::Response<Body> {
     let direction = conn.listener.cfg.direction_str();
     let m = &conn.listener.shared.metrics;
     m.requests
-        .with_label_values(&[direction, "none", v.kind.status().as_str()])
+        .with_label_values(&[
+            direction,
+            "none",
+            v.kind.status().as_str(),
+            &conn.listener.cfg.name,
+        ])
         .inc();
     m.upstream_rq_errors
         .with_label_values(&["none", v.kind.label()])
         .inc();
-    tracing::info!(
-        target: "access",
-        listener = %conn.listener.cfg.name,
-        direction,
-        peer = %conn.peer,
-        status = v.status(),
-        error = v.kind.label(),
-        detail = v.detail,
-        "http request refused"
-    );
+    if conn.listener.cfg.access_log {
+        tracing::info!(
+            target: "access",
+            listener = %conn.listener.cfg.name,
+            direction,
+            peer = %conn.peer,
+            status = v.status(),
+            error = v.kind.label(),
+            detail = v.detail,
+            "http request refused"
+        );
+    }
     let mut r = forward::error_response(v.kind, v.detail);
     r.headers_mut().insert(
         http::header::CONNECTION,
