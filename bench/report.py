@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -1241,6 +1242,24 @@ def header(meta: dict) -> list[str]:
     ]
 
 
+def previous_sections(path: Path) -> dict[str, list[str]]:
+    """The sections of an existing RESULTS.md, by scenario (`bench/run.sh NAME` in the heading)."""
+    if not path.exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            m = re.search(r"`bench/run\.sh (\w+)`", line)
+            current = m.group(1) if m else None
+            if current:
+                out[current] = [line]
+                continue
+        if current:
+            out[current].append(line)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -1249,9 +1268,13 @@ def main() -> None:
 
     sections: list[str] = []
     newest: dict = {}
+    kept = previous_sections(args.results)
     for scenario in SCENARIO_ORDER:
         run_dir = args.out / f"latest-{scenario}"
         if not run_dir.exists():
+            # Not run on this machine: keep what the committed file says about it.
+            if scenario in kept:
+                sections += kept[scenario]
             continue
         meta = json.loads((run_dir / "meta.json").read_text())
         if meta.get("date", "") >= newest.get("date", ""):
