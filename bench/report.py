@@ -780,6 +780,23 @@ def http_section(records: list[dict], meta: dict) -> list[str]:
 # === authz ===
 
 
+def per_run_table(order: list[str], rows: dict[str, dict]) -> list[str]:
+    """Every wrk and h2load run of side-by-side pairs (the authz, tracing and lb scenarios)."""
+    out = ["### Per-run numbers", "", "| target | tool | run | req/s | requests | errors | proxy CPU s |",
+           "|---|---|--:|--:|--:|--:|--:|"]
+    for name in order:
+        row = rows[name]
+        for tool in ("wrk", "h2load"):
+            for r in row.get(tool, []):
+                res = r.get("result") if isinstance(r.get("result"), dict) else {}
+                err = (res.get("non2xx", 0) + res.get("socket_errors", 0) + res.get("failed", 0)
+                       + res.get("errored", 0) + res.get("timeout", 0))
+                out.append(f"| {row['label']} | {tool} | {r['run']} | {fmt(res.get('rps'), 0)} | "
+                           f"{res.get('requests', '—')} | {err} | {fmt(r.get('proxy_cpu_s'), 2)} |")
+    out.append("")
+    return out
+
+
 def authz_section(records: list[dict], meta: dict) -> list[str]:
     order, rows = http_rows(records)
     out = [
@@ -821,18 +838,7 @@ def authz_section(records: list[dict], meta: dict) -> list[str]:
             if a and b:
                 out.append(f"| {label} | (information) | {fmt(a, 3)} | {fmt(b, 3)} | {100 * (b / a - 1):+.1f}% | |")
         out.append("")
-    out += ["### Per-run numbers", "", "| target | tool | run | req/s | requests | errors | proxy CPU s |",
-            "|---|---|--:|--:|--:|--:|--:|"]
-    for name in order:
-        row = rows[name]
-        for tool in ("wrk", "h2load"):
-            for r in row.get(tool, []):
-                res = r.get("result") if isinstance(r.get("result"), dict) else {}
-                err = (res.get("non2xx", 0) + res.get("socket_errors", 0) + res.get("failed", 0)
-                       + res.get("errored", 0) + res.get("timeout", 0))
-                out.append(f"| {row['label']} | {tool} | {r['run']} | {fmt(res.get('rps'), 0)} | "
-                           f"{res.get('requests', '—')} | {err} | {fmt(r.get('proxy_cpu_s'), 2)} |")
-    out.append("")
+    out += per_run_table(order, rows)
     out += foreign_notes(records, meta)
     return out
 
@@ -891,18 +897,7 @@ def tracing_section(records: list[dict], meta: dict) -> list[str]:
     if isinstance(sink, dict):
         out += [f"The sink received {sink.get('exports', '?')} export requests "
                 f"({fmt((sink.get('bytes') or 0) / 1048576, 1)} MiB) in the whole run.", ""]
-    out += ["### Per-run numbers", "", "| target | tool | run | req/s | requests | errors | proxy CPU s |",
-            "|---|---|--:|--:|--:|--:|--:|"]
-    for name in order:
-        row = rows[name]
-        for tool in ("wrk", "h2load"):
-            for r in row.get(tool, []):
-                res = r.get("result") if isinstance(r.get("result"), dict) else {}
-                err = (res.get("non2xx", 0) + res.get("socket_errors", 0) + res.get("failed", 0)
-                       + res.get("errored", 0) + res.get("timeout", 0))
-                out.append(f"| {row['label']} | {tool} | {r['run']} | {fmt(res.get('rps'), 0)} | "
-                           f"{res.get('requests', '—')} | {err} | {fmt(r.get('proxy_cpu_s'), 2)} |")
-    out.append("")
+    out += per_run_table(order, rows)
     out += foreign_notes(records, meta)
     return out
 
