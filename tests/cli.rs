@@ -30,17 +30,6 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn wait_ready(port: u16) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Some((200, _)) = http_blocking(port, "GET", "/ready") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("proxy not ready on {port}");
-}
-
 #[test]
 fn check_reports_every_error_and_exits_2() {
     let bad = write_tmp(

@@ -7,23 +7,11 @@ mod support;
 
 use std::io::Read;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use support::pki::TempDir;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spoke");
-
-fn wait_ready(port: u16) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Some((200, _)) = http_blocking(port, "GET", "/ready") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("proxy not ready on {port}");
-}
 
 /// Runs a proxy from `yaml` with `args`, lets `drive` send traffic, stops it with SIGTERM
 /// and returns everything it wrote to stderr.

@@ -208,6 +208,18 @@ pub fn spawn_spoke(args: &[&str], pipe_stderr: bool) -> Proc {
     )
 }
 
+/// Waits (blocking, up to 10 s) until the proxy whose stats server is on `port` is ready.
+pub fn wait_ready(port: u16) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Some((200, _)) = http_blocking(port, "GET", "/ready") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("proxy not ready on {port}");
+}
+
 /// A blocking HTTP/1.1 request to 127.0.0.1:`port`; (status, body), `None` if it failed.
 pub fn http_blocking(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
