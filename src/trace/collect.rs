@@ -46,7 +46,8 @@ impl TraceService for Receiver {
     }
 }
 
-fn text(attrs: &[KeyValue], key: &str) -> Option<String> {
+/// An attribute's value as text (strings as they are, integers in decimal).
+pub fn text(attrs: &[KeyValue], key: &str) -> Option<String> {
     attrs
         .iter()
         .find(|a| a.key == key)

@@ -44,16 +44,7 @@ impl Rec {
     }
     /// An attribute as text (strings as they are, integers in decimal).
     pub fn attr(&self, key: &str) -> Option<String> {
-        self.span
-            .attributes
-            .iter()
-            .find(|a| a.key == key)
-            .and_then(|a| a.value.as_ref()?.value.as_ref())
-            .map(|v| match v {
-                Value::StringValue(s) => s.clone(),
-                Value::IntValue(i) => i.to_string(),
-                other => format!("{other:?}"),
-            })
+        spoke::trace::collect::text(&self.span.attributes, key)
     }
 }
 
