@@ -58,11 +58,15 @@ pub fn parse(piece: &Piece) -> Result<Value, String> {
     serde_saphyr::from_str::<Value>(&piece.text).map_err(|e| {
         let inner = e.without_snippet();
         let message = inner.to_string();
-        let message = message.lines().next().unwrap_or("invalid YAML").to_string();
+        let message = message.lines().next().unwrap_or("invalid YAML");
+        // The parser counts lines from the document's start; the stream's line is given
+        // in front instead.
+        let message = message.split(" at line ").next().unwrap_or(message);
         match e.location() {
             Some(at) if at.line() > 0 => format!(
-                "line {}: invalid YAML: {message}",
-                piece.first_line + at.line() as usize - 1
+                "line {}, column {}: invalid YAML: {message}",
+                piece.first_line + at.line() as usize - 1,
+                at.column()
             ),
             _ => format!("invalid YAML: {message}"),
         }
