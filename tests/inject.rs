@@ -407,3 +407,32 @@ fn reads_stdin_dash_or_a_file() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("image: reg.example/spoke:env"));
 }
+
+#[test]
+fn excluded_ports_come_from_the_pod_annotations() {
+    let arg_after = |spec: &Json, flag: &str| -> Option<String> {
+        let args = spec["initContainers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let i = args.iter().position(|a| a == flag)?;
+        Some(args[i + 1].as_str().unwrap().to_string())
+    };
+    let plain = docs(&ok(&[], WORKLOADS));
+    let spec = &template(by_kind(&plain, "Pod"))["spec"];
+    assert_eq!(
+        arg_after(spec, "--exclude-inbound-ports").as_deref(),
+        Some("15000,15020")
+    );
+    assert_eq!(arg_after(spec, "--exclude-outbound-ports"), None);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    spoke.dev/exclude-inbound-ports: \"9090, 9091\"\n    spoke.dev/exclude-outbound-ports: \"5432\"\nspec: { containers: [ { name: a, image: x } ] }\n";
+    let out = docs(&ok(&[], pod));
+    assert_eq!(
+        arg_after(&out[0]["spec"], "--exclude-inbound-ports").as_deref(),
+        Some("15000,15020,9090,9091")
+    );
+    assert_eq!(
+        arg_after(&out[0]["spec"], "--exclude-outbound-ports").as_deref(),
+        Some("5432")
+    );
+}

@@ -154,8 +154,9 @@ pub fn init_container(opts: &Options, annotations: Option<&Value>) -> Value {
         "--proxy-uid".into(),
         PROXY_UID.to_string(),
     ];
-    // Kubelet probes and Prometheus reach the stats port directly, never through capture.
-    let mut inbound = vec![STATS_PORT.to_string()];
+    // Kubelet probes and Prometheus reach the stats port directly, never through capture
+    // (and the admin port stays out too); always given, so a pod's own list adds to these.
+    let mut inbound = vec!["15000".to_string(), STATS_PORT.to_string()];
     let from = |key: &str| {
         annotations
             .and_then(|a| a.get(key))
