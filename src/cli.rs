@@ -234,6 +234,10 @@ pub struct ProxyArgs {
     /// Allow the admin server to bind a non-loopback address.
     #[arg(long, env = "SPOKE_UNSAFE_ADMIN")]
     pub unsafe_admin: bool,
+    /// The node id (instead of the file's `node.id`): one config file can serve many
+    /// pods, each named by its own (injected pods pass `$(SPOKE_POD_NAME).$(SPOKE_POD_NAMESPACE)`).
+    #[arg(long, env = "SPOKE_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -339,7 +339,7 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
     raise_fd_limit();
     // The same checks as `spoke check`, printed once, plainly, in the same form: they are
     // for the operator at the terminal (or the pod's last termination message).
-    let cfg = match spoke::check::proxy_file(&args.config, args.unsafe_admin) {
+    let mut cfg = match spoke::check::proxy_file(&args.config, args.unsafe_admin) {
         Ok(c) => c,
         Err(diags) => {
             for d in &diags {
@@ -348,6 +348,11 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(id) = args.node_id.filter(|id| !id.is_empty()) {
+        // The raw file too: it is what a control plane push is merged into.
+        cfg.raw.node.get_or_insert_with(Default::default).id = Some(id.clone());
+        cfg.node.id = id;
+    }
     let opts = app::Options {
         unsafe_admin: args.unsafe_admin,
         log: Some(log),

@@ -168,7 +168,13 @@ fn the_proxy_and_init_step_are_locked_down_as_specified() {
     let proxy = &spec["initContainers"][1];
     assert_eq!(
         proxy["args"],
-        serde_json::json!(["proxy", "--config", "/etc/spoke/proxy.yaml"])
+        serde_json::json!([
+            "proxy",
+            "--config",
+            "/etc/spoke/proxy.yaml",
+            "--node-id",
+            "$(SPOKE_POD_NAME).$(SPOKE_POD_NAMESPACE)"
+        ])
     );
     let psc = &proxy["securityContext"];
     assert_eq!(psc["runAsUser"], 1337);
@@ -435,4 +441,35 @@ fn excluded_ports_come_from_the_pod_annotations() {
         arg_after(&out[0]["spec"], "--exclude-outbound-ports").as_deref(),
         Some("5432")
     );
+}
+
+#[test]
+fn the_injected_node_id_flag_names_the_proxy() {
+    let dir = TempDir::new("node-id");
+    let (admin, stats) = (support::free_port(), support::free_port());
+    let cfg = dir.0.join("proxy.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node: {{ id: from-file }}\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\nstats: {{ address: \"127.0.0.1:{stats}\" }}\n\
+             listeners: [ {{ name: l, address: \"127.0.0.1:0\", protocol: tcp, cluster: c }} ]\n\
+             clusters: [ {{ name: c, endpoints: [ {{ address: \"127.0.0.1:9\" }} ] }} ]\n"
+        ),
+    )
+    .unwrap();
+    let _p = support::spawn_spoke(
+        &[
+            "proxy",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--node-id",
+            "web-0.demo",
+        ],
+        false,
+    );
+    support::wait_ready(stats);
+    let (code, body) = support::http_blocking(admin, "GET", "/server_info").unwrap();
+    assert_eq!(code, 200);
+    let info: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["node_id"], "web-0.demo", "{info}");
 }

@@ -76,7 +76,15 @@ pub fn proxy_container(opts: &Options) -> Value {
         ("image", s(&opts.image)),
         (
             "args",
-            strs(&["proxy", "--config", "/etc/spoke/proxy.yaml"]),
+            // Kubernetes expands `$(VAR)` from the container's environment: each pod gets
+            // its own node id from the one config.
+            strs(&[
+                "proxy",
+                "--config",
+                "/etc/spoke/proxy.yaml",
+                "--node-id",
+                "$(SPOKE_POD_NAME).$(SPOKE_POD_NAMESPACE)",
+            ]),
         ),
     ]);
     if !opts.classic {
