@@ -265,6 +265,13 @@ async fn other_kinds_and_opted_out_pods_are_allowed_without_a_patch() {
         "labelled",
     );
     no_patch(&within(hook.review(&labelled)).await, "labelled");
+    // An update of a running pod, or a subresource, is never patched.
+    let mut update: Json = serde_json::from_str(&pod_review_with(|_| {}, "update")).unwrap();
+    update["request"]["operation"] = "UPDATE".into();
+    no_patch(&within(hook.review(&update.to_string())).await, "update");
+    let mut binding: Json = serde_json::from_str(&pod_review_with(|_| {}, "binding")).unwrap();
+    binding["request"]["subResource"] = "binding".into();
+    no_patch(&within(hook.review(&binding.to_string())).await, "binding");
     let host = pod_review_with(|o| o["spec"]["hostNetwork"] = true.into(), "host");
     no_patch(&within(hook.review(&host)).await, "host");
     // A pod it cannot inject (no containers) is still allowed: the webhook never blocks.

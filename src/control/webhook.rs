@@ -36,11 +36,14 @@ struct Review {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ReviewRequest {
     uid: String,
     kind: Option<Gvk>,
     object: Option<Value>,
     namespace: Option<String>,
+    operation: Option<String>,
+    sub_resource: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -70,13 +73,19 @@ pub fn review(body: &[u8], opts: &Options) -> Result<serde_json::Value, BadRevie
         .request
         .ok_or_else(|| BadReview("the AdmissionReview has no request".into()))?;
     let mut response = serde_json::json!({ "uid": req.uid, "allowed": true });
+    // Only a pod being created: a running pod's spec cannot take new containers, and a
+    // subresource (binding, ephemeral containers) is not the pod itself.
     let is_pod = req
         .kind
         .as_ref()
-        .is_some_and(|k| k.group.is_empty() && k.kind == "Pod");
+        .is_some_and(|k| k.group.is_empty() && k.kind == "Pod")
+        && req.operation.as_deref().is_none_or(|op| op == "CREATE")
+        && req.sub_resource.as_deref().is_none_or(str::is_empty);
     let ns = req.namespace.as_deref().unwrap_or("");
     match (is_pod, req.object) {
-        (false, _) => tracing::debug!(uid = %req.uid, "webhook: not a pod; allowed unchanged"),
+        (false, _) => {
+            tracing::debug!(uid = %req.uid, "webhook: not a pod creation; allowed unchanged")
+        }
         (true, None) => tracing::warn!(uid = %req.uid, "webhook: pod review without an object"),
         (true, Some(pod)) => match inject::inject_pod(&pod, opts) {
             Ok((new, Outcome::Injected)) => {
