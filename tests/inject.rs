@@ -473,3 +473,15 @@ fn the_injected_node_id_flag_names_the_proxy() {
     let info: Json = serde_json::from_str(&body).unwrap();
     assert_eq!(info["node_id"], "web-0.demo", "{info}");
 }
+
+#[test]
+fn a_changed_document_keeps_what_kubernetes_reads_in_it() {
+    // Kubernetes reads YAML 1.1: `0644` is octal and `yes` a boolean. Their spelling may
+    // change in a rewritten document, their value may not.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: { name: p }\nspec:\n  containers: [ { name: a, image: x, volumeMounts: [ { name: v, mountPath: /v, readOnly: yes } ] } ]\n  volumes: [ { name: v, secret: { secretName: s, defaultMode: 0644 } } ]\n  terminationGracePeriodSeconds: 0x1E\n";
+    let out = docs(&ok(&[], pod));
+    let spec = &out[0]["spec"];
+    assert_eq!(spec["volumes"][0]["secret"]["defaultMode"], 0o644);
+    assert_eq!(spec["containers"][0]["volumeMounts"][0]["readOnly"], true);
+    assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+}

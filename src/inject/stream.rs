@@ -54,8 +54,15 @@ pub fn split(text: &str) -> Vec<Piece> {
 }
 
 /// Parses one document; an error is placed at its line in the whole stream.
+///
+/// Scalars are read as Kubernetes reads them (its YAML library is YAML 1.1): `yes`/`no`/
+/// `on`/`off` are booleans, and `0644` is octal (420), as `defaultMode: 0644` means. A
+/// changed document is written back with the same values, though not always the same
+/// spelling (`0644` comes back as `420`).
 pub fn parse(piece: &Piece) -> Result<Value, String> {
-    serde_saphyr::from_str::<Value>(&piece.text).map_err(|e| {
+    let mut options = serde_saphyr::Options::default();
+    options.legacy_octal_numbers = true;
+    serde_saphyr::from_str_with_options::<Value>(&piece.text, options).map_err(|e| {
         let inner = e.without_snippet();
         let message = inner.to_string();
         let message = message.lines().next().unwrap_or("invalid YAML");
