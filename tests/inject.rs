@@ -193,6 +193,7 @@ fn the_proxy_and_init_step_are_locked_down_as_specified() {
             "SPOKE_POD_IP"
         ]
     );
+    assert_eq!(proxy["startupProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 15020);
     assert_eq!(proxy["livenessProbe"]["httpGet"]["path"], "/live");

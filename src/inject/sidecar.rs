@@ -108,6 +108,10 @@ pub fn proxy_container(opts: &Options) -> Value {
                 field_env("SPOKE_POD_IP", "status.podIP"),
             ]),
         ),
+        // A native sidecar's startup probe holds the app's containers back until the proxy
+        // is ready: before that, the capture rules would send the app's first connections
+        // to a port nobody listens on yet.
+        ("startupProbe", probe("/ready", 1, 600)),
         ("readinessProbe", probe("/ready", 2, 30)),
         ("livenessProbe", probe("/live", 10, 3)),
         (
