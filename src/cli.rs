@@ -238,6 +238,10 @@ pub struct ProxyArgs {
     /// pods, each named by its own (injected pods pass `$(SPOKE_POD_NAME).$(SPOKE_POD_NAMESPACE)`).
     #[arg(long, env = "SPOKE_NODE_ID")]
     pub node_id: Option<String>,
+    /// Worker threads. Default: the pod's CPU limit from its cgroup, rounded up (1 without a
+    /// limit); `TOKIO_WORKER_THREADS` is honoured too.
+    #[arg(long, env = "SPOKE_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -63,7 +63,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            run_async(proxy(args, log))
+            let workers = spoke::workers::for_sidecar(args.workers);
+            run_on(Some(workers), proxy(args, log))
         }
         Command::Demo(args) => {
             let level = cli.log_level.as_deref().or(Some("warn"));
@@ -77,10 +78,16 @@ fn main() -> ExitCode {
 }
 
 fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_on(None, f)
+}
+
+/// Runs `f` on a multi-threaded runtime with `workers` threads (Tokio's default if `None`).
+fn run_on<F: std::future::Future<Output = ExitCode>>(workers: Option<usize>, f: F) -> ExitCode {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    match b.enable_all().build() {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -502,3 +502,39 @@ fn mtls_between_processes_logs_the_peer_identity() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_sidecar_runs_one_worker_unless_told() {
+    let serve = |extra: &[&str], env: Option<&str>| -> serde_json::Value {
+        let (admin, stats) = (support::free_port(), support::free_port());
+        let cfg = write_tmp(
+            &format!("workers-{admin}.yaml"),
+            &format!(
+                "admin: {{ address: \"127.0.0.1:{admin}\" }}\nstats: {{ address: \"127.0.0.1:{stats}\" }}\n\
+                 listeners: [ {{ name: l, address: \"127.0.0.1:0\", protocol: tcp, cluster: c }} ]\n\
+                 clusters: [ {{ name: c, endpoints: [ {{ address: \"127.0.0.1:9\" }} ] }} ]\n"
+            ),
+        );
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_spoke"));
+        cmd.args(["proxy", "--config", cfg.to_str().unwrap()])
+            .args(extra)
+            .env_remove("TOKIO_WORKER_THREADS")
+            .env_remove("SPOKE_WORKERS")
+            .stderr(std::process::Stdio::null());
+        if let Some(n) = env {
+            cmd.env("SPOKE_WORKERS", n);
+        }
+        let _p = support::Proc(cmd.spawn().unwrap());
+        support::wait_ready(stats);
+        let (_, body) = support::http_blocking(admin, "GET", "/server_info").unwrap();
+        serde_json::from_str(&body).unwrap()
+    };
+    // No cgroup CPU limit where the tests run (or one of at least a core): one worker.
+    let limit = spoke::workers::cgroup_limit(std::path::Path::new("/sys/fs/cgroup"));
+    let want = limit
+        .map(|l| l.min(std::thread::available_parallelism().unwrap().get()))
+        .unwrap_or(1);
+    assert_eq!(serve(&[], None)["workers"], want);
+    assert_eq!(serve(&["--workers", "2"], None)["workers"], 2);
+    assert_eq!(serve(&[], Some("3"))["workers"], 3);
+}
