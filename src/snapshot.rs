@@ -13,6 +13,7 @@ use crate::balance::{
 };
 use crate::config::{Cluster, Config, Endpoint, EndpointAddr};
 use crate::metrics::Metrics;
+use crate::proxy::http::route::RouteIndex;
 
 /// The latency a failed attempt counts as for `least_request`.
 const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -146,6 +147,8 @@ pub struct Snapshot {
     inbound: Vec<(u16, PortPolicy)>,
     default_cert: PortPolicy,
     default_plain: PortPolicy,
+    /// `config.routes` by host.
+    pub route_index: RouteIndex,
 }
 
 impl Snapshot {
@@ -165,6 +168,7 @@ impl Snapshot {
             default_cert: PortPolicy::default_for(true, config.default_policy),
             default_plain: PortPolicy::default_for(false, config.default_policy),
             inbound,
+            route_index: RouteIndex::new(&config.routes),
             config: Arc::new(config),
             clusters,
         }

@@ -210,7 +210,12 @@ async fn forward(
             route = None;
         }
         Target::Outbound { default } => {
-            let Some(d) = route::route(&snapshot.config.routes, default.as_deref(), parts) else {
+            let Some(d) = route::route(
+                &snapshot.config.routes,
+                &snapshot.route_index,
+                default.as_deref(),
+                parts,
+            ) else {
                 return fail(ErrorKind::NoRoute, "no route matches this request");
             };
             let Some(c) = snapshot.cluster(d.cluster) else {

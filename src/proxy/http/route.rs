@@ -1,8 +1,15 @@
 //! Picking a route for an HTTP request: `routes:` in order, first match wins (host with or
 //! without port, exact or prefix path, method, headers), then the listener's own cluster as
-//! the default route. A weighted `split` picks its cluster per request.
+//! the default route. A weighted `split` picks its cluster per request. Only the routes the
+//! snapshot's `RouteIndex` names for the request's host are looked at.
+
+mod index;
+
+use std::borrow::Cow;
 
 use http::request::Parts;
+
+pub use index::RouteIndex;
 
 use crate::config::{HeaderRule, PathMatch, Route, RouteAction};
 
@@ -23,13 +30,13 @@ pub fn authority(parts: &Parts) -> Option<&str> {
     })
 }
 
+/// `got` is lower-case.
 fn host_matches(want: &str, got: &str) -> bool {
-    let got = got.to_ascii_lowercase();
     // A route host without a port matches the host on any port.
     let got_host = if want.contains(':') {
-        got.as_str()
+        got
     } else {
-        strip_port(&got)
+        strip_port(got)
     };
     match want.strip_prefix("*.") {
         Some(suffix) => {
@@ -51,10 +58,12 @@ fn strip_port(h: &str) -> &str {
     }
 }
 
-fn matches(route: &Route, parts: &Parts) -> bool {
+/// Whether `route` takes the request; `host` is the request's lower-case authority, or
+/// `None` when the index already matched the route's host.
+fn matches(route: &Route, parts: &Parts, host: Option<Option<&str>>) -> bool {
     let m = &route.matches;
-    if let Some(want) = &m.host {
-        match authority(parts) {
+    if let (Some(want), Some(got)) = (&m.host, host) {
+        match got {
             Some(got) if host_matches(want, got) => {}
             _ => return false,
         }
@@ -104,24 +113,55 @@ fn pick_split(split: &[(String, u32)]) -> Option<&str> {
     None
 }
 
-/// Routes a request; `None` means no route (404).
+/// Routes a request over `routes` as indexed by `index`; `None` means no route (404).
 pub fn route<'a>(
     routes: &'a [Route],
+    index: &RouteIndex,
     default: Option<&'a str>,
     parts: &Parts,
 ) -> Option<Decision<'a>> {
-    for r in routes {
-        if matches(r, parts) {
-            let cluster = match &r.action {
-                RouteAction::Cluster(c) => c.as_str(),
-                RouteAction::Split(s) => pick_split(s)?,
+    let decide = |r: &'a Route| {
+        let cluster = match &r.action {
+            RouteAction::Cluster(c) => c.as_str(),
+            RouteAction::Split(s) => pick_split(s)?,
+        };
+        Some(Decision {
+            cluster,
+            route: Some(r),
+        })
+    };
+    if !routes.is_empty() {
+        let raw = authority(parts);
+        // Route hosts are lower-case (config validation); most requests' hosts are too.
+        let lower = raw.map(|a| {
+            if a.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(a.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(a)
+            }
+        });
+        let authority = lower.as_deref();
+        let mut c = index.candidates(authority.map(|a| (a, strip_port(a))));
+        if c.overflow {
+            return routes
+                .iter()
+                .find(|r| matches(r, parts, Some(authority)))
+                .map_or_else(|| default_route(default), decide);
+        }
+        while let Some(i) = c.next() {
+            let Some(r) = routes.get(i as usize) else {
+                continue;
             };
-            return Some(Decision {
-                cluster,
-                route: Some(r),
-            });
+            let host = c.check_host.contains(&i).then_some(authority);
+            if matches(r, parts, host) {
+                return decide(r);
+            }
         }
     }
+    default_route(default)
+}
+
+fn default_route(default: Option<&str>) -> Option<Decision<'_>> {
     default.map(|cluster| Decision {
         cluster,
         route: None,
@@ -160,7 +200,8 @@ routes:
   - { match: { host: "*.example", path_prefix: / }, cluster: d }
 "#,
         );
-        let go = |p: Parts| route(&r, Some("default"), &p).map(|d| d.cluster.to_string());
+        let ix = RouteIndex::new(&r);
+        let go = |p: Parts| route(&r, &ix, Some("default"), &p).map(|d| d.cluster.to_string());
         assert_eq!(
             go(parts("POST", "/v1/x", Some("api.example:8080"), &[])),
             Some("a".into())
@@ -190,7 +231,7 @@ routes:
             go(parts("GET", "/", Some("example"), &[])),
             Some("default".into())
         );
-        assert!(route(&r, None, &parts("GET", "/", Some("x"), &[])).is_none());
+        assert!(route(&r, &ix, None, &parts("GET", "/", Some("x"), &[])).is_none());
     }
 
     #[test]
@@ -202,10 +243,91 @@ routes: [ { match: { path_prefix: / }, split: [ { cluster: a, weight: 90 }, { cl
 "#,
         );
         fastrand::seed(7);
+        let ix = RouteIndex::new(&r);
         let p = parts("GET", "/", Some("x"), &[]);
         let b = (0..10_000)
-            .filter(|_| route(&r, None, &p).map(|d| d.cluster) == Some("b"))
+            .filter(|_| route(&r, &ix, None, &p).map(|d| d.cluster) == Some("b"))
             .count();
         assert!((800..1200).contains(&b), "{b}");
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    /// The routes a plain scan of the whole list picks.
+    fn scan<'a>(routes: &'a [Route], parts: &Parts) -> Option<&'a str> {
+        let host = authority(parts).map(|a| a.to_ascii_lowercase());
+        routes
+            .iter()
+            .find(|r| matches(r, parts, Some(host.as_deref())))
+            .map(|r| match &r.action {
+                RouteAction::Cluster(c) => c.as_str(),
+                RouteAction::Split(_) => "split",
+            })
+    }
+
+    #[test]
+    fn the_index_picks_what_a_scan_picks() {
+        let hosts = [
+            "a.example",
+            "b.example",
+            "*.example",
+            "a.example:8080",
+            "*.b.example",
+            "[::1]",
+            "[::1]:80",
+            "*.example:8080",
+            "x.y.z.example",
+        ];
+        let paths = ["/", "/api", "/api/v1"];
+        let mut yaml = String::from("clusters: [ { name: c, endpoints: [] } ]\nroutes:\n");
+        fastrand::seed(11);
+        for i in 0..200 {
+            let host = if fastrand::u8(0..4) == 0 {
+                String::new()
+            } else {
+                format!("host: \"{}\", ", hosts[fastrand::usize(0..hosts.len())])
+            };
+            let path = format!("path_prefix: {}", paths[fastrand::usize(0..paths.len())]);
+            let _ = i;
+            yaml.push_str(&format!(
+                "  - {{ match: {{ {host}{path} }}, cluster: c }}\n"
+            ));
+        }
+        let cfg = crate::config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        // Name each route by its index so the picks can be compared.
+        let mut routes = cfg.routes.clone();
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.action = RouteAction::Cluster(format!("r{i}"));
+        }
+        let ix = RouteIndex::new(&routes);
+        let asked = [
+            "a.example",
+            "A.Example:8080",
+            "b.example:9",
+            "q.b.example",
+            "deep.q.b.example",
+            "example",
+            "[::1]:80",
+            "[::1]",
+            "x.y.z.example",
+            "z.example:8080",
+            "other",
+        ];
+        for h in asked {
+            for p in ["/", "/api/v1/x", "/apix"] {
+                let req = http::Request::builder()
+                    .uri(p)
+                    .header("host", h)
+                    .body(())
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .into_parts()
+                    .0;
+                let got = route(&routes, &ix, None, &req).map(|d| d.cluster);
+                assert_eq!(got, scan(&routes, &req), "{h}{p}");
+            }
+        }
     }
 }
