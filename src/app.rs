@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Capture, Config, ConfigError, ConfigErrors, ListenerTarget};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::drain::{self, Drain};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ListenerCtx};
@@ -72,30 +72,12 @@ pub struct Running {
 /// an error, so nothing is silently ignored.
 pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
     let mut out = Vec::new();
-    let mut no = |path: String, what: &str| {
-        out.push(ConfigError {
-            path,
-            message: format!("{what} is not supported by this version of spoke proxy yet"),
-        })
-    };
-    if !cfg.services.is_empty() {
-        no("services".into(), "transparent outbound service mapping");
-    }
     if !cfg.workloads.is_empty() {
         out.push(ConfigError {
             path: "workloads".into(),
             message: "belongs in the control plane's mesh config, not a proxy config".into(),
         });
         return out;
-    }
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        if let ListenerTarget::Capture(c) = l.target {
-            let what = match c {
-                Capture::Inbound => "transparent inbound capture",
-                Capture::Outbound => "transparent outbound capture",
-            };
-            no(format!("listeners[{i}].capture"), what);
-        }
     }
     // Parts that need a workload certificate (from files, or from the control plane).
     if cfg.tls.is_none() && cfg.control.is_none() {

@@ -10,6 +10,7 @@ use serde::{Serialize, Serializer};
 pub use super::identity::{AllowRule, Identity};
 pub use super::raw::{
     AuthzAction, Capture, CollectorProtocol, DefaultPolicy, Direction, Lb, Protocol, TlsMode,
+    UnknownDestination,
 };
 pub use super::trace::{Collector, Tracing};
 
@@ -94,6 +95,9 @@ pub struct Listener {
     pub protocol: Protocol,
     #[serde(flatten)]
     pub target: ListenerTarget,
+    /// `capture: outbound` listeners only (`None` on every other listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_destination: Option<UnknownDestination>,
     pub max_connections: u32,
     #[serde(serialize_with = "ser_dur")]
     pub idle_timeout: Duration,
