@@ -150,6 +150,15 @@ fn tls_error_path(files: &crate::config::TlsFiles, e: &crate::tls::TlsError) -> 
     }
 }
 
+/// The bound ports of the capture listeners (port 0 in a config becomes the real one).
+fn capture_ports(cfgs: &[crate::config::Listener], bound: &[TcpListener]) -> Vec<u16> {
+    cfgs.iter()
+        .zip(bound)
+        .filter(|(l, _)| matches!(l.target, crate::config::ListenerTarget::Capture(_)))
+        .filter_map(|(_, s)| s.local_addr().ok().map(|a| a.port()))
+        .collect()
+}
+
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -228,6 +237,7 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     }
     let mut shared = Shared::new(snapshot, metrics, tls.clone());
     shared.observer = opts.observer;
+    shared.capture_ports = capture_ports(&listener_cfgs, &bound);
     let shared = Arc::new(shared);
     if !dynamic {
         shared.readiness.set_config_loaded();

@@ -98,6 +98,9 @@ pub struct Metrics {
     pub upstream_rq_errors: IntCounterVec,
     /// `{listener, protocol}`: what protocol detection decided.
     pub protocol_detected: IntCounterVec,
+    /// `{listener, reason}`: captured connections closed before anything was proxied
+    /// (`proxy::capture::Refusal`).
+    pub capture_refused: IntCounterVec,
     /// Spans the collector accepted (registered once tracing is configured).
     pub trace_spans_exported: prometheus::IntCounter,
     /// Spans lost: the export queue was full, or the collector failed or was too slow.
@@ -301,6 +304,12 @@ impl Metrics {
                 "protocol detection results",
                 &["listener", "protocol"],
             ),
+            capture_refused: counter(
+                &r,
+                "spoke_capture_refused_total",
+                "captured connections closed unproxied: no_original_dst, not_redirected, loop, unknown_destination",
+                &["listener", "reason"],
+            ),
             trace_spans_exported: prometheus::IntCounter::new(
                 "spoke_trace_spans_exported_total",
                 "spans accepted by the trace collector",
@@ -360,6 +369,21 @@ impl Metrics {
         for port in ports {
             self.authz_denied.with_label_values(&[&port.to_string()]);
             self.authz_revoked.with_label_values(&[&port.to_string()]);
+        }
+        for l in &cfg.listeners {
+            if let ListenerTarget::Capture(c) = l.target {
+                for why in crate::proxy::capture::Refusal::ALL {
+                    let denies =
+                        l.unknown_destination == Some(crate::config::UnknownDestination::Deny);
+                    if why == crate::proxy::capture::Refusal::UnknownDestination
+                        && (c == crate::config::Capture::Inbound || !denies)
+                    {
+                        continue;
+                    }
+                    self.capture_refused
+                        .with_label_values(&[&l.name, why.label()]);
+                }
+            }
         }
         if cfg.tls.is_some() || cfg.control.is_some() {
             let inbound = cfg

@@ -297,7 +297,10 @@ mod tests {
              - { vip: 10.96.0.20:9090, cluster: b, protocol: opaque }\n\
              - { vip: \"[fd00::20]:8080\", cluster: b }\n",
         );
-        let at = |a: &str| s.service(a.parse().unwrap()).map(|s| (s.cluster.as_str(), s.protocol));
+        let at = |a: &str| {
+            s.service(a.parse().unwrap())
+                .map(|s| (s.cluster.as_str(), s.protocol))
+        };
         use crate::config::Protocol;
         assert_eq!(at("10.96.0.20:8080"), Some(("a", Protocol::Http)));
         assert_eq!(at("10.96.0.20:9090"), Some(("b", Protocol::Opaque)));

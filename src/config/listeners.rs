@@ -121,7 +121,10 @@ fn capture_fields(e: &mut Errors, p: &str, l: &raw::Listener) -> Option<UnknownD
         if let Some(u) = l.unknown_destination {
             e.push(
                 format!("{p}.unknown_destination"),
-                format!("{:?} applies only to a capture: outbound listener", lower(&u)),
+                format!(
+                    "{:?} applies only to a capture: outbound listener",
+                    lower(&u)
+                ),
             );
         }
         return None;
@@ -146,11 +149,7 @@ fn capture_fields(e: &mut Errors, p: &str, l: &raw::Listener) -> Option<UnknownD
     if let Some(d) = l.direction.filter(|d| *d != implied) {
         e.push(
             format!("{p}.direction"),
-            format!(
-                "{:?} contradicts capture: {}",
-                lower(&d),
-                lower(&capture)
-            ),
+            format!("{:?} contradicts capture: {}", lower(&d), lower(&capture)),
         );
     }
     match capture {

@@ -203,7 +203,11 @@ fn capture_listener_fields() {
          - { name: in, address: 0.0.0.0:15006, capture: inbound }\n",
     )
     .unwrap();
-    let unknown: Vec<_> = cfg.listeners.iter().map(|l| l.unknown_destination).collect();
+    let unknown: Vec<_> = cfg
+        .listeners
+        .iter()
+        .map(|l| l.unknown_destination)
+        .collect();
     assert_eq!(
         unknown,
         [
@@ -233,5 +237,8 @@ fn capture_listener_fields() {
     );
     let errs = errors("listeners: [ { name: a, address: 127.0.0.1:1, capture: outbound, unknown_destination: drop } ]\n");
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("listeners[0].unknown_destination: unknown value `drop`"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("listeners[0].unknown_destination: unknown value `drop`"),
+        "{errs:?}"
+    );
 }
