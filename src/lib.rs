@@ -15,6 +15,7 @@ pub mod drain;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;
+pub mod redirect;
 pub mod snapshot;
 pub mod status;
 pub mod telemetry;
