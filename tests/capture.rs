@@ -53,7 +53,7 @@ except Exception as e:
 sys.stdout.write(out.decode(errors='replace') if out else '[closed]')
 "#;
 
-/// The apps: `http:PORT` answers `peer=<x-spoke-peer-id>`; `banner:PORT:NAME` speaks
+/// The apps (dual-stack where the namespace has IPv6): `http:PORT` answers `peer=<x-spoke-peer-id>`; `banner:PORT:NAME` speaks
 /// first (`HELLO from NAME`), then echoes in upper case. Prints `listening` when bound.
 const SERVER: &str = r#"
 import socket, sys, threading
@@ -83,8 +83,13 @@ def serve(l, fn, extra):
         threading.Thread(target=fn, args=(c,) + extra, daemon=True).start()
 for spec in sys.argv[1:]:
     kind, port, *rest = spec.split(':')
-    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    l.bind(('0.0.0.0', int(port))); l.listen(64)
+    try:
+        l = socket.socket(socket.AF_INET6); l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('::', int(port)))
+    except OSError:
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.bind(('0.0.0.0', int(port)))
+    l.listen(64)
     threading.Thread(target=serve, args=(l, http if kind == 'http' else banner, tuple(rest)), daemon=True).start()
 print('listening', flush=True)
 threading.Event().wait()
@@ -207,6 +212,24 @@ impl Lab {
         // Service VIPs are routed like any remote address, until iptables rewrites them.
         at(&ns, &["ip", "route", "add", "default", "dev", &inner]);
         ns
+    }
+
+    /// Gives pod `ns` (made as pod `n`) the address `fd00:252::<n>/64` too.
+    fn ipv6(&self, ns: &str, n: u8) {
+        let inner = format!("c{}{n}p", self.tag);
+        let at = |a: &[&str]| must(&[&["ip", "netns", "exec", ns][..], a].concat());
+        // No duplicate address detection: the address is usable at once.
+        at(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:252::{n}/64"),
+            "dev",
+            &inner,
+            "nodad",
+        ]);
+        at(&["ip", "-6", "route", "add", "default", "dev", &inner]);
     }
 
     fn file(&self, name: &str, text: &str) -> PathBuf {
@@ -592,4 +615,67 @@ fn redirect_without_permission_is_a_clear_error() {
     assert!(err.contains("error: permission denied"), "{err}");
     assert!(err.contains("NET_ADMIN"), "{err}");
     assert!(!tables(&p).contains("SPOKE"));
+}
+
+#[test]
+fn ipv6_and_dual_stack_capture() {
+    let test = "ipv6_and_dual_stack_capture";
+    if !can_run(test)
+        || !support::need(
+            test,
+            "IPv6 and ip6tables-restore",
+            std::path::Path::new("/proc/net/if_inet6").exists()
+                && support::have("ip6tables-restore"),
+        )
+    {
+        return;
+    }
+    let mut lab = Lab::new();
+    let a = lab.pod("a", 2);
+    let x = lab.pod("x", 4);
+    lab.ipv6(&a, 2);
+    lab.ipv6(&x, 4);
+    lab.apps(&a, &["http:8080"]);
+    lab.apps(&x, &["banner:7000:external"]);
+    let out = lab.redirect(&a, &["--proxy-uid", PROXY_UID, "--ipv6", "on"]);
+    assert!(out.status.success(), "{out:?}");
+    let yaml = sidecar_yaml(
+        "",
+        "clusters: [ { name: ext, endpoints: [ { address: \"[fd00:252::4]:7000\" } ] } ]\n\
+         services: [ { vip: \"[fd00:96::30]:3306\", cluster: ext, protocol: opaque } ]\n\
+         inbound: [ { port: 8080, tls: disabled } ]\n",
+    )
+    .replace("0.0.0.0:15006", "\"[::]:15006\"")
+    .replace(
+        "listeners:\n",
+        "listeners:\n  - { name: outbound6, address: \"[::1]:15001\", capture: outbound }\n",
+    );
+    lab.sidecar(&a, &yaml);
+
+    // Outbound over IPv6: a service VIP, and an unknown destination passed through.
+    let got = lab.client(&a, "banner", "fd00:96::30", 3306, "v6");
+    assert_eq!(got, "HELLO from external\nV6", "{got}");
+    let got = lab.client(&a, "banner", "fd00:252::4", 7000, "pass");
+    assert_eq!(got, "HELLO from external\nPASS", "{got}");
+    // Inbound on the dual-stack listener: IPv6, and IPv4 seen as a mapped address.
+    for host in ["fd00:252::2", "10.252.0.2"] {
+        let got = lab.client(&x, "http", host, 8080, "/");
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("peer="),
+            "{host}: {got}"
+        );
+    }
+    let m = lab.metrics(&a);
+    let six = ["listener=\"outbound6\""];
+    assert_eq!(
+        metric(&m, "spoke_listener_connections_opened_total", &six),
+        2.0,
+        "{m}"
+    );
+    let inbound = [
+        "cluster=\"inbound:8080\"",
+        "listener=\"inbound\"",
+        "code=\"200\"",
+    ];
+    assert_eq!(metric(&m, "spoke_requests_total", &inbound), 2.0, "{m}");
 }
