@@ -106,33 +106,35 @@ fn is_this_host(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
-/// Where a captured connection was meant to go, or why it may not go on.
+/// Where a captured connection was meant to go, or why it may not go on (and where it
+/// was going, when that is known).
 fn destination(
     ctx: &ListenerCtx,
     sock: &TcpStream,
     peer: SocketAddr,
-) -> Result<SocketAddr, Refusal> {
+) -> Result<SocketAddr, (Refusal, Option<SocketAddr>)> {
     let listener = ctx.cfg.name.as_str();
     let dst = match original_dst(sock) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(listener, peer = %peer, error = %e, "captured connection has no original destination (not redirected by iptables?); closed");
-            return Err(Refusal::NoOriginalDst);
+            return Err((Refusal::NoOriginalDst, None));
         }
     };
     if sock.local_addr().ok().map(unmapped) == Some(dst) {
         tracing::warn!(listener, peer = %peer, dst.addr = %dst, "connection to the capture port itself (not redirected); closed");
-        return Err(Refusal::NotRedirected);
+        return Err((Refusal::NotRedirected, Some(dst)));
     }
     if ctx.shared.capture_ports.contains(&dst.port()) && is_this_host(dst.ip()) {
         tracing::warn!(listener, peer = %peer, dst.addr = %dst, "loop: the original destination is one of this proxy's capture ports; closed");
-        return Err(Refusal::Loop);
+        return Err((Refusal::Loop, Some(dst)));
     }
     Ok(dst)
 }
 
-/// Closes a refused connection: counted, and an access event when the listener logs them.
-fn refuse(ctx: &ListenerCtx, peer: SocketAddr, why: Refusal) {
+/// Closes a refused connection: counted, and an access event (with the original
+/// destination, when there is one) when the listener logs them.
+fn refuse(ctx: &ListenerCtx, peer: SocketAddr, why: Refusal, dst: Option<SocketAddr>) {
     ctx.shared
         .metrics
         .capture_refused
@@ -145,14 +147,20 @@ fn refuse(ctx: &ListenerCtx, peer: SocketAddr, why: Refusal) {
         cluster: "none",
         start: Instant::now(),
     };
-    access.failed(why.label(), &"refused by the capture listener");
+    match dst {
+        Some(dst) => access.failed(
+            why.label(),
+            &format_args!("refused: original destination {dst}"),
+        ),
+        None => access.failed(why.label(), &"refused: no original destination"),
+    }
 }
 
 /// A connection the app made, redirected to the outbound capture listener.
 pub async fn outbound(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr) {
     let dst = match destination(ctx, &sock, peer) {
         Ok(d) => d,
-        Err(why) => return refuse(ctx, peer, why),
+        Err((why, dst)) => return refuse(ctx, peer, why, dst),
     };
     // Only the service's name and protocol are kept: an HTTP connection can live for
     // hours and must not hold this snapshot (each request loads the current one).
@@ -173,8 +181,8 @@ pub async fn outbound(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr)
             passthrough(ctx, sock, peer, dst).await
         }
         (None, UnknownDestination::Deny) => {
-            tracing::info!(listener, peer = %peer, dst.addr = %dst, "captured: unknown destination denied");
-            refuse(ctx, peer, Refusal::UnknownDestination)
+            tracing::warn!(listener, peer = %peer, dst.addr = %dst, "captured: unknown destination denied");
+            refuse(ctx, peer, Refusal::UnknownDestination, Some(dst))
         }
     }
 }
@@ -184,7 +192,7 @@ pub async fn outbound(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr)
 pub async fn inbound(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr) {
     let dst = match destination(ctx, &sock, peer) {
         Ok(d) => d,
-        Err(why) => return refuse(ctx, peer, why),
+        Err((why, dst)) => return refuse(ctx, peer, why, dst),
     };
     let port = dst.port();
     let local = ctx.shared.snapshot.load().local_target(port);
