@@ -62,7 +62,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), RedirectError> {
             detail: " (the process lacks CAP_NET_ADMIN)".into(),
         });
     }
-    for family in families(opts.ipv6)? {
+    for family in families(opts.ipv6, find)? {
         let state = match read_state(family) {
             Ok(s) => s,
             // A dry run may be made anywhere: without the table, it shows a first install.
@@ -104,8 +104,11 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), RedirectError> {
     Ok(())
 }
 
-/// The address families to act on.
-fn families(mode: Ipv6) -> Result<Vec<Family>, RedirectError> {
+/// The address families to act on (`find` locates a tool).
+fn families(
+    mode: Ipv6,
+    find: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<Vec<Family>, RedirectError> {
     find(Family::V4.restore()).ok_or(RedirectError::Missing {
         tool: Family::V4.restore(),
     })?;
@@ -207,4 +210,49 @@ fn failed(tool: &'static str, code: i32, stderr: &str) -> RedirectError {
         };
     }
     RedirectError::Failed { tool, code, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_iptables_is_named() {
+        let e = families(Ipv6::Auto, |_| None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("iptables-restore is not installed"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("apt-get install iptables"), "{e}");
+        let only_v4 = |t: &str| (t == "iptables-restore").then(|| PathBuf::from(t));
+        let e = families(Ipv6::On, only_v4).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("ip6tables-restore is not installed"),
+            "{e}"
+        );
+        assert_eq!(families(Ipv6::Off, only_v4).unwrap(), [Family::V4]);
+        assert_eq!(families(Ipv6::Auto, only_v4).unwrap(), [Family::V4]);
+    }
+
+    #[test]
+    fn refusals_for_privilege_say_what_to_grant() {
+        let e = failed(
+            "iptables-restore",
+            4,
+            "iptables-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)\n",
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("permission denied (iptables-restore: "),
+            "{text}"
+        );
+        assert!(text.contains("needs the NET_ADMIN capability"), "{text}");
+        let e = failed("iptables-restore", 2, "line 3: bad rule");
+        assert_eq!(
+            e.to_string(),
+            "iptables-restore failed (exit 2): line 3: bad rule"
+        );
+    }
 }
