@@ -67,7 +67,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), RedirectError> {
             Ok(s) => s,
             // A dry run may be made anywhere: without the table, it shows a first install.
             Err(e) if opts.dry_run => {
-                writeln!(out, "# cannot read the {family:?} nat table ({e}); shown as for a table without Spoke's rules")?;
+                writeln!(out, "# cannot read the {} nat table ({e}); shown as for a table without Spoke's rules", family.name())?;
                 rules::State::default()
             }
             Err(e) => return Err(e),
@@ -78,10 +78,8 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), RedirectError> {
             Some(rules::install(&opts.plan, family, &state))
         };
         let Some(input) = input else {
-            writeln!(
-                out,
-                "{family:?}: no Spoke rules installed; nothing to remove"
-            )?;
+            let name = family.name();
+            writeln!(out, "{name}: no Spoke rules installed; nothing to remove")?;
             continue;
         };
         if opts.dry_run {
@@ -92,11 +90,12 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), RedirectError> {
         restore(family, &input)?;
         let p = &opts.plan;
         if opts.remove {
-            writeln!(out, "{family:?}: Spoke's capture rules removed")?;
+            writeln!(out, "{}: Spoke's capture rules removed", family.name())?;
         } else {
             writeln!(
                 out,
-                "{family:?}: capture rules installed (inbound -> {}, outbound -> {}, uid {} and gid {} not captured)",
+                "{}: capture rules installed (inbound -> {}, outbound -> {}, uid {} and gid {} not captured)",
+                family.name(),
                 p.inbound_capture_port, p.outbound_capture_port, p.proxy_uid, p.proxy_gid
             )?;
         }

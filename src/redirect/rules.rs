@@ -45,6 +45,14 @@ impl Family {
         }
     }
 
+    /// `IPv4` or `IPv6`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
     fn loopback(self) -> &'static str {
         match self {
             Family::V4 => "127.0.0.0/8",
