@@ -685,3 +685,40 @@ fn ipv6_and_dual_stack_capture() {
     ];
     assert_eq!(metric(&m, "spoke_requests_total", &inbound), 2.0, "{m}");
 }
+
+/// Needs no root: a capture listener dialled directly (nothing redirected the connection)
+/// closes it unanswered and says why, in a metric and a log event.
+#[tokio::test]
+async fn a_capture_port_dialled_directly_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let proxy = support::proxy(&format!(
+        "{}listeners:\n  - {{ name: out, address: 127.0.0.1:0, capture: outbound }}\n  \
+         - {{ name: in, address: 127.0.0.1:0, capture: inbound }}\n",
+        support::BASE
+    ))
+    .await;
+    for name in ["out", "in"] {
+        let mut s = tokio::net::TcpStream::connect(proxy.listener(name).unwrap())
+            .await
+            .unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(support::within(support::read_all(&mut s)).await.is_empty());
+    }
+    let text = proxy.shared.metrics.render();
+    for name in ["out", "in"] {
+        let listener = format!("listener=\"{name}\"");
+        let why = |r: &str| {
+            metric(
+                &text,
+                "spoke_capture_refused_total",
+                &[&listener, &format!("reason=\"{r}\"")],
+            )
+        };
+        // With conntrack the kernel names the listener itself; without, nothing at all.
+        assert_eq!(
+            why("not_redirected") + why("no_original_dst"),
+            1.0,
+            "{text}"
+        );
+    }
+}
