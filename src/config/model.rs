@@ -10,9 +10,10 @@ use serde::{Serialize, Serializer};
 pub use super::identity::{AllowRule, Identity};
 pub use super::raw::{
     AuthzAction, Capture, CollectorProtocol, DefaultPolicy, Direction, Lb, Protocol, TlsMode,
-    UnknownDestination,
 };
 pub use super::trace::{Collector, Tracing};
+
+pub use super::raw::UnknownDestination;
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub const DEFAULT_STATS: &str = "0.0.0.0:15020";
