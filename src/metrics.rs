@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::config::{Config, ListenerTarget};
+use crate::config::{Capture, Config, ListenerTarget, UnknownDestination::Deny};
 
 /// `spoke_retries_total` reasons (see `proxy::http::retry::Failure::reason`).
 pub const RETRY_REASONS: &[&str] = &[
@@ -28,6 +28,14 @@ pub const RETRY_REASONS: &[&str] = &[
     "reset",
     "per_try_timeout",
     "budget_exhausted",
+];
+
+/// `spoke_capture_refused_total` reasons (see `proxy::capture::Refusal::label`).
+pub const CAPTURE_REFUSALS: &[&str] = &[
+    "no_original_dst",
+    "not_redirected",
+    "loop",
+    "unknown_destination",
 ];
 
 /// The `spoke_tls_handshake_errors_total` reasons created at 0: the ones an alert is likely
@@ -371,17 +379,15 @@ impl Metrics {
             self.authz_revoked.with_label_values(&[&port.to_string()]);
         }
         for l in &cfg.listeners {
-            if let ListenerTarget::Capture(c) = l.target {
-                for why in crate::proxy::capture::Refusal::ALL {
-                    let denies =
-                        l.unknown_destination == Some(crate::config::UnknownDestination::Deny);
-                    if why == crate::proxy::capture::Refusal::UnknownDestination
-                        && (c == crate::config::Capture::Inbound || !denies)
-                    {
-                        continue;
-                    }
+            let ListenerTarget::Capture(c) = l.target else {
+                continue;
+            };
+            // Only an outbound capture that denies has unknown destinations to refuse.
+            let denies = c == Capture::Outbound && l.unknown_destination == Some(Deny);
+            for reason in CAPTURE_REFUSALS {
+                if denies || *reason != "unknown_destination" {
                     self.capture_refused
-                        .with_label_values(&[&l.name, why.label()]);
+                        .with_label_values(&[l.name.as_str(), reason]);
                 }
             }
         }

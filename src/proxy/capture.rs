@@ -51,7 +51,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Every reason, for the metric's series created at 0.
+    /// Every reason (`metrics::CAPTURE_REFUSALS` holds their labels).
     pub const ALL: [Refusal; 4] = [
         Refusal::NoOriginalDst,
         Refusal::NotRedirected,
@@ -247,6 +247,12 @@ async fn passthrough(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, dst: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_has_its_metric_series() {
+        let labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels, crate::metrics::CAPTURE_REFUSALS);
+    }
 
     #[test]
     fn mapped_addresses_are_ipv4() {
