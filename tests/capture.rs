@@ -722,3 +722,31 @@ async fn a_capture_port_dialled_directly_is_refused() {
         );
     }
 }
+
+#[test]
+fn redirect_without_iptables_names_it() {
+    let test = "redirect_without_iptables_names_it";
+    let sbin_only = ["/usr/bin", "/bin"]
+        .iter()
+        .all(|d| !std::path::Path::new(d).join("iptables-restore").exists());
+    if !can_run(test)
+        || !support::need(test, "unshare (util-linux)", support::have("unshare"))
+        || !support::need(test, "iptables in an sbin directory", sbin_only)
+    {
+        return;
+    }
+    // A mount namespace of its own, with empty sbin directories: iptables is not there.
+    let mut hide = String::from("mount -t tmpfs none /usr/sbin");
+    if !std::fs::symlink_metadata("/sbin").is_ok_and(|m| m.file_type().is_symlink()) {
+        hide.push_str(" && mount -t tmpfs none /sbin");
+    }
+    let script = format!("{hide} && exec env PATH=/usr/bin:/bin {BIN} redirect");
+    let out = run(&["unshare", "-m", "sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: iptables-restore is not installed"),
+        "{err}"
+    );
+    assert!(err.contains("apt-get install iptables"), "{err}");
+}
