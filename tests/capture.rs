@@ -487,11 +487,11 @@ fn unknown_destinations_can_be_denied() {
         .redirect(&a, &["--proxy-uid", PROXY_UID])
         .status
         .success());
-    let yaml = sidecar_yaml("", "").replace(
-        "capture: outbound }",
-        "capture: outbound, unknown_destination: deny }",
-    );
-    lab.sidecar(&a, &yaml);
+    // The capture listeners at their default addresses (127.0.0.1:15001, 0.0.0.0:15006).
+    let yaml = "admin: { address: 127.0.0.1:15000 }\nstats: { address: 0.0.0.0:15020 }\n\
+                listeners:\n  - { name: outbound, capture: outbound, unknown_destination: deny }\n  \
+                - { name: inbound, capture: inbound }\n";
+    lab.sidecar(&a, yaml);
     let got = lab.client(&a, "banner", "10.252.0.4", 7000, "x");
     assert!(closed_unanswered(&got), "{got}");
     let m = lab.metrics(&a);

@@ -26,7 +26,15 @@ pub(super) fn listeners(
                 format!("{:?} is defined twice", l.name),
             );
         }
-        let address = e.socket(&format!("{p}.address"), &l.address);
+        let address = match (l.address.is_empty(), l.capture) {
+            (false, _) => e.socket(&format!("{p}.address"), &l.address),
+            (true, Some(Capture::Outbound)) => e.socket(&p, DEFAULT_OUTBOUND_CAPTURE),
+            (true, Some(Capture::Inbound)) => e.socket(&p, DEFAULT_INBOUND_CAPTURE),
+            (true, None) => {
+                e.push(p.clone(), "missing field `address`");
+                None
+            }
+        };
         if let Some(a) = address {
             // Port 0 asks the kernel for a free port, so two of them never clash.
             if a.port() != 0 && !addrs.insert(a) {

@@ -17,6 +17,10 @@ pub use super::raw::UnknownDestination;
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub const DEFAULT_STATS: &str = "0.0.0.0:15020";
+/// Where a `capture: outbound` listener without an address binds.
+pub const DEFAULT_OUTBOUND_CAPTURE: &str = "127.0.0.1:15001";
+/// Where a `capture: inbound` listener without an address binds.
+pub const DEFAULT_INBOUND_CAPTURE: &str = "0.0.0.0:15006";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;

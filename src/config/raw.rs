@@ -138,6 +138,9 @@ pub enum UnknownDestination {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
+    /// `ip:port`. Required, except on capture listeners: `127.0.0.1:15001` (outbound) and
+    /// `0.0.0.0:15006` (inbound), the ports `spoke redirect` sends traffic to by default.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,

@@ -217,6 +217,20 @@ fn capture_listener_fields() {
         ]
     );
     assert_eq!(cfg.listeners[2].direction(), Direction::Inbound);
+    // Capture listeners may leave the address to its default; others may not.
+    let cfg =
+        from_yaml("listeners: [ { name: o, capture: outbound }, { name: i, capture: inbound } ]\n")
+            .unwrap();
+    let addrs: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| l.address.to_string())
+        .collect();
+    assert_eq!(addrs, ["127.0.0.1:15001", "0.0.0.0:15006"]);
+    assert_eq!(
+        errors("clusters: [ { name: c } ]\nlisteners: [ { name: o, cluster: c } ]\n"),
+        ["listeners[0]: missing field `address`"]
+    );
 
     let errs = errors(
         "clusters: [ { name: c } ]\n\
