@@ -1,7 +1,7 @@
 # Spoke: build, test, lint, bench, dev certificates.
 CARGO ?= cargo
 
-.PHONY: build release test lint fmt bench certs demo clean
+.PHONY: build release test lint fmt bench certs demo clean validate-deploy
 
 build:
 	$(CARGO) build
@@ -15,6 +15,11 @@ release:
 test:
 	bash .ci/tools
 	$(CARGO) test --all-targets -- --test-threads=4
+
+# deploy/: manifests against the Kubernetes schemas (strict), the injected example app,
+# the Prometheus config (also run by tests/deploy.rs within `make test`).
+validate-deploy: build
+	SPOKE=$${CARGO_TARGET_DIR:-target}/debug/spoke bash deploy/validate.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

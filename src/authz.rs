@@ -12,8 +12,8 @@ pub mod path;
 use http::HeaderMap;
 
 use crate::config::{
-    AuthzAction, AuthzRule, DefaultPolicy, HeaderMatch, HeaderRule, Identity, InboundPort,
-    PathMatch, Principal, Protocol, TlsMode,
+    AppProtocol, AuthzAction, AuthzRule, DefaultPolicy, HeaderMatch, HeaderRule, Identity,
+    InboundPort, PathMatch, Principal, Protocol, TlsMode,
 };
 
 /// The precomputed policy of one inbound port.
@@ -21,6 +21,8 @@ use crate::config::{
 pub struct PortPolicy {
     pub tls: TlsMode,
     pub protocol: Protocol,
+    /// How requests reach the app on this port (HTTP/1.1, HTTP/2 or the client's own).
+    pub app_protocol: AppProtocol,
     authz: Authz,
     /// Some rule matches on paths: requests must be normalised first.
     matches_paths: bool,
@@ -93,6 +95,7 @@ impl PortPolicy {
         PortPolicy {
             tls: p.tls,
             protocol: p.protocol,
+            app_protocol: p.app_protocol,
             matches_paths: p.rules.iter().any(|r| !r.paths.is_empty()),
             authz,
         }
@@ -108,6 +111,7 @@ impl PortPolicy {
                 TlsMode::Disabled
             },
             protocol: Protocol::Auto,
+            app_protocol: AppProtocol::Auto,
             authz: match default {
                 DefaultPolicy::Allow => Authz::Any,
                 DefaultPolicy::Deny => Authz::Deny,

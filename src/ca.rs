@@ -218,13 +218,26 @@ impl Ca {
 
     /// Issues a workload certificate for `id` with a fresh P-256 key.
     pub fn issue(&self, id: &Identity, validity: Duration) -> Result<Issued, CaError> {
+        self.issue_with_dns(id, validity, &[])
+    }
+
+    /// As `issue`, with DNS names beside the SPIFFE ID: a serving certificate for clients
+    /// that check a host name (the API server calling the injection webhook).
+    pub fn issue_with_dns(
+        &self,
+        id: &Identity,
+        validity: Duration,
+        dns: &[String],
+    ) -> Result<Issued, CaError> {
         if id.trust_domain() != self.trust_domain {
             return Err(CaError::Invalid(format!(
                 "{id} is not in this CA's trust domain {}",
                 self.trust_domain
             )));
         }
-        self.issue_custom(&IssueOptions::workload(id.as_str(), validity))
+        let mut opts = IssueOptions::workload(id.as_str(), validity);
+        opts.dns = dns.to_vec();
+        self.issue_custom(&opts)
     }
 
     /// Issues whatever `opts` says, with no checks (tests make broken certificates so).
@@ -300,6 +313,7 @@ pub fn issue_to_dir(
     ca: &Ca,
     id: &Identity,
     validity: Duration,
+    dns: &[String],
     out: &Path,
     force: bool,
 ) -> Result<(), CaError> {
@@ -309,7 +323,7 @@ pub fn issue_to_dir(
             return Err(CaError::Exists(out.join(f).display().to_string()));
         }
     }
-    let issued = ca.issue(id, validity)?;
+    let issued = ca.issue_with_dns(id, validity, dns)?;
     write_file(&out.join("cert.pem"), &issued.cert_pem, false, force)?;
     write_file(&out.join("key.pem"), &issued.key_pem, true, force)?;
     write_file(&out.join("root.pem"), ca.root_pem(), false, force)

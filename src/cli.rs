@@ -33,6 +33,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up and matched once: a few hundred bytes more for one variant cost
+// nothing, and boxing would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar proxy.
@@ -55,7 +58,7 @@ pub enum Command {
     Ca(CaCommand),
     /// Run the control plane (mesh config, discovery stream, CA), or make a token.
     #[command(
-        after_help = "Examples:\n  spoke control --config-dir mesh/ --ca ca/ --listen 0.0.0.0:15010 --stats 0.0.0.0:15014\n  spoke control token --ca ca/ --id spiffe://cluster.local/ns/default/sa/web --ttl 24h > web.token\n\nExit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure (a port in use), 2 bad usage, an invalid mesh directory or CA."
+        after_help = "Examples:\n  spoke control --config-dir mesh/ --ca ca/ --listen 0.0.0.0:15010 --stats 0.0.0.0:15014\n  spoke control --config-dir mesh/ --ca ca/ --webhook-cert webhook/cert.pem --webhook-key webhook/key.pem\n  spoke control token --ca ca/ --id spiffe://cluster.local/ns/default/sa/web --ttl 24h > web.token\n\nExit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure (a port in use), 2 bad usage, an invalid mesh directory or CA."
     )]
     Control(ControlArgs),
     /// The control plane's view of every sidecar: versions sent and ACKed, last NACK.
@@ -68,11 +71,45 @@ pub enum Command {
         after_help = "Example:\n  kubectl exec web-0 -c spoke -- spoke diagnose --admin 127.0.0.1:15000\n\nExit codes: 0 every check passed, 1 any failed, 2 bad usage."
     )]
     Diagnose(DiagnoseArgs),
+    /// Add the sidecar to Kubernetes manifests (a file or stdin, to stdout).
+    #[command(
+        after_help = "Examples:\n  spoke inject -f app.yaml | kubectl apply -f -\n  kubectl get deploy web -o yaml | spoke inject --classic > web.yaml\n\nExit codes: 0 written (objects left alone are named on stderr), 2 bad usage or bad input (an error naming the document; nothing written)."
+    )]
+    Inject(InjectArgs),
     /// Install (or remove) the pod's iptables capture rules; run by the pod's init step.
     #[command(
         after_help = "Inbound TCP to the pod goes to --inbound-capture-port, the app's outbound TCP to --outbound-capture-port, except: the proxy's own uid and gid, loopback, the excluded ports and CIDRs, and the capture ports themselves. Rules live in the nat chains SPOKE_INBOUND, SPOKE_IN_REDIRECT, SPOKE_OUTPUT and SPOKE_REDIRECT, applied atomically with iptables-restore; running it again replaces them.\n\nExamples:\n  spoke redirect --proxy-uid 1337 --exclude-outbound-cidrs 169.254.169.254/32\n  spoke redirect --inbound-ports 8080,9090 --dry-run\n  SPOKE_EXCLUDE_OUTBOUND_PORTS=5432 spoke redirect\n  spoke redirect --remove\n\nExit codes: 0 installed, removed or printed; 1 iptables missing, permission denied (needs NET_ADMIN) or iptables failed; 2 bad usage."
     )]
     Redirect(RedirectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// The manifests (YAML, any number of documents; `-` or none reads stdin).
+    #[arg(long = "filename", short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+/// What the injected sidecar is made of; shared by `spoke inject` and the control plane's
+/// webhook, so both inject the same pod the same way.
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    /// Image of the injected proxy and of its init step.
+    #[arg(long, env = "SPOKE_IMAGE", default_value = "spoke:latest")]
+    pub image: String,
+    /// The control plane's address as the injected sidecars dial it.
+    #[arg(
+        long,
+        env = "SPOKE_CONTROL_ADDRESS",
+        default_value = "spoke-control.spoke-system.svc:15010"
+    )]
+    pub control_address: String,
+    /// Inject the proxy as a regular container (clusters before Kubernetes 1.29) instead of
+    /// a native sidecar (an init container with restartPolicy: Always).
+    #[arg(long, env = "SPOKE_INJECT_CLASSIC")]
+    pub classic: bool,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +191,19 @@ pub struct ControlArgs {
     /// Lifetime of workload certificates.
     #[arg(long, env = "SPOKE_CERT_TTL", default_value = "24h")]
     pub cert_ttl: String,
+    /// Address of the injection webhook (HTTPS); it runs only with --webhook-cert and
+    /// --webhook-key.
+    #[arg(long, env = "SPOKE_WEBHOOK_LISTEN", default_value = "0.0.0.0:15017")]
+    pub webhook_listen: std::net::SocketAddr,
+    /// The webhook's serving certificate (PEM chain, leaf first) with a DNS SAN for the
+    /// webhook Service (spoke-control.spoke-system.svc).
+    #[arg(long, env = "SPOKE_WEBHOOK_CERT", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+    /// The webhook certificate's private key (PEM).
+    #[arg(long, env = "SPOKE_WEBHOOK_KEY", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,7 +247,7 @@ pub enum CaCommand {
     },
     /// Issue a workload certificate: OUT/cert.pem, OUT/key.pem (0600), OUT/root.pem.
     #[command(
-        after_help = "Example:\n  spoke ca issue --ca ca/ --id spiffe://cluster.local/ns/default/sa/web --out certs/web --validity 24h\n\nExit codes: 0 written, 2 bad usage, a bad identity, an unreadable CA or files exist (without --force)."
+        after_help = "Example:\n  spoke ca issue --ca ca/ --id spiffe://cluster.local/ns/default/sa/web --out certs/web --validity 24h\n  spoke ca issue --ca ca/ --id spiffe://cluster.local/ns/spoke-system/sa/spoke-control --dns spoke-control.spoke-system.svc --out webhook --validity 8760h\n\nExit codes: 0 written, 2 bad usage, a bad identity, an unreadable CA or files exist (without --force)."
     )]
     Issue {
         /// The CA directory made by `spoke ca init`.
@@ -212,6 +262,10 @@ pub enum CaCommand {
         /// Certificate lifetime.
         #[arg(long, default_value = "24h")]
         validity: String,
+        /// A DNS name to add as a SAN (repeatable), for a serving certificate such as the
+        /// webhook's (spoke-control.spoke-system.svc).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -226,6 +280,10 @@ pub struct ProxyArgs {
     /// Allow the admin server to bind a non-loopback address.
     #[arg(long, env = "SPOKE_UNSAFE_ADMIN")]
     pub unsafe_admin: bool,
+    /// The node id (instead of the file's `node.id`): one config file can serve many
+    /// pods, each named by its own (injected pods pass `$(SPOKE_POD_NAME).$(SPOKE_POD_NAMESPACE)`).
+    #[arg(long, env = "SPOKE_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

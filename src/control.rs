@@ -8,6 +8,7 @@ pub mod mesh;
 pub mod server;
 pub mod server_stats;
 pub mod token;
+pub mod webhook;
 
 /// Generated protobuf and gRPC code.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod drain;
+pub mod inject;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;

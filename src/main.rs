@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use spoke::cli::{
-    CaCommand, CheckArgs, CheckOutput, Cli, Command, ControlArgs, ControlCommand, ProxyArgs,
-    RedirectArgs,
+    CaCommand, CheckArgs, CheckOutput, Cli, Command, ControlArgs, ControlCommand, InjectArgs,
+    ProxyArgs, RedirectArgs, SidecarArgs,
 };
 use spoke::{app, config, telemetry};
 
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Ca(cmd) => ca(cmd),
+        Command::Inject(args) => inject(&args),
         Command::Redirect(args) => redirect(args),
         Command::Control(args) => {
             if let Some(ControlCommand::Token { ca, id, ttl }) = args.command {
@@ -161,11 +162,13 @@ fn ca(cmd: CaCommand) -> ExitCode {
             id,
             out,
             validity,
+            dns,
             force,
         } => dur("validity", &validity).and_then(|v| {
             let identity = config::Identity::parse(&id).map_err(|e| format!("--id: {e}"))?;
             let ca = spoke::ca::Ca::load(&ca).map_err(|e| e.to_string())?;
-            spoke::ca::issue_to_dir(&ca, &identity, v, &out, force).map_err(|e| e.to_string())?;
+            spoke::ca::issue_to_dir(&ca, &identity, v, &dns, &out, force)
+                .map_err(|e| e.to_string())?;
             println!(
                 "certificate for {identity} written to {}/cert.pem, key.pem, root.pem",
                 out.display()
@@ -224,7 +227,7 @@ fn token(ca: &std::path::Path, id: &str, ttl: &str) -> ExitCode {
 }
 
 async fn control(args: ControlArgs) -> ExitCode {
-    let (Some(dir), Some(ca_dir)) = (args.config_dir, args.ca) else {
+    let (Some(dir), Some(ca_dir)) = (args.config_dir.clone(), args.ca.clone()) else {
         eprintln!("error: spoke control needs --config-dir DIR and --ca DIR");
         return ExitCode::from(2);
     };
@@ -259,6 +262,13 @@ async fn control(args: ControlArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let webhook = match webhook(&args).await {
+        Ok(w) => w,
+        Err((code, e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(code);
+        }
+    };
     let running = match spoke::control::server::start(settings, listen, stats).await {
         Ok(r) => r,
         Err(errors) => {
@@ -281,14 +291,83 @@ async fn control(args: ControlArgs) -> ExitCode {
     }
     tracing::info!("control plane stopping");
     drop(running);
+    if let Some(w) = webhook {
+        w.abort();
+    }
     ExitCode::SUCCESS
+}
+
+fn inject_options(args: &SidecarArgs) -> spoke::inject::Options {
+    spoke::inject::Options {
+        image: args.image.clone(),
+        control: args.control_address.clone(),
+        classic: args.classic,
+    }
+}
+
+/// `spoke inject`: the whole output is built first, so bad input writes nothing to stdout.
+fn inject(args: &InjectArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    let read = match args.file.as_deref() {
+        None => std::io::stdin().read_to_string(&mut text).map(|_| ()),
+        Some(p) if p == std::path::Path::new("-") => {
+            std::io::stdin().read_to_string(&mut text).map(|_| ())
+        }
+        Some(p) => std::fs::read_to_string(p).map(|t| text = t),
+    };
+    if let Err(e) = read {
+        let name = args
+            .file
+            .as_ref()
+            .map_or("stdin".into(), |p| p.display().to_string());
+        eprintln!("error: cannot read {name}: {e}");
+        return ExitCode::from(2);
+    }
+    match spoke::inject::inject_yaml(&text, &inject_options(&args.sidecar)) {
+        Ok(out) => {
+            for n in &out.notes {
+                eprintln!("{n}");
+            }
+            let mut stdout = std::io::stdout().lock();
+            if stdout
+                .write_all(out.text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Starts the injection webhook when its certificate and key are given.
+async fn webhook(args: &ControlArgs) -> Result<Option<tokio::task::JoinHandle<()>>, (u8, String)> {
+    let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) else {
+        tracing::info!("injection webhook off (no --webhook-cert and --webhook-key)");
+        return Ok(None);
+    };
+    let tls = spoke::control::webhook::tls_config(cert, key).map_err(|e| (2, e))?;
+    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
+        .await
+        .map_err(|e| (1, format!("cannot bind {}: {e}", args.webhook_listen)))?;
+    tracing::info!(listen = %args.webhook_listen, "injection webhook serving");
+    let opts = inject_options(&args.sidecar);
+    Ok(Some(tokio::spawn(spoke::control::webhook::serve(
+        listener, tls, opts,
+    ))))
 }
 
 async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
     raise_fd_limit();
     // The same checks as `spoke check`, printed once, plainly, in the same form: they are
     // for the operator at the terminal (or the pod's last termination message).
-    let cfg = match spoke::check::proxy_file(&args.config, args.unsafe_admin) {
+    let mut cfg = match spoke::check::proxy_file(&args.config, args.unsafe_admin) {
         Ok(c) => c,
         Err(diags) => {
             for d in &diags {
@@ -297,6 +376,11 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(id) = args.node_id.filter(|id| !id.is_empty()) {
+        // The raw file too: it is what a control plane push is merged into.
+        cfg.raw.node.get_or_insert_with(Default::default).id = Some(id.clone());
+        cfg.node.id = id;
+    }
     let opts = app::Options {
         unsafe_admin: args.unsafe_admin,
         log: Some(log),

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub authz_denied: IntCounterVec,
     /// `{port}`: open connections closed because a new policy no longer allows them.
     pub authz_revoked: IntCounterVec,
+    /// `{port}`: local apps found not to speak HTTP/2 (`app_protocol: auto`).
+    pub app_http1_fallbacks: IntCounterVec,
     /// `{cluster}`
     pub outlier_ejections: IntCounterVec,
     /// `{cluster, limit}`
@@ -280,6 +282,12 @@ impl Metrics {
                 "open inbound connections closed because a new policy no longer allows them",
                 &["port"],
             ),
+            app_http1_fallbacks: counter(
+                &r,
+                "spoke_app_http1_fallbacks_total",
+                "local apps that refused HTTP/2 and are now called with HTTP/1.1 (app_protocol: auto)",
+                &["port"],
+            ),
             cert_expiry,
             cert_reloads: counter(
                 &r,
@@ -377,6 +385,8 @@ impl Metrics {
         for port in ports {
             self.authz_denied.with_label_values(&[&port.to_string()]);
             self.authz_revoked.with_label_values(&[&port.to_string()]);
+            self.app_http1_fallbacks
+                .with_label_values(&[&port.to_string()]);
         }
         for l in &cfg.listeners {
             let ListenerTarget::Capture(c) = l.target else {

@@ -13,14 +13,14 @@ pub mod collect;
 pub mod context;
 pub mod export;
 pub mod span;
+pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use http::header::{HeaderMap, HeaderName};
-use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Config, Direction, Route, Tracing};
 use crate::metrics::Metrics;
@@ -34,14 +34,20 @@ pub const FORCE: HeaderName = HeaderName::from_static("x-spoke-trace");
 /// Finished spans waiting for the exporter; beyond this they are dropped.
 pub const QUEUE: usize = 2048;
 
+/// A finished span, encoded (see `wire`).
+pub type Encoded = Vec<u8>;
+
 /// The tracer every listener shares (it lives in `proxy::Shared`).
 pub struct Tracer {
     enabled: AtomicBool,
     /// The sampling ratio for new traces, as `f64` bits.
     ratio: AtomicU64,
     settings: ArcSwapOption<Tracing>,
-    tx: mpsc::Sender<OtlpSpan>,
-    rx: Mutex<Option<mpsc::Receiver<OtlpSpan>>>,
+    tx: mpsc::Sender<Encoded>,
+    rx: Mutex<Option<mpsc::Receiver<Encoded>>>,
+    /// Wakes the exporter when a whole batch waits; otherwise it wakes once per flush
+    /// interval, not once per span.
+    full: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -56,6 +62,7 @@ impl Tracer {
             settings: ArcSwapOption::empty(),
             tx,
             rx: Mutex::new(Some(rx)),
+            full: Notify::new(),
             metrics,
         };
         t.configure(cfg);
@@ -94,15 +101,22 @@ impl Tracer {
     }
 
     /// Queues a finished span; never waits. A full queue drops it and counts it.
-    pub fn send(&self, span: OtlpSpan) {
+    pub fn send(&self, span: Encoded) {
         if self.tx.try_send(span).is_err() {
             self.metrics.trace_spans_dropped.inc();
+        } else if QUEUE - self.tx.capacity() >= export::BATCH {
+            self.full.notify_one();
         }
     }
 
     /// The exporter's end of the queue (once).
-    pub fn take_receiver(&self) -> Option<mpsc::Receiver<OtlpSpan>> {
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<Encoded>> {
         self.rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// Resolves when a whole batch is queued (or was, since the last call).
+    pub async fn batch_ready(&self) {
+        self.full.notified().await
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -191,14 +205,14 @@ pub fn on_route(info: &mut Info, routes: &[Route], route: Option<&Route>) {
     };
     span.route = Some(
         match route.and_then(|r| routes.iter().position(|x| std::ptr::eq(x, r))) {
-            Some(i) => format!("routes[{i}]"),
-            None => "default".to_string(),
+            Some(i) => span::RouteName::Index(i),
+            None => span::RouteName::Default,
         },
     );
 }
 
 /// Records a retry as an event: the try that failed, why, and its endpoint.
-pub fn retried(info: &mut Info, reason: &str) {
+pub fn retried(info: &mut Info, reason: &'static str) {
     let (retries, endpoint) = (info.retries, info.endpoint);
     if let Some(span) = info.trace.as_mut() {
         span.retry(retries, reason, endpoint);

@@ -411,10 +411,7 @@ async fn upgrades_follow_the_listener_and_route_lists() {
     let p = proxy(&yaml(", upgrades: []", "")).await;
     let head = upgrade(p.listener("web").unwrap()).await;
     assert!(head.starts_with("http/1.1 502"), "{head}");
-    assert!(
-        head.contains("x-spoke-error: upstream_protocol_error"),
-        "{head}"
-    );
+    assert!(head.contains("x-spoke-error: upstream_protocol"), "{head}");
     // The route's own list wins over the listener's.
     let p = proxy(&yaml(", upgrades: []", ", upgrades: [ websocket ]")).await;
     assert!(upgrade(p.listener("web").unwrap())

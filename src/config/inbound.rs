@@ -32,6 +32,16 @@ pub(super) fn ports(e: &mut Errors, base: &str, raw: &[raw::InboundPort]) -> Vec
                 .collect();
             let tls = ip.tls.unwrap_or_default();
             let protocol = ip.protocol.unwrap_or_default();
+            if ip.app_protocol.is_some() && matches!(protocol, Protocol::Tcp | Protocol::Opaque) {
+                e.push(
+                    format!("{p}.app_protocol"),
+                    format!(
+                        "applies to HTTP; port {} is protocol {}",
+                        ip.port,
+                        if protocol == Protocol::Tcp { "tcp" } else { "opaque" }
+                    ),
+                );
+            }
             if tls == TlsMode::Disabled && !ip.allow.is_empty() {
                 e.push(
                     format!("{p}.allow"),
@@ -54,6 +64,7 @@ pub(super) fn ports(e: &mut Errors, base: &str, raw: &[raw::InboundPort]) -> Vec
                 port: ip.port,
                 protocol,
                 tls,
+                app_protocol: ip.app_protocol.unwrap_or_default(),
                 allow,
                 rules,
             }

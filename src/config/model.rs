@@ -9,7 +9,8 @@ use serde::{Serialize, Serializer};
 
 pub use super::identity::{AllowRule, Identity};
 pub use super::raw::{
-    AuthzAction, Capture, CollectorProtocol, DefaultPolicy, Direction, Lb, Protocol, TlsMode,
+    AppProtocol, AuthzAction, Capture, CollectorProtocol, DefaultPolicy, Direction, Lb, Protocol,
+    TlsMode,
 };
 pub use super::trace::{Collector, Tracing};
 
@@ -361,6 +362,7 @@ pub struct InboundPort {
     pub port: u16,
     pub protocol: Protocol,
     pub tls: TlsMode,
+    pub app_protocol: AppProtocol,
     pub allow: Vec<AllowRule>,
     pub rules: Vec<AuthzRule>,
 }

@@ -397,6 +397,15 @@ pub enum TlsMode {
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+pub enum AppProtocol {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum DefaultPolicy {
     #[default]
     Allow,
@@ -411,6 +420,10 @@ pub struct InboundPort {
     pub protocol: Option<Protocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsMode>,
+    /// How the app on this port speaks HTTP: `http1`, `http2` (h2c, prior knowledge) or
+    /// `auto` (what the client spoke, falling back to HTTP/1.1 when the app refuses HTTP/2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<AppProtocol>,
     /// Short form: the identities that may call this port (any request).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,

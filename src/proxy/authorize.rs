@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::{AuthzEvent, Shared};
 use crate::authz::{self, path::PathError, port_label};
-use crate::config::Identity;
+use crate::config::{AppProtocol, Identity};
 
 /// Who is calling on one inbound connection.
 #[derive(Debug, Clone, Copy)]
@@ -64,11 +64,12 @@ impl Held {
 
 /// Checks one inbound HTTP request. When the port's rules match on paths, the request's
 /// path is normalised first and the app receives the normalised path (what was checked).
+/// Allowed: how the port's app speaks HTTP, from the same snapshot as the decision.
 pub fn request(
     shared: &Shared,
     caller: Caller<'_>,
     parts: &mut http::request::Parts,
-) -> Result<(), Refused> {
+) -> Result<AppProtocol, Refused> {
     let snapshot = shared.snapshot.load();
     let policy = snapshot.inbound_policy(caller.port, shared.tls.is_some());
     let raw = parts.uri.path();
@@ -101,7 +102,7 @@ pub fn request(
     if let Cow::Owned(normal) = path {
         set_path(parts, &normal);
     }
-    Ok(())
+    Ok(policy.app_protocol)
 }
 
 /// Checks a TCP (opaque) connection at accept.

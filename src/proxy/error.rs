@@ -58,7 +58,7 @@ impl ErrorKind {
             ErrorKind::ResolveFailed => "resolve_failed",
             ErrorKind::TlsFailed => "tls_failed",
             ErrorKind::UpstreamReset => "upstream_reset",
-            ErrorKind::UpstreamProtocol => "upstream_protocol_error",
+            ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::Timeout => "timeout",
         }
     }
@@ -145,6 +145,11 @@ pub enum ProxyError {
     },
     #[error("no connection to cluster {cluster} within the queue timeout")]
     QueueTimeout { cluster: String },
+    #[error("{endpoint} does not speak HTTP/2: it {reason}")]
+    Http2Refused {
+        endpoint: String,
+        reason: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -160,6 +165,7 @@ impl ProxyError {
             ProxyError::TlsFailed { .. } => ErrorKind::TlsFailed,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::QueueTimeout { .. } => ErrorKind::QueueTimeout,
+            ProxyError::Http2Refused { .. } => ErrorKind::UpstreamProtocol,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod framer;
 pub mod guard;
 pub mod headers;
 pub mod pool;
+pub mod preface;
 pub mod retry;
 pub mod route;
 pub mod server;

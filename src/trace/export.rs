@@ -1,26 +1,25 @@
 //! The OTLP exporter: one task off the request path that drains the tracer's bounded
 //! queue in batches (up to `BATCH` spans, or whatever arrived within `FLUSH`) and sends
 //! each batch to the collector over gRPC (`TraceService/Export`, tonic) or HTTP
-//! (`POST /v1/traces`, protobuf body, hyper). The collector's address and protocol are
-//! read from the current settings for every batch, so a new snapshot redirects the export.
-//! A failed or timed-out export drops its batch and counts the spans; requests never wait.
+//! (`POST /v1/traces`, protobuf body, hyper). Spans arrive encoded, so a batch is their
+//! bytes behind one request head (`wire`); the task wakes once per batch, not per span.
+//! The collector's address and protocol are read from the current settings for every
+//! batch, so a new snapshot redirects the export. A failed or timed-out export drops its
+//! batch and counts the spans; requests never wait.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tokio::sync::mpsc;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use super::span::str_kv;
+use super::{wire, Encoded};
 use crate::config::{Collector, CollectorProtocol, Tracing};
 use crate::proxy::Shared;
 
@@ -28,6 +27,7 @@ use crate::proxy::Shared;
 pub const BATCH: usize = 512;
 /// How long a batch waits to fill once its first span is in.
 pub const FLUSH: Duration = Duration::from_millis(100);
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Starts the exporter of `shared`'s tracer (a no-op if one already runs).
 pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
@@ -41,7 +41,7 @@ pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
 
 /// A connection to one collector, kept while the settings name it.
 enum Transport {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     Http(Box<Client<HttpConnector, Full<Bytes>>>, http::Uri),
 }
 
@@ -57,29 +57,45 @@ enum ExportError {
     Http(String),
 }
 
-async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<OtlpSpan>) {
+/// Takes what is queued, up to a whole batch, without waiting.
+fn drain(rx: &mut mpsc::Receiver<Encoded>, batch: &mut Vec<Encoded>) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(s) => batch.push(s),
+            Err(_) => return,
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Encoded>) {
     let tracer = &shared.tracer;
     let mut current: Option<(Collector, Transport)> = None;
     let mut failing = false;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH);
     loop {
         let Some(first) = rx.recv().await else {
             return;
         };
         batch.push(first);
         let deadline = tokio::time::Instant::now() + FLUSH;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
+        loop {
+            drain(&mut rx, &mut batch);
+            if batch.len() >= BATCH || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tracer.batch_ready() => {}
             }
         }
         let n = batch.len() as u64;
-        let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
         let Some(settings) = tracer.settings() else {
             tracer.metrics().trace_spans_dropped.inc_by(n);
+            batch.clear();
             continue;
         };
+        let body = request(&settings, &batch);
+        batch.clear();
         if current.as_ref().map(|(c, _)| c) != Some(&settings.collector) {
             current = match transport(&settings.collector) {
                 Ok(t) => Some((settings.collector.clone(), t)),
@@ -93,8 +109,7 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<OtlpSpan>) {
         let Some((collector, t)) = current.as_mut() else {
             continue;
         };
-        let req = request(&settings, spans);
-        let sent = tokio::time::timeout(collector.timeout, send(t, req)).await;
+        let sent = tokio::time::timeout(collector.timeout, send(t, body)).await;
         match sent.unwrap_or(Err(ExportError::Timeout)) {
             Ok(rejected) => {
                 let rejected = rejected.min(n);
@@ -125,7 +140,7 @@ fn transport(c: &Collector) -> Result<Transport, ExportError> {
                 .map_err(|e| ExportError::Address(e.to_string()))?
                 .connect_timeout(c.timeout)
                 .timeout(c.timeout);
-            Ok(Transport::Grpc(TraceServiceClient::new(ep.connect_lazy())))
+            Ok(Transport::Grpc(tonic::client::Grpc::new(ep.connect_lazy())))
         }
         CollectorProtocol::Http => {
             let uri: http::Uri = format!("http://{}/v1/traces", c.address)
@@ -140,43 +155,40 @@ fn transport(c: &Collector) -> Result<Transport, ExportError> {
     }
 }
 
-/// One batch as an OTLP request: this sidecar's resource, Spoke's scope.
-fn request(settings: &Tracing, spans: Vec<OtlpSpan>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![str_kv("service.name", settings.service_name.as_str())],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "spoke".to_string(),
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
+/// One batch as an `ExportTraceServiceRequest`: this sidecar's resource, Spoke's scope,
+/// the spans' bytes.
+fn request(settings: &Tracing, spans: &[Encoded]) -> Bytes {
+    let service = settings.service_name.as_str();
+    let spans_len: usize = spans.iter().map(|s| wire::framed_span_len(s)).sum();
+    let mut buf = Vec::with_capacity(spans_len + 64 + service.len());
+    wire::put_request_head(&mut buf, service, spans_len);
+    for s in spans {
+        wire::frame_span(&mut buf, s);
     }
+    Bytes::from(buf)
 }
 
 /// Sends one request; `Ok` holds the number of spans the collector rejected.
-async fn send(t: &mut Transport, req: ExportTraceServiceRequest) -> Result<u64, ExportError> {
+async fn send(t: &mut Transport, body: Bytes) -> Result<u64, ExportError> {
     match t {
-        Transport::Grpc(client) => {
-            let resp = client.export(req).await?.into_inner();
+        Transport::Grpc(grpc) => {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+            let resp = grpc
+                .unary(tonic::Request::new(body), path, Raw)
+                .await?
+                .into_inner();
             Ok(resp
                 .partial_success
                 .map(|p| p.rejected_spans.max(0) as u64)
                 .unwrap_or(0))
         }
         Transport::Http(client, uri) => {
-            let body = Full::new(Bytes::from(req.encode_to_vec()));
             let r = http::Request::post(uri.clone())
                 .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-                .body(body)
+                .body(Full::new(body))
                 .map_err(|e| ExportError::Http(e.to_string()))?;
             let resp = client
                 .request(r)
@@ -188,5 +200,45 @@ async fn send(t: &mut Transport, req: ExportTraceServiceRequest) -> Result<u64, 
                 Err(ExportError::Http(format!("status {}", resp.status())))
             }
         }
+    }
+}
+
+/// The gRPC codec of an export: the request is already encoded, the response is decoded
+/// with the published OTLP types.
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }

@@ -1,14 +1,35 @@
 //! One sampled request's span while it is in flight (ids, start time, retry events, the
-//! route) and its OTLP form once the response head is known. Built only for sampled
-//! requests: an unsampled one never gets here.
+//! route) and its OTLP form once the response head is known, written straight to the wire
+//! (see `wire`). Built only for sampled requests: an unsampled one never gets here.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
-use opentelemetry_proto::tonic::trace::v1::{status, Span as OtlpSpan, Status};
-
 use super::context::{Format, Hex};
+use super::wire::{self, Small, Val};
+
+/// OTLP `Span.SpanKind`.
+const KIND_SERVER: u64 = 2;
+const KIND_CLIENT: u64 = 3;
+/// OTLP `Status.StatusCode.STATUS_CODE_ERROR`.
+const STATUS_ERROR: u64 = 2;
+/// A span's usual encoded size: one allocation holds it.
+const TYPICAL: usize = 448;
+
+/// The route a request took: `routes[i]`, or the listener's own cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteName {
+    Index(usize),
+    Default,
+}
+
+/// A retry, as a span event.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub time_ns: u64,
+    pub attempt: u32,
+    pub reason: &'static str,
+    pub endpoint: Option<std::net::SocketAddr>,
+}
 
 /// A sampled request's span.
 #[derive(Debug)]
@@ -23,8 +44,8 @@ pub struct Span {
     pub state: String,
     pub server: bool,
     pub start_ns: u64,
-    pub route: Option<String>,
-    pub events: Vec<Event>,
+    pub route: Option<RouteName>,
+    pub events: Vec<Retry>,
 }
 
 /// What the finished request came to, for the span's attributes and status.
@@ -49,20 +70,50 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn kv(key: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
+/// Attributes of a span or event, written in one pass after their sizes are summed.
+struct Attrs<'a, const N: usize> {
+    list: [(&'a str, Val<'a>); N],
+    n: usize,
+}
+
+impl<'a, const N: usize> Attrs<'a, N> {
+    fn new() -> Self {
+        Attrs {
+            list: [("", Val::Int(0)); N],
+            n: 0,
+        }
     }
-}
 
-pub fn str_kv(key: &str, v: impl Into<String>) -> KeyValue {
-    kv(key, any_value::Value::StringValue(v.into()))
-}
+    fn push(&mut self, key: &'a str, v: Val<'a>) {
+        if self.n < N {
+            self.list[self.n] = (key, v);
+            self.n += 1;
+        }
+    }
 
-pub fn int_kv(key: &str, v: i64) -> KeyValue {
-    kv(key, any_value::Value::IntValue(v))
+    fn items(&self) -> &[(&'a str, Val<'a>)] {
+        &self.list[..self.n]
+    }
+
+    fn len(&self, field_overhead: bool) -> usize {
+        self.items()
+            .iter()
+            .map(|(k, v)| {
+                let l = wire::kv_len(k, *v);
+                if field_overhead {
+                    wire::field_len(l)
+                } else {
+                    l
+                }
+            })
+            .sum()
+    }
+
+    fn put(&self, buf: &mut Vec<u8>, field: u32) {
+        for (k, v) in self.items() {
+            wire::put_kv(buf, field, k, *v);
+        }
+    }
 }
 
 // === impl Span ===
@@ -77,88 +128,111 @@ impl Span {
     }
 
     /// Records one retry: the try that failed, why, and where it went.
-    pub fn retry(&mut self, attempt: u32, reason: &str, endpoint: Option<std::net::SocketAddr>) {
-        let mut attributes = vec![
-            int_kv("spoke.try", i64::from(attempt)),
-            str_kv("spoke.retry.reason", reason),
-        ];
-        if let Some(e) = endpoint {
-            attributes.push(str_kv("spoke.endpoint", e.to_string()));
-        }
-        self.events.push(Event {
-            time_unix_nano: now_ns(),
-            name: "retry".to_string(),
-            attributes,
-            dropped_attributes_count: 0,
+    pub fn retry(
+        &mut self,
+        attempt: u32,
+        reason: &'static str,
+        endpoint: Option<std::net::SocketAddr>,
+    ) {
+        self.events.push(Retry {
+            time_ns: now_ns(),
+            attempt,
+            reason,
+            endpoint,
         });
     }
 
-    /// The OTLP span: attributes from the OpenTelemetry HTTP conventions and Spoke's own.
-    pub fn finish(self, o: &Outcome<'_>) -> OtlpSpan {
-        let mut attributes = vec![
-            str_kv("http.request.method", o.method),
-            str_kv("url.path", o.path),
-            int_kv("http.response.status_code", i64::from(o.status)),
-            str_kv("network.peer.address", o.peer.ip().to_string()),
-            int_kv("network.peer.port", i64::from(o.peer.port())),
-            str_kv("spoke.cluster", o.cluster),
-            int_kv("spoke.retries", i64::from(o.retries)),
-        ];
+    /// The OTLP span's bytes: attributes from the OpenTelemetry HTTP conventions and
+    /// Spoke's own.
+    pub fn finish(self, o: &Outcome<'_>) -> Vec<u8> {
+        let peer_ip = Small::new(format_args!("{}", o.peer.ip()));
+        let endpoint = o.endpoint.map(|e| Small::new(format_args!("{e}")));
+        let route = self.route.map(|r| match r {
+            RouteName::Index(i) => Small::new(format_args!("routes[{i}]")),
+            RouteName::Default => Small::new(format_args!("default")),
+        });
+        let mut attrs = Attrs::<12>::new();
+        attrs.push("http.request.method", Val::Str(o.method));
+        attrs.push("url.path", Val::Str(o.path));
+        attrs.push("http.response.status_code", Val::Int(i64::from(o.status)));
+        attrs.push("network.peer.address", Val::Str(peer_ip.as_str()));
+        attrs.push("network.peer.port", Val::Int(i64::from(o.peer.port())));
+        attrs.push("spoke.cluster", Val::Str(o.cluster));
+        attrs.push("spoke.retries", Val::Int(i64::from(o.retries)));
         let host = host_of(o.authority);
         if !host.is_empty() {
-            attributes.push(str_kv("server.address", host));
+            attrs.push("server.address", Val::Str(host));
         }
-        if let Some(r) = &self.route {
-            attributes.push(str_kv("spoke.route", r.as_str()));
+        if let Some(r) = &route {
+            attrs.push("spoke.route", Val::Str(r.as_str()));
         }
-        if let Some(e) = o.endpoint {
-            attributes.push(str_kv("spoke.endpoint", e.to_string()));
+        if let Some(e) = &endpoint {
+            attrs.push("spoke.endpoint", Val::Str(e.as_str()));
         }
         if let Some(id) = o.peer_id {
-            attributes.push(str_kv("spoke.peer_id", id));
+            attrs.push("spoke.peer_id", Val::Str(id));
         }
         if let Some(k) = o.error {
-            attributes.push(str_kv("spoke.error", k));
+            attrs.push("spoke.error", Val::Str(k));
+        }
+
+        let mut buf = Vec::with_capacity(TYPICAL + 96 * self.events.len());
+        wire::put_bytes(&mut buf, 1, &self.trace);
+        wire::put_bytes(&mut buf, 2, &self.id);
+        if !self.state.is_empty() {
+            wire::put_bytes(&mut buf, 3, self.state.as_bytes());
+        }
+        if let Some(p) = &self.parent {
+            wire::put_bytes(&mut buf, 4, p);
+        }
+        // The name, `GET backend`, written in place.
+        wire::put_len(&mut buf, 5, o.method.len() + 1 + o.cluster.len());
+        buf.extend_from_slice(o.method.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(o.cluster.as_bytes());
+        let kind = if self.server {
+            KIND_SERVER
+        } else {
+            KIND_CLIENT
+        };
+        wire::put_uint(&mut buf, 6, kind);
+        wire::put_fixed64(&mut buf, 7, self.start_ns);
+        wire::put_fixed64(&mut buf, 8, now_ns().max(self.start_ns));
+        attrs.put(&mut buf, 9);
+        for ev in &self.events {
+            put_event(&mut buf, ev);
         }
         let failed = o.status >= 500 || o.error.is_some();
-        let status = Status {
-            message: if failed {
-                o.error.unwrap_or("server error").to_string()
-            } else {
-                String::new()
-            },
-            code: if failed {
-                status::StatusCode::Error as i32
-            } else {
-                status::StatusCode::Unset as i32
-            },
-        };
-        let kind = if self.server {
-            SpanKind::Server
+        if failed {
+            let msg = o.error.unwrap_or("server error");
+            wire::put_len(&mut buf, 15, wire::field_len(msg.len()) + 2);
+            wire::put_bytes(&mut buf, 2, msg.as_bytes());
+            wire::put_uint(&mut buf, 3, STATUS_ERROR);
         } else {
-            SpanKind::Client
-        };
+            // An explicit, empty status: `STATUS_CODE_UNSET`.
+            wire::put_len(&mut buf, 15, 0);
+        }
         // Trace flags (sampled) and, bits 8 and 9, "the parent is known to be remote".
         let flags = 1 | 0x100 | if self.parent.is_some() { 0x200 } else { 0 };
-        OtlpSpan {
-            trace_id: self.trace.to_vec(),
-            span_id: self.id.to_vec(),
-            trace_state: self.state,
-            parent_span_id: self.parent.map(|p| p.to_vec()).unwrap_or_default(),
-            flags,
-            name: format!("{} {}", o.method, o.cluster),
-            kind: kind as i32,
-            start_time_unix_nano: self.start_ns,
-            end_time_unix_nano: now_ns().max(self.start_ns),
-            attributes,
-            dropped_attributes_count: 0,
-            events: self.events,
-            dropped_events_count: 0,
-            links: Vec::new(),
-            dropped_links_count: 0,
-            status: Some(status),
-        }
+        wire::put_fixed32(&mut buf, 16, flags);
+        buf
     }
+}
+
+/// A retry as an `Event` (field 11 of `Span`): time, name, attributes.
+fn put_event(buf: &mut Vec<u8>, ev: &Retry) {
+    let endpoint = ev.endpoint.map(|e| Small::new(format_args!("{e}")));
+    let mut attrs = Attrs::<3>::new();
+    attrs.push("spoke.try", Val::Int(i64::from(ev.attempt)));
+    attrs.push("spoke.retry.reason", Val::Str(ev.reason));
+    if let Some(e) = &endpoint {
+        attrs.push("spoke.endpoint", Val::Str(e.as_str()));
+    }
+    let len = 9 + wire::field_len(b"retry".len()) + attrs.len(true);
+    wire::put_len(buf, 11, len);
+    wire::put_fixed64(buf, 1, ev.time_ns);
+    wire::put_bytes(buf, 2, b"retry");
+    attrs.put(buf, 3);
 }
 
 /// The host of an authority (`host`, `host:port`, `[v6]:port`).

@@ -66,3 +66,91 @@ fn a_new_snapshot_turns_tracing_on_and_off() {
     t.configure(&crate::config::from_yaml("").unwrap_or_else(|e| panic!("{e}")));
     assert!(!t.enabled() && t.settings().is_none());
 }
+
+#[test]
+fn a_finished_span_decodes_with_the_published_types() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use prost::Message;
+
+    let mut s = Span {
+        trace: [7; 16],
+        id: [1, 2, 3, 4, 5, 6, 7, 8],
+        parent: Some([9; 8]),
+        format: Format::W3c,
+        short: false,
+        state: "vendor=x".into(),
+        server: false,
+        start_ns: 1_000,
+        route: Some(span::RouteName::Index(3)),
+        events: Vec::new(),
+    };
+    let ep: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+    s.retry(1, "status", Some(ep));
+    let outcome = span::Outcome {
+        method: "POST",
+        path: "/api/x",
+        authority: "backend:8080",
+        status: 503,
+        peer: "[::1]:4242".parse().unwrap_or_else(|e| panic!("{e}")),
+        cluster: "backend",
+        endpoint: Some(ep),
+        peer_id: Some("spiffe://cluster.local/ns/default/sa/backend"),
+        retries: 1,
+        error: None,
+    };
+    let bytes = s.finish(&outcome);
+    let mut req = Vec::new();
+    wire::put_request_head(&mut req, "web", wire::framed_span_len(&bytes));
+    wire::frame_span(&mut req, &bytes);
+    let r = ExportTraceServiceRequest::decode(&req[..]).unwrap_or_else(|e| panic!("{e}"));
+    let rs = &r.resource_spans[0];
+    let scope = &rs.scope_spans[0];
+    assert_eq!(scope.scope.as_ref().map(|s| s.name.as_str()), Some("spoke"));
+    let d = &scope.spans[0];
+    assert_eq!(d.trace_id, vec![7; 16]);
+    assert_eq!(d.span_id, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(d.parent_span_id, vec![9; 8]);
+    assert_eq!(d.trace_state, "vendor=x");
+    assert_eq!(d.name, "POST backend");
+    assert_eq!(d.kind, SpanKind::Client as i32);
+    assert_eq!(d.start_time_unix_nano, 1_000);
+    assert!(d.end_time_unix_nano >= 1_000);
+    assert_eq!(d.flags, 0x301);
+    let a = |k: &str| collect::text(&d.attributes, k);
+    assert_eq!(a("http.request.method").as_deref(), Some("POST"));
+    assert_eq!(a("url.path").as_deref(), Some("/api/x"));
+    assert_eq!(a("http.response.status_code").as_deref(), Some("503"));
+    assert_eq!(a("network.peer.address").as_deref(), Some("::1"));
+    assert_eq!(a("network.peer.port").as_deref(), Some("4242"));
+    assert_eq!(a("server.address").as_deref(), Some("backend"));
+    assert_eq!(a("spoke.route").as_deref(), Some("routes[3]"));
+    assert_eq!(a("spoke.endpoint").as_deref(), Some("10.0.0.7:8080"));
+    assert_eq!(a("spoke.retries").as_deref(), Some("1"));
+    assert_eq!(
+        a("spoke.peer_id").as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/backend")
+    );
+    assert_eq!(a("spoke.error"), None);
+    let status = d.status.clone().unwrap_or_default();
+    assert_eq!(status.code, 2, "5xx is an error");
+    assert_eq!(status.message, "server error");
+    assert_eq!(d.events.len(), 1);
+    let ev = &d.events[0];
+    assert_eq!(ev.name, "retry");
+    assert!(ev.time_unix_nano > 0);
+    assert_eq!(
+        collect::text(&ev.attributes, "spoke.retry.reason").as_deref(),
+        Some("status")
+    );
+    assert_eq!(
+        collect::text(&ev.attributes, "spoke.try").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        collect::text(&ev.attributes, "spoke.endpoint").as_deref(),
+        Some("10.0.0.7:8080")
+    );
+    // The batch of one decodes back to the same bytes: nothing the types do not know.
+    assert_eq!(r.encode_to_vec().len(), req.len());
+}

@@ -167,8 +167,23 @@ impl hyper::body::Body for Frames {
     }
 }
 
+/// Which HTTP versions a scripted app speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    Both,
+    /// An HTTP/1-only app: it answers the HTTP/2 preface with an HTTP/1 error.
+    Http1,
+    /// An h2c-only app (HTTP/2 prior knowledge, as gRPC servers are).
+    Http2,
+}
+
 /// Starts the scripted app on 127.0.0.1:0; it speaks HTTP/1.1 and HTTP/2 (prior knowledge).
 pub async fn start_app(id: &'static str) -> (SocketAddr, Arc<Seen>) {
+    start_app_speaking(id, Speaks::Both).await
+}
+
+/// Starts the scripted app on 127.0.0.1:0 speaking only what `speaks` says.
+pub async fn start_app_speaking(id: &'static str, speaks: Speaks) -> (SocketAddr, Arc<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -178,9 +193,23 @@ pub async fn start_app(id: &'static str) -> (SocketAddr, Arc<Seen>) {
             let seen = s2.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| app(id, seen.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(sock), svc)
-                    .await;
+                let io = TokioIo::new(sock);
+                let _ = match speaks {
+                    Speaks::Both => {
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(io, svc)
+                            .await
+                    }
+                    Speaks::Http1 => hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .with_upgrades()
+                        .await
+                        .map_err(Into::into),
+                    Speaks::Http2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await
+                        .map_err(Into::into),
+                };
             });
         }
     });

@@ -17,9 +17,9 @@ use super::forward::{ConnCtx, Info};
 use super::pool::{Body, Dial, Key, SendError};
 use super::retry::{self, Failure};
 use crate::balance::{now_ms, Limit, Outcome, Slot};
-use crate::config::{Identity, RetryPolicy};
+use crate::config::{AppProtocol, Identity, RetryPolicy};
 use crate::proxy::connect::{self, overflow, panicked};
-use crate::proxy::ErrorKind;
+use crate::proxy::{ErrorKind, ProxyError};
 use crate::snapshot::ClusterState;
 
 /// Sends of a request the upstream never processed, beyond which it fails anyway.
@@ -52,6 +52,8 @@ pub struct Target<'a> {
     pub meshed: Option<&'a Identity>,
     /// The `ring_hash` key.
     pub key: Option<u64>,
+    /// The local app behind an inbound port: how it speaks HTTP.
+    pub app: Option<AppProtocol>,
 }
 
 /// What one send came to.
@@ -90,6 +92,8 @@ pub async fn attempt_loop(
     let mut retry_slot: Option<Slot> = None;
     // A request hyper handed back unsent is reused as is (its body untouched).
     let mut carried: Option<Request<Body>> = None;
+    // Becomes HTTP/1.1 when a local app refuses HTTP/2 under `app_protocol: auto`.
+    let mut h2 = t.h2;
     loop {
         let picked = cluster.pick(t.key, &tried[..n_tried]).or_else(|| {
             n_tried = 0;
@@ -123,10 +127,10 @@ pub async fn attempt_loop(
         info.endpoint = Some(addr);
         let req = match carried.take() {
             Some(r) => r,
-            None => build(parts, reqbody, t.h2, &info.authority)?,
+            None => build(parts, reqbody, h2, &info.authority)?,
         };
         // An HTTP/1.1 exchange holds a connection for its whole response: bounded.
-        let conn_slot = if t.h2 {
+        let conn_slot = if h2 {
             None
         } else {
             match cluster
@@ -157,7 +161,8 @@ pub async fn attempt_loop(
         let key = Key {
             addr,
             tls: t.meshed.cloned(),
-            h2: t.h2,
+            h2,
+            probe: h2 && t.app.is_some(),
         };
         let inflight = state.start();
         let started = Instant::now();
@@ -201,6 +206,25 @@ pub async fn attempt_loop(
                     }
                     _ => Step::Done(resp, hold),
                 }
+            }
+            Some(Err(SendError::Connect(e, req)))
+                if matches!(e, ProxyError::Http2Refused { .. }) =>
+            {
+                // The request never left: the app refused the connection's preface.
+                if t.app != Some(AppProtocol::Auto) {
+                    tracing::warn!(cluster = %cfg.name, endpoint = %addr, error = %e, "the app refused HTTP/2 (app_protocol: http2)");
+                    return Err((e.kind(), e.to_string()));
+                }
+                fall_back_to_http1(cluster, addr, &e, metrics);
+                h2 = false;
+                // Requests built from here on (retries) carry the authority as HTTP/1 does.
+                if let Ok(v) = http::HeaderValue::from_str(&info.authority) {
+                    if !info.authority.is_empty() {
+                        parts.headers.entry(http::header::HOST).or_insert(v);
+                    }
+                }
+                carried = Some(into_http1(*req, &info.authority));
+                Step::Again
             }
             Some(Err(SendError::Connect(e, req))) => {
                 cluster.record(i, Outcome::GatewayError, metrics);
@@ -252,7 +276,7 @@ pub async fn attempt_loop(
                 // after a GOAWAY: the request never got a stream.
                 let dropped = error.is_canceled() || is_dispatch_gone(&error);
                 let never_processed = is_unprocessed(&error)
-                    || (dropped && (t.h2 || retry::is_idempotent(&parts.method)))
+                    || (dropped && (h2 || retry::is_idempotent(&parts.method)))
                     || (reused
                         && error.is_incomplete_message()
                         && retry::is_idempotent(&parts.method));
@@ -339,6 +363,41 @@ fn build(
     }
     b.body(body)
         .map_err(|e| (ErrorKind::BadRequest, e.to_string()))
+}
+
+/// Remembers that the local app speaks only HTTP/1.1 (counted and logged once).
+fn fall_back_to_http1(
+    cluster: &ClusterState,
+    app: std::net::SocketAddr,
+    e: &ProxyError,
+    metrics: &crate::metrics::Metrics,
+) {
+    use std::sync::atomic::Ordering;
+    if !cluster.runtime.app_http1.swap(true, Ordering::Relaxed) {
+        metrics
+            .app_http1_fallbacks
+            .with_label_values(&[&app.port().to_string()])
+            .inc();
+        tracing::warn!(cluster = %cluster.config.name, app = %app, error = %e, "the app does not speak HTTP/2: calling it with HTTP/1.1 from now on (app_protocol: auto)");
+    }
+}
+
+/// The same request as HTTP/1.1: origin-form URI, the authority as `Host`.
+fn into_http1(req: Request<Body>, authority: &str) -> Request<Body> {
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_11;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    if !authority.is_empty() && !parts.headers.contains_key(http::header::HOST) {
+        if let Ok(v) = http::HeaderValue::from_str(authority) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+    }
+    Request::from_parts(parts, body)
 }
 
 /// How a response counts for outlier detection.

@@ -19,7 +19,7 @@ use super::pool::Body;
 use super::retry;
 use super::route;
 use crate::balance::Limit;
-use crate::config::{Identity, RetryPolicy};
+use crate::config::{AppProtocol, Identity, RetryPolicy};
 use crate::proxy::authorize::{self, Caller, Held, Refused};
 use crate::proxy::connect::overflow;
 use crate::proxy::listener::ListenerCtx;
@@ -185,6 +185,7 @@ async fn forward(
 
     let (cluster, route): (Arc<ClusterState>, Option<&crate::config::Route>);
     let mut inbound_app = None;
+    let mut app_protocol = AppProtocol::Auto;
     match &conn.target {
         Target::Inbound { app, local } => {
             info.cluster = Some(local.clone());
@@ -195,7 +196,7 @@ async fn forward(
                 port: app.port(),
             };
             match authorize::request(shared, caller, parts) {
-                Ok(()) => {}
+                Ok(p) => app_protocol = p,
                 Err(Refused::Denied) => {
                     return fail(
                         ErrorKind::Unauthorized,
@@ -240,12 +241,24 @@ async fn forward(
         }
     }
 
-    // The upstream speaks HTTP/2 between sidecars and to apps called with HTTP/2; HTTP/1
-    // otherwise, and always for upgrades.
+    // The upstream speaks HTTP/2 between sidecars; to the app as its port says (by default
+    // what the original client spoke, unless the app was found to refuse HTTP/2); to
+    // plaintext clusters what the client spoke; always HTTP/1 for upgrades.
     let meshed = cluster.config.tls.clone();
     let up_h2 = !upgrade
         && match (&inbound_app, &meshed) {
-            (Some(_), _) => conn.h2 && !orig_h1,
+            (Some(_), _) => match app_protocol {
+                AppProtocol::Http1 => false,
+                AppProtocol::Http2 => true,
+                AppProtocol::Auto => {
+                    conn.h2
+                        && !orig_h1
+                        && !cluster
+                            .runtime
+                            .app_http1
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                }
+            },
             (None, Some(_)) => true,
             (None, None) => conn.h2,
         };
@@ -346,6 +359,7 @@ async fn forward(
         upgrade,
         meshed: meshed.as_ref(),
         key: hash_key(&cluster.config, parts, conn.peer),
+        app: inbound_app.map(|_| app_protocol),
     };
     let attempts = async { attempt_loop(conn, parts, &mut reqbody, &target, info).await };
     let result = tokio::time::timeout(timeout, attempts)

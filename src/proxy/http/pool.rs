@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::preface;
 use crate::config::{EndpointAddr, Identity};
 use crate::metrics::Metrics;
 use crate::proxy::connect::{self, Alpn, DialCtx};
@@ -36,6 +37,9 @@ pub struct Key {
     /// Meshed: mTLS, and the server must be this identity.
     pub tls: Option<Identity>,
     pub h2: bool,
+    /// A local app that may not speak HTTP/2: a new HTTP/2 connection is used only after
+    /// the app answered the preface with SETTINGS (see `preface`).
+    pub probe: bool,
 }
 
 /// Why a request did not get a response.
@@ -230,6 +234,27 @@ async fn dial_io(key: &Key, dial: &Dial<'_>, h2: bool) -> Result<Io, ProxyError>
 
 async fn connect_h2(key: &Key, dial: &Dial<'_>) -> Result<http2::SendRequest<Body>, ProxyError> {
     let io = dial_io(key, dial, true).await?;
+    if !key.probe {
+        return handshake_h2(key, io).await;
+    }
+    let (io, seen) = preface::watch(io);
+    let sender = handshake_h2(key, io).await?;
+    let reason = match tokio::time::timeout(dial.timeout, seen).await {
+        Ok(Ok(true)) => return Ok(sender),
+        Ok(Ok(false)) => "answered the HTTP/2 preface with something else",
+        Ok(Err(_)) => "closed the connection on the HTTP/2 preface",
+        Err(_) => "did not answer the HTTP/2 preface within the connect timeout",
+    };
+    Err(ProxyError::Http2Refused {
+        endpoint: key.addr.to_string(),
+        reason,
+    })
+}
+
+async fn handshake_h2<T>(key: &Key, io: T) -> Result<http2::SendRequest<Body>, ProxyError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))

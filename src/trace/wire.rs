@@ -1,0 +1,238 @@
+//! OTLP's protobuf wire form, written straight into one buffer per span. Building the
+//! generated structs first cost a dozen small allocations per span (every attribute key
+//! and value a `String`) and a second pass to encode them; a span is written here once,
+//! and an export request is the spans' bytes framed as repeated fields, so a batch is a
+//! concatenation. The field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`
+//! and `common/v1/common.proto`; the unit tests decode the output with the published
+//! OTLP types (`opentelemetry-proto`) to hold them to it.
+
+use std::fmt::Write as _;
+
+/// Wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+pub fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// The encoded size of a length-delimited field of `len` bytes (tag below 16).
+pub fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+pub fn put_tag(buf: &mut Vec<u8>, field: u32, wire: u8) {
+    put_varint(buf, (u64::from(field) << 3) | u64::from(wire));
+}
+
+/// A length-delimited field's tag and length; its `len` bytes follow.
+pub fn put_len(buf: &mut Vec<u8>, field: u32, len: usize) {
+    put_tag(buf, field, LEN);
+    put_varint(buf, len as u64);
+}
+
+pub fn put_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    put_len(buf, field, b.len());
+    buf.extend_from_slice(b);
+}
+
+pub fn put_uint(buf: &mut Vec<u8>, field: u32, v: u64) {
+    put_tag(buf, field, VARINT);
+    put_varint(buf, v);
+}
+
+pub fn put_fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
+    put_tag(buf, field, FIXED64);
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+pub fn put_fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
+    put_tag(buf, field, FIXED32);
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+/// An attribute value: text or an integer (`AnyValue.string_value` / `int_value`).
+#[derive(Clone, Copy)]
+pub enum Val<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+impl Val<'_> {
+    /// The encoded `AnyValue`'s size.
+    fn len(self) -> usize {
+        match self {
+            Val::Str(s) => field_len(s.len()),
+            Val::Int(i) => 1 + varint_len(i as u64),
+        }
+    }
+}
+
+/// The size of a `KeyValue` message.
+pub fn kv_len(key: &str, v: Val<'_>) -> usize {
+    field_len(key.len()) + field_len(v.len())
+}
+
+/// A `KeyValue` as field `field` of the enclosing message.
+pub fn put_kv(buf: &mut Vec<u8>, field: u32, key: &str, v: Val<'_>) {
+    put_len(buf, field, kv_len(key, v));
+    put_bytes(buf, 1, key.as_bytes());
+    put_len(buf, 2, v.len());
+    match v {
+        Val::Str(s) => put_bytes(buf, 1, s.as_bytes()),
+        Val::Int(i) => put_uint(buf, 3, i as u64),
+    }
+}
+
+/// Short text (an address, `routes[3]`) formatted on the stack.
+pub struct Small {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Small {
+    pub fn new(args: std::fmt::Arguments<'_>) -> Self {
+        let mut s = Small {
+            buf: [0; 64],
+            len: 0,
+        };
+        // Longer text (never for the values used here) is cut, not a failure.
+        let _ = s.write_fmt(args);
+        s
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for Small {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.buf.len() - self.len;
+        if s.len() > room {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+/// The start of an `ExportTraceServiceRequest` holding one `ResourceSpans` (this sidecar's
+/// `service.name`) with one `ScopeSpans` (scope `spoke`), whose spans take `spans_len`
+/// bytes (each span framed by `frame_span`). The spans' bytes follow.
+pub fn put_request_head(buf: &mut Vec<u8>, service: &str, spans_len: usize) {
+    let version = env!("CARGO_PKG_VERSION");
+    let resource = field_len(kv_len("service.name", Val::Str(service)));
+    let scope = field_len(b"spoke".len()) + field_len(version.len());
+    let scope_spans = field_len(scope) + spans_len;
+    let resource_spans = field_len(resource) + field_len(scope_spans);
+    put_len(buf, 1, resource_spans);
+    put_len(buf, 1, resource);
+    put_kv(buf, 1, "service.name", Val::Str(service));
+    put_len(buf, 2, scope_spans);
+    put_len(buf, 1, scope);
+    put_bytes(buf, 1, b"spoke");
+    put_bytes(buf, 2, version.as_bytes());
+}
+
+/// The size of one encoded span as an element of `ScopeSpans.spans`.
+pub fn framed_span_len(span: &[u8]) -> usize {
+    field_len(span.len())
+}
+
+/// Appends one encoded span as an element of `ScopeSpans.spans`.
+pub fn frame_span(buf: &mut Vec<u8>, span: &[u8]) {
+    put_bytes(buf, 2, span);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+    use prost::Message;
+
+    #[test]
+    fn varints_as_protobuf_writes_them() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v));
+            let mut p = Vec::new();
+            prost::encoding::encode_varint(v, &mut p);
+            assert_eq!(b, p, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_key_value_decodes_with_the_published_types() {
+        let mut b = Vec::new();
+        // As field 1 of a message that is a bare KeyValue list: decode the element itself.
+        put_kv(&mut b, 1, "http.request.method", Val::Str("GET"));
+        // Past the tag and the one-byte length.
+        let kv = KeyValue::decode(&b[2..]).unwrap();
+        assert_eq!(kv.key, "http.request.method");
+        assert_eq!(
+            kv.value.unwrap().value,
+            Some(any_value::Value::StringValue("GET".into()))
+        );
+        let mut b = Vec::new();
+        put_kv(&mut b, 1, "n", Val::Int(503));
+        let kv = KeyValue::decode(&b[2..]).unwrap();
+        assert_eq!(
+            kv.value.unwrap().value,
+            Some(any_value::Value::IntValue(503))
+        );
+    }
+
+    #[test]
+    fn an_empty_request_decodes() {
+        let mut b = Vec::new();
+        put_request_head(&mut b, "web", 0);
+        let r = ExportTraceServiceRequest::decode(&b[..]).unwrap();
+        let rs = &r.resource_spans[0];
+        let attrs = &rs.resource.as_ref().unwrap().attributes;
+        assert_eq!(attrs[0].key, "service.name");
+        assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "spoke");
+        assert!(rs.scope_spans[0].spans.is_empty());
+    }
+
+    #[test]
+    fn small_text_is_formatted_on_the_stack() {
+        assert_eq!(
+            Small::new(format_args!("routes[{}]", 12)).as_str(),
+            "routes[12]"
+        );
+        let ip: std::net::SocketAddr = "[2001:db8::1]:8080".parse().unwrap();
+        assert_eq!(
+            Small::new(format_args!("{ip}")).as_str(),
+            "[2001:db8::1]:8080"
+        );
+    }
+}
