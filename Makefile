@@ -9,7 +9,7 @@ build:
 release:
 	$(CARGO) build --release
 
-# Unit and integration tests (real sockets on 127.0.0.1; netns tests run when root).
+# Unit and integration tests (real sockets on 127.0.0.1; netns and capture tests run when root).
 # .ci/tools checks (and as root installs) what the tests use and names what is missing;
 # tests whose tool or root is missing say they were skipped.
 test:

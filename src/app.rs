@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Capture, Config, ConfigError, ConfigErrors, ListenerTarget};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::drain::{self, Drain};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ListenerCtx};
@@ -72,30 +72,12 @@ pub struct Running {
 /// an error, so nothing is silently ignored.
 pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
     let mut out = Vec::new();
-    let mut no = |path: String, what: &str| {
-        out.push(ConfigError {
-            path,
-            message: format!("{what} is not supported by this version of spoke proxy yet"),
-        })
-    };
-    if !cfg.services.is_empty() {
-        no("services".into(), "transparent outbound service mapping");
-    }
     if !cfg.workloads.is_empty() {
         out.push(ConfigError {
             path: "workloads".into(),
             message: "belongs in the control plane's mesh config, not a proxy config".into(),
         });
         return out;
-    }
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        if let ListenerTarget::Capture(c) = l.target {
-            let what = match c {
-                Capture::Inbound => "transparent inbound capture",
-                Capture::Outbound => "transparent outbound capture",
-            };
-            no(format!("listeners[{i}].capture"), what);
-        }
     }
     // Parts that need a workload certificate (from files, or from the control plane).
     if cfg.tls.is_none() && cfg.control.is_none() {
@@ -166,6 +148,15 @@ fn tls_error_path(files: &crate::config::TlsFiles, e: &crate::tls::TlsError) -> 
         TlsError::Pem { what: "roots", .. } => "tls.roots",
         _ => "tls.cert",
     }
+}
+
+/// The bound ports of the capture listeners (port 0 in a config becomes the real one).
+fn capture_ports(cfgs: &[crate::config::Listener], bound: &[TcpListener]) -> Vec<u16> {
+    cfgs.iter()
+        .zip(bound)
+        .filter(|(l, _)| matches!(l.target, crate::config::ListenerTarget::Capture(_)))
+        .filter_map(|(_, s)| s.local_addr().ok().map(|a| a.port()))
+        .collect()
 }
 
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -246,6 +237,7 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     }
     let mut shared = Shared::new(snapshot, metrics, tls.clone());
     shared.observer = opts.observer;
+    shared.capture_ports = capture_ports(&listener_cfgs, &bound);
     let shared = Arc::new(shared);
     if !dynamic {
         shared.readiness.set_config_loaded();

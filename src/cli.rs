@@ -76,6 +76,11 @@ pub enum Command {
         after_help = "Examples:\n  spoke inject -f app.yaml | kubectl apply -f -\n  kubectl get deploy web -o yaml | spoke inject --classic > web.yaml\n\nExit codes: 0 written (objects left alone are named on stderr), 2 bad usage or bad input (an error naming the document; nothing written)."
     )]
     Inject(InjectArgs),
+    /// Install (or remove) the pod's iptables capture rules; run by the pod's init step.
+    #[command(
+        after_help = "Inbound TCP to the pod goes to --inbound-capture-port, the app's outbound TCP to --outbound-capture-port, except: the proxy's own uid and gid, loopback, the excluded ports and CIDRs, and the capture ports themselves. Rules live in the nat chains SPOKE_INBOUND, SPOKE_IN_REDIRECT, SPOKE_OUTPUT and SPOKE_REDIRECT, applied atomically with iptables-restore; running it again replaces them.\n\nExamples:\n  spoke redirect --proxy-uid 1337 --exclude-outbound-cidrs 169.254.169.254/32\n  spoke redirect --inbound-ports 8080,9090 --dry-run\n  SPOKE_EXCLUDE_OUTBOUND_PORTS=5432 spoke redirect\n  spoke redirect --remove\n\nExit codes: 0 installed, removed or printed; 1 iptables missing, permission denied (needs NET_ADMIN) or iptables failed; 2 bad usage."
+    )]
+    Redirect(RedirectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +110,47 @@ pub struct SidecarArgs {
     /// a native sidecar (an init container with restartPolicy: Always).
     #[arg(long, env = "SPOKE_INJECT_CLASSIC")]
     pub classic: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RedirectArgs {
+    /// The proxy's user id: its own connections are never captured.
+    #[arg(long, env = "SPOKE_PROXY_UID", default_value_t = 1337)]
+    pub proxy_uid: u32,
+    /// The proxy's group id, also never captured (default: the proxy uid).
+    #[arg(long, env = "SPOKE_PROXY_GID")]
+    pub proxy_gid: Option<u32>,
+    /// Port of the `capture: inbound` listener.
+    #[arg(long, env = "SPOKE_INBOUND_CAPTURE_PORT", default_value_t = 15006)]
+    pub inbound_capture_port: u16,
+    /// Port of the `capture: outbound` listener.
+    #[arg(long, env = "SPOKE_OUTBOUND_CAPTURE_PORT", default_value_t = 15001)]
+    pub outbound_capture_port: u16,
+    /// Inbound ports captured: `*` (all), a list (`8080,9090`), or empty (none).
+    #[arg(long, env = "SPOKE_INBOUND_PORTS", default_value = "*", value_parser = crate::redirect::Ports::parse)]
+    pub inbound_ports: crate::redirect::Ports,
+    /// Inbound ports never captured (the capture ports always are excluded). The default
+    /// keeps the sidecar's admin (15000) and stats/probe (15020) ports reachable directly.
+    #[arg(long, env = "SPOKE_EXCLUDE_INBOUND_PORTS", default_value = "15000,15020", value_parser = crate::redirect::PortList::parse)]
+    pub exclude_inbound_ports: crate::redirect::PortList,
+    /// Outbound destination ports captured: `*` (all), a list, or empty (none).
+    #[arg(long, env = "SPOKE_OUTBOUND_PORTS", default_value = "*", value_parser = crate::redirect::Ports::parse)]
+    pub outbound_ports: crate::redirect::Ports,
+    /// Outbound destination ports never captured (`5432,6379`).
+    #[arg(long, env = "SPOKE_EXCLUDE_OUTBOUND_PORTS", default_value = "", value_parser = crate::redirect::PortList::parse)]
+    pub exclude_outbound_ports: crate::redirect::PortList,
+    /// Outbound destinations never captured (`169.254.169.254/32,10.0.0.0/8,fd00::/8`).
+    #[arg(long, env = "SPOKE_EXCLUDE_OUTBOUND_CIDRS", default_value = "", value_parser = crate::redirect::CidrList::parse)]
+    pub exclude_outbound_cidrs: crate::redirect::CidrList,
+    /// IPv6 rules (ip6tables) too: `auto` when the kernel has IPv6 and ip6tables is installed.
+    #[arg(long, env = "SPOKE_IPV6", value_enum, default_value = "auto")]
+    pub ipv6: crate::redirect::Ipv6,
+    /// Remove every rule and chain a previous run installed, instead of installing.
+    #[arg(long, env = "SPOKE_REDIRECT_REMOVE")]
+    pub remove: bool,
+    /// Print the exact iptables-restore input instead of applying it; changes nothing.
+    #[arg(long, env = "SPOKE_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod cluster;
 pub mod duration;
 pub mod identity;
 mod inbound;
+mod listeners;
 pub mod model;
 pub mod raw;
 mod routes;

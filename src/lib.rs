@@ -16,6 +16,7 @@ pub mod inject;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;
+pub mod redirect;
 pub mod snapshot;
 pub mod status;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use spoke::cli::{
     CaCommand, CheckArgs, CheckOutput, Cli, Command, ControlArgs, ControlCommand, InjectArgs,
-    ProxyArgs, SidecarArgs,
+    ProxyArgs, RedirectArgs, SidecarArgs,
 };
 use spoke::{app, config, telemetry};
 
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         }
         Command::Ca(cmd) => ca(cmd),
         Command::Inject(args) => inject(&args),
+        Command::Redirect(args) => redirect(args),
         Command::Control(args) => {
             if let Some(ControlCommand::Token { ca, id, ttl }) = args.command {
                 return token(&ca, &id, &ttl);
@@ -115,6 +116,33 @@ fn check(args: &CheckArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
+    }
+}
+
+fn redirect(a: RedirectArgs) -> ExitCode {
+    use spoke::redirect::{Options, Plan};
+    let opts = Options {
+        plan: Plan {
+            proxy_uid: a.proxy_uid,
+            proxy_gid: a.proxy_gid.unwrap_or(a.proxy_uid),
+            inbound_capture_port: a.inbound_capture_port,
+            outbound_capture_port: a.outbound_capture_port,
+            inbound_ports: a.inbound_ports,
+            exclude_inbound_ports: a.exclude_inbound_ports.0,
+            outbound_ports: a.outbound_ports,
+            exclude_outbound_ports: a.exclude_outbound_ports.0,
+            exclude_outbound_cidrs: a.exclude_outbound_cidrs.0,
+        },
+        ipv6: a.ipv6,
+        remove: a.remove,
+        dry_run: a.dry_run,
+    };
+    match spoke::redirect::run(&opts, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::config::{Config, ListenerTarget};
+use crate::config::{Capture, Config, ListenerTarget, UnknownDestination::Deny};
 
 /// `spoke_retries_total` reasons (see `proxy::http::retry::Failure::reason`).
 pub const RETRY_REASONS: &[&str] = &[
@@ -28,6 +28,14 @@ pub const RETRY_REASONS: &[&str] = &[
     "reset",
     "per_try_timeout",
     "budget_exhausted",
+];
+
+/// `spoke_capture_refused_total` reasons (see `proxy::capture::Refusal::label`).
+pub const CAPTURE_REFUSALS: &[&str] = &[
+    "no_original_dst",
+    "not_redirected",
+    "loop",
+    "unknown_destination",
 ];
 
 /// The `spoke_tls_handshake_errors_total` reasons created at 0: the ones an alert is likely
@@ -100,6 +108,9 @@ pub struct Metrics {
     pub upstream_rq_errors: IntCounterVec,
     /// `{listener, protocol}`: what protocol detection decided.
     pub protocol_detected: IntCounterVec,
+    /// `{listener, reason}`: captured connections closed before anything was proxied
+    /// (`proxy::capture::Refusal`).
+    pub capture_refused: IntCounterVec,
     /// Spans the collector accepted (registered once tracing is configured).
     pub trace_spans_exported: prometheus::IntCounter,
     /// Spans lost: the export queue was full, or the collector failed or was too slow.
@@ -309,6 +320,12 @@ impl Metrics {
                 "protocol detection results",
                 &["listener", "protocol"],
             ),
+            capture_refused: counter(
+                &r,
+                "spoke_capture_refused_total",
+                "captured connections closed unproxied: no_original_dst, not_redirected, loop, unknown_destination",
+                &["listener", "reason"],
+            ),
             trace_spans_exported: prometheus::IntCounter::new(
                 "spoke_trace_spans_exported_total",
                 "spans accepted by the trace collector",
@@ -370,6 +387,19 @@ impl Metrics {
             self.authz_revoked.with_label_values(&[&port.to_string()]);
             self.app_http1_fallbacks
                 .with_label_values(&[&port.to_string()]);
+        }
+        for l in &cfg.listeners {
+            let ListenerTarget::Capture(c) = l.target else {
+                continue;
+            };
+            // Only an outbound capture that denies has unknown destinations to refuse.
+            let denies = c == Capture::Outbound && l.unknown_destination == Some(Deny);
+            for reason in CAPTURE_REFUSALS {
+                if denies || *reason != "unknown_destination" {
+                    self.capture_refused
+                        .with_label_values(&[l.name.as_str(), reason]);
+                }
+            }
         }
         if cfg.tls.is_some() || cfg.control.is_some() {
             let inbound = cfg

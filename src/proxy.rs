@@ -2,6 +2,7 @@
 //! config snapshot when it starts and keeps it to its end.
 
 pub mod authorize;
+pub mod capture;
 pub mod connect;
 pub mod copy;
 pub mod counted;
@@ -46,6 +47,9 @@ pub struct Shared {
     changes: tokio::sync::watch::Sender<()>,
     /// The last config update from the control plane (`/server_info`, `spoke diagnose`).
     pub last_update: std::sync::Mutex<Option<LastUpdate>>,
+    /// The bound ports of this proxy's capture listeners: a captured connection to one of
+    /// them on this host would loop, and is refused.
+    pub capture_ports: Vec<u16>,
 }
 
 /// What became of the last pushed config.
@@ -85,6 +89,7 @@ impl Shared {
             tracer,
             changes: tokio::sync::watch::Sender::new(()),
             last_update: std::sync::Mutex::new(None),
+            capture_ports: Vec::new(),
         }
     }
 

@@ -1,17 +1,19 @@
 //! The config snapshot the data plane reads: a validated config plus everything built from
-//! it (endpoint sets, per-port inbound policies). A new snapshot is built
+//! it (endpoint sets, per-port inbound policies and local app targets, the `services:` VIP
+//! map of transparent capture). A new snapshot is built
 //! whole and swapped in with one `ArcSwap::store`; each connection loads one and keeps it.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use crate::authz::PortPolicy;
 use crate::balance::endpoint::Verdict;
 use crate::balance::{
     now_ms, ClusterRuntime, EndpointState, Outcome, Picked, Plan, Registry, ThreadRng,
 };
-use crate::config::{Cluster, Config, Endpoint, EndpointAddr};
+use crate::config::{Cluster, Config, Endpoint, EndpointAddr, Service};
 use crate::metrics::Metrics;
 use crate::proxy::http::route::RouteIndex;
 
@@ -149,6 +151,13 @@ pub struct Snapshot {
     default_plain: PortPolicy,
     /// `config.routes` by host.
     pub route_index: RouteIndex,
+    /// `services:` by VIP: what a captured outbound connection's original destination means.
+    services: HashMap<SocketAddr, Service>,
+    /// The app behind each `inbound:` port (`127.0.0.1:<port>`), for inbound capture.
+    local: HashMap<u16, Arc<ClusterState>>,
+    /// The same for ports without an `inbound:` entry, made on first use: which ports the
+    /// app serves is known only when traffic arrives.
+    local_other: Mutex<HashMap<u16, Arc<ClusterState>>>,
 }
 
 impl Snapshot {
@@ -163,8 +172,21 @@ impl Snapshot {
             .iter()
             .map(|p| (p.port, PortPolicy::new(p)))
             .collect();
+        let services = config
+            .services
+            .iter()
+            .map(|s| (unmapped(s.vip), s.clone()))
+            .collect();
+        let local = config
+            .inbound
+            .iter()
+            .map(|p| (p.port, Arc::new(local_target(p.port))))
+            .collect();
         Snapshot {
             version,
+            services,
+            local,
+            local_other: Mutex::default(),
             default_cert: PortPolicy::default_for(true, config.default_policy),
             default_plain: PortPolicy::default_for(false, config.default_policy),
             inbound,
@@ -217,10 +239,96 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The service a captured connection's original destination is, if any: one hash
+    /// lookup (an IPv4 destination seen through an IPv6 socket is matched as IPv4).
+    pub fn service(&self, dst: SocketAddr) -> Option<&Service> {
+        self.services.get(&unmapped(dst))
+    }
+
+    /// The app's `127.0.0.1:<port>` as a one-endpoint cluster (metric label
+    /// `inbound:<port>`), where inbound capture forwards a connection made to `port`.
+    pub fn local_target(&self, port: u16) -> Arc<ClusterState> {
+        if let Some(t) = self.local.get(&port) {
+            return t.clone();
+        }
+        let mut other = self.local_other.lock().unwrap_or_else(|p| p.into_inner());
+        other
+            .entry(port)
+            .or_insert_with(|| Arc::new(local_target(port)))
+            .clone()
+    }
+}
+
+fn local_target(port: u16) -> ClusterState {
+    let app = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    ClusterState::local(&format!("inbound:{port}"), app)
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`: the form VIPs are keyed by.
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
 /// `static-<hash>`: stable for the same config content, different when it changes.
 pub fn content_version(config: &Config) -> String {
     let text = serde_json::to_string(&config.raw).unwrap_or_default();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     format!("static-{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        Snapshot::from_static(crate::config::from_yaml(yaml).unwrap())
+    }
+
+    #[test]
+    fn services_map_vips_to_clusters() {
+        let s = snapshot(
+            "clusters: [ { name: a }, { name: b } ]\n\
+             services:\n\
+             - { vip: 10.96.0.20:8080, cluster: a, protocol: http }\n\
+             - { vip: 10.96.0.20:9090, cluster: b, protocol: opaque }\n\
+             - { vip: \"[fd00::20]:8080\", cluster: b }\n",
+        );
+        let at = |a: &str| {
+            s.service(a.parse().unwrap())
+                .map(|s| (s.cluster.as_str(), s.protocol))
+        };
+        use crate::config::Protocol;
+        assert_eq!(at("10.96.0.20:8080"), Some(("a", Protocol::Http)));
+        assert_eq!(at("10.96.0.20:9090"), Some(("b", Protocol::Opaque)));
+        // The same VIP on another port, or another VIP: not a service.
+        assert_eq!(at("10.96.0.20:80"), None);
+        assert_eq!(at("10.96.0.21:8080"), None);
+        // An IPv4 destination read through a dual-stack socket.
+        assert_eq!(at("[::ffff:10.96.0.20]:8080"), Some(("a", Protocol::Http)));
+        assert_eq!(at("[fd00::20]:8080"), Some(("b", Protocol::Auto)));
+    }
+
+    #[test]
+    fn local_targets_are_made_once_per_port() {
+        let s = snapshot("inbound: [ { port: 8080, tls: disabled } ]\n");
+        let a = s.local_target(8080);
+        assert!(Arc::ptr_eq(&a, &s.local_target(8080)));
+        assert_eq!(a.config.name, "inbound:8080");
+        assert_eq!(
+            a.config.endpoints[0].address,
+            EndpointAddr::Ip("127.0.0.1:8080".parse().unwrap())
+        );
+        // A port without an inbound entry: made on first use, then the same one.
+        let b = s.local_target(9090);
+        assert!(Arc::ptr_eq(&b, &s.local_target(9090)));
+        assert_eq!(b.config.name, "inbound:9090");
+    }
 }

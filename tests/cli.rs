@@ -89,14 +89,14 @@ fn proxy_refuses_invalid_or_unsupported_config() {
     assert_eq!(code, 2);
     assert!(err.contains("clusters[0].endpoints[0].address"), "{err}");
 
-    let routes = write_tmp(
-        "routes.yaml",
-        "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\nclusters: [ { name: c, endpoints: [] } ]\nservices: [ { vip: 10.96.0.1:80, cluster: c } ]\n",
+    let capture = write_tmp(
+        "capture.yaml",
+        "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\nlisteners: [ { name: in, address: 127.0.0.1:0, capture: inbound, unknown_destination: deny } ]\n",
     );
-    let (code, _, err) = run(&["proxy", "--config", routes.to_str().unwrap()]);
+    let (code, _, err) = run(&["proxy", "--config", capture.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("services: transparent outbound service mapping is not supported"),
+        err.contains("listeners[0].unknown_destination: \"deny\" applies only to a capture: outbound listener"),
         "{err}"
     );
 

@@ -14,8 +14,14 @@ pub use super::raw::{
 };
 pub use super::trace::{Collector, Tracing};
 
+pub use super::raw::UnknownDestination;
+
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub const DEFAULT_STATS: &str = "0.0.0.0:15020";
+/// Where a `capture: outbound` listener without an address binds.
+pub const DEFAULT_OUTBOUND_CAPTURE: &str = "127.0.0.1:15001";
+/// Where a `capture: inbound` listener without an address binds.
+pub const DEFAULT_INBOUND_CAPTURE: &str = "0.0.0.0:15006";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
@@ -95,6 +101,9 @@ pub struct Listener {
     pub protocol: Protocol,
     #[serde(flatten)]
     pub target: ListenerTarget,
+    /// `capture: outbound` listeners only (`None` on every other listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_destination: Option<UnknownDestination>,
     pub max_connections: u32,
     #[serde(serialize_with = "ser_dur")]
     pub idle_timeout: Duration,

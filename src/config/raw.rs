@@ -123,10 +123,24 @@ pub enum Capture {
     Inbound,
 }
 
+/// What a `capture: outbound` listener does with a destination no service maps.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownDestination {
+    /// On to the original address, unchanged, as plain TCP.
+    #[default]
+    Pass,
+    /// Closed at once.
+    Deny,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
+    /// `ip:port`. Required, except on capture listeners: `127.0.0.1:15001` (outbound) and
+    /// `0.0.0.0:15006` (inbound), the ports `spoke redirect` sends traffic to by default.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
@@ -138,6 +152,10 @@ pub struct Listener {
     pub forward: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
+    /// `capture: outbound` only: a connection whose original destination is no `services:`
+    /// VIP goes on to that address as plain TCP (`pass`, default) or is closed (`deny`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_destination: Option<UnknownDestination>,
     /// Open connections beyond this are closed at accept. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,

@@ -97,7 +97,7 @@ fn unknown_fields_and_wrong_types_name_a_line() {
     let e = placed("listeners:\n  - { name: a, address: 127.0.0.1:1, cluster: c, colour: red }\n");
     assert_eq!(
         e,
-        vec!["2:50: listeners[0].colour: unknown field `colour`; expected one of `name`, `address`, `protocol`, `cluster`, `direction`, `forward`, `capture`, `max_connections`, `idle_timeout`, `detect_timeout`, `header_read_timeout`, `max_request_bytes`, `upgrades`, `access_log`, `tracing`"]
+        vec!["2:50: listeners[0].colour: unknown field `colour`; expected one of `name`, `address`, `protocol`, `cluster`, `direction`, `forward`, `capture`, `unknown_destination`, `max_connections`, `idle_timeout`, `detect_timeout`, `header_read_timeout`, `max_request_bytes`, `upgrades`, `access_log`, `tracing`"]
     );
     let e = errors(
         "clusters:\n  - { name: c, endpoints: [ { address: 10.0.0.1:80, weight: heavy } ] }\n",
@@ -192,4 +192,67 @@ fn empty_file_gets_defaults() {
     assert_eq!(cfg.admin.to_string(), DEFAULT_ADMIN);
     assert_eq!(cfg.stats.to_string(), DEFAULT_STATS);
     assert_eq!(cfg.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+}
+
+#[test]
+fn capture_listener_fields() {
+    let cfg = from_yaml(
+        "listeners:\n\
+         - { name: out, address: 127.0.0.1:15001, capture: outbound }\n\
+         - { name: out6, address: \"[::1]:15001\", capture: outbound, unknown_destination: deny }\n\
+         - { name: in, address: 0.0.0.0:15006, capture: inbound }\n",
+    )
+    .unwrap();
+    let unknown: Vec<_> = cfg
+        .listeners
+        .iter()
+        .map(|l| l.unknown_destination)
+        .collect();
+    assert_eq!(
+        unknown,
+        [
+            Some(UnknownDestination::Pass),
+            Some(UnknownDestination::Deny),
+            None
+        ]
+    );
+    assert_eq!(cfg.listeners[2].direction(), Direction::Inbound);
+    // Capture listeners may leave the address to its default; others may not.
+    let cfg =
+        from_yaml("listeners: [ { name: o, capture: outbound }, { name: i, capture: inbound } ]\n")
+            .unwrap();
+    let addrs: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| l.address.to_string())
+        .collect();
+    assert_eq!(addrs, ["127.0.0.1:15001", "0.0.0.0:15006"]);
+    assert_eq!(
+        errors("clusters: [ { name: c } ]\nlisteners: [ { name: o, cluster: c } ]\n"),
+        ["listeners[0]: missing field `address`"]
+    );
+
+    let errs = errors(
+        "clusters: [ { name: c } ]\n\
+         listeners:\n\
+         - { name: a, address: 127.0.0.1:1, cluster: c, unknown_destination: deny }\n\
+         - { name: b, address: 127.0.0.1:2, capture: inbound, unknown_destination: pass }\n\
+         - { name: c, address: 127.0.0.1:3, capture: outbound, protocol: http }\n\
+         - { name: d, address: 127.0.0.1:4, capture: outbound, direction: inbound }\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "listeners[0].unknown_destination: \"deny\" applies only to a capture: outbound listener",
+            "listeners[1].unknown_destination: \"pass\" applies only to a capture: outbound listener (an inbound capture forwards to the app's port)",
+            "listeners[2].protocol: \"http\" on a capture listener: the protocol comes from each services: entry's protocol",
+            "listeners[3].direction: \"inbound\" contradicts capture: outbound",
+        ]
+    );
+    let errs = errors("listeners: [ { name: a, address: 127.0.0.1:1, capture: outbound, unknown_destination: drop } ]\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("listeners[0].unknown_destination: unknown value `drop`"),
+        "{errs:?}"
+    );
 }

@@ -38,7 +38,7 @@ impl Errors {
         }
     }
 
-    fn socket(&mut self, path: &str, v: &str) -> Option<SocketAddr> {
+    pub(super) fn socket(&mut self, path: &str, v: &str) -> Option<SocketAddr> {
         match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -183,7 +183,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
     };
 
     let access_log = f.access_log.unwrap_or(false);
-    let listeners = listeners(&mut e, &f.listeners, access_log, &check_ref);
+    let listeners = super::listeners::listeners(&mut e, &f.listeners, access_log, &check_ref);
 
     let mut vips = HashSet::new();
     let services = f
@@ -250,107 +250,4 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
         }),
         _ => Err(e.0),
     }
-}
-
-fn listeners(
-    e: &mut Errors,
-    raw: &[raw::Listener],
-    access_log: bool,
-    check_ref: &dyn Fn(&mut Errors, String, &str),
-) -> Vec<Listener> {
-    let mut names = HashSet::new();
-    let mut addrs = HashSet::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, l) in raw.iter().enumerate() {
-        let p = format!("listeners[{i}]");
-        e.name(&format!("{p}.name"), &l.name);
-        if !names.insert(l.name.as_str()) {
-            e.push(
-                format!("{p}.name"),
-                format!("{:?} is defined twice", l.name),
-            );
-        }
-        let address = e.socket(&format!("{p}.address"), &l.address);
-        if let Some(a) = address {
-            // Port 0 asks the kernel for a free port, so two of them never clash.
-            if a.port() != 0 && !addrs.insert(a) {
-                e.push(
-                    format!("{p}.address"),
-                    format!("{a} is used by another listener"),
-                );
-            }
-        }
-        let direction = l.direction.unwrap_or_default();
-        let target = match (&l.cluster, &l.forward, l.capture) {
-            (Some(c), None, None) => {
-                if direction == Direction::Inbound {
-                    e.push(
-                        format!("{p}.cluster"),
-                        "an inbound listener forwards to the app: use forward, not cluster",
-                    );
-                }
-                check_ref(e, format!("{p}.cluster"), c);
-                Some(ListenerTarget::Cluster(c.clone()))
-            }
-            (None, Some(f), None) => {
-                if l.direction != Some(Direction::Inbound) {
-                    e.push(format!("{p}.direction"), "forward needs direction: inbound");
-                }
-                e.socket(&format!("{p}.forward"), f)
-                    .map(ListenerTarget::Forward)
-            }
-            (None, None, Some(c)) => Some(ListenerTarget::Capture(c)),
-            (None, None, None) if l.protocol == Some(Protocol::Http) => {
-                Some(ListenerTarget::Routes)
-            }
-            (None, None, None) => {
-                e.push(
-                    p.clone(),
-                    "needs one of cluster (outbound), forward (inbound) or capture (or protocol: http to route by routes: alone)",
-                );
-                None
-            }
-            _ => {
-                e.push(p.clone(), "takes only one of cluster, forward and capture");
-                None
-            }
-        };
-        let max_connections = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            e.push(format!("{p}.max_connections"), "must be more than 0");
-        }
-        let idle_timeout = e.duration(
-            &format!("{p}.idle_timeout"),
-            &l.idle_timeout,
-            DEFAULT_IDLE_TIMEOUT,
-        );
-        let detect_timeout = e.duration(
-            &format!("{p}.detect_timeout"),
-            &l.detect_timeout,
-            DEFAULT_DETECT_TIMEOUT,
-        );
-        let header_read_timeout = e.duration(
-            &format!("{p}.header_read_timeout"),
-            &l.header_read_timeout,
-            DEFAULT_HEADER_READ_TIMEOUT,
-        );
-        if let (Some(address), Some(target)) = (address, target) {
-            out.push(Listener {
-                name: l.name.clone(),
-                address,
-                protocol: l.protocol.unwrap_or_default(),
-                target,
-                max_connections,
-                idle_timeout,
-                detect_timeout,
-                header_read_timeout,
-                max_request_bytes: l.max_request_bytes,
-                upgrades: super::routes::upgrades(e, &format!("{p}.upgrades"), &l.upgrades)
-                    .unwrap_or_else(|| vec!["websocket".to_string()]),
-                trace_sampling: super::trace::listener(e, &p, &l.tracing),
-                access_log: l.access_log.unwrap_or(access_log),
-            });
-        }
-    }
-    out
 }

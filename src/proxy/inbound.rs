@@ -1,4 +1,5 @@
-//! Inbound connections (explicit `direction: inbound` listeners): apply the port's TLS
+//! Inbound connections (explicit `direction: inbound` listeners, and inbound capture once
+//! the original destination has chosen the port): apply the port's TLS
 //! mode, terminate mTLS, take the peer's SPIFFE ID from its verified certificate, then
 //! either serve HTTP (each request authorized on its own, see `http::forward`) or check a
 //! TCP connection against the port's policy before connecting to the app, and close it
@@ -45,7 +46,15 @@ async fn peek_first(sock: &TcpStream, wait: Duration) -> First {
     }
 }
 
-pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, app: SocketAddr) {
+/// Serves one inbound connection for the app at `app` (`local` is that app as a
+/// one-endpoint cluster), under the `inbound:` policy of `app`'s port.
+pub async fn serve(
+    ctx: &Arc<ListenerCtx>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    app: SocketAddr,
+    local: Arc<ClusterState>,
+) {
     let start = Instant::now();
     let shared = &ctx.shared;
     let metrics = &shared.metrics;
@@ -53,10 +62,6 @@ pub async fn serve(ctx: &Arc<ListenerCtx>, sock: TcpStream, peer: SocketAddr, ap
     let changes = shared.changes();
     let snapshot = shared.snapshot.load_full();
     let port = app.port();
-    let local = ctx
-        .local
-        .clone()
-        .unwrap_or_else(|| Arc::new(ClusterState::local(&format!("inbound:{port}"), app)));
     let cluster = local.config.name.as_str();
     let policy = snapshot.inbound_policy(port, shared.tls.is_some());
     let hs_timeout = snapshot

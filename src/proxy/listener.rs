@@ -1,6 +1,6 @@
 //! The accept loop of one listener: enforces the connection limit, stops at the start of a
 //! drain, survives accept errors (out of file descriptors) with a backoff, and hands each
-//! connection to its handler in a task of its own.
+//! connection to its handler (by the listener's target) in a task of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use bytes::Bytes;
 use super::detect::{detect, Detected, Prefixed};
 use super::http::forward::{ConnCtx, Target};
 use super::http::server;
-use super::{inbound, tcp, Shared};
-use crate::config::{Listener, ListenerTarget, Protocol};
+use super::{capture, inbound, tcp, Shared};
+use crate::config::{Capture, Listener, ListenerTarget, Protocol};
 use crate::drain;
 use crate::snapshot::ClusterState;
 
@@ -138,44 +138,62 @@ async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
             });
             server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
         }
-        ListenerTarget::Cluster(cluster) => match ctx.cfg.protocol {
-            Protocol::Tcp | Protocol::Opaque => {
-                tcp::outbound(ctx, sock, Bytes::new(), peer, cluster).await
-            }
-            Protocol::Http | Protocol::Auto => {
-                let (found, prefix) = detect(&mut sock, ctx.cfg.detect_wait()).await;
-                ctx.shared
-                    .metrics
-                    .protocol_detected
-                    .with_label_values(&[&ctx.cfg.name, found.as_str()])
-                    .inc();
-                let h2 = match found {
-                    Detected::Closed => return,
-                    // Silent for the whole idle timeout: an idle connection, closed.
-                    Detected::Timeout if ctx.cfg.idle_before_detect() => return,
-                    Detected::Http2 => true,
-                    Detected::Http1 => false,
-                    // A listener that is HTTP by config answers garbage with 400.
-                    _ if ctx.cfg.protocol == Protocol::Http => false,
-                    _ => return tcp::outbound(ctx, sock, prefix, peer, cluster).await,
-                };
-                let conn = Arc::new(ConnCtx {
-                    listener: ctx.clone(),
-                    peer,
-                    peer_id: None,
-                    target: Target::Outbound {
-                        default: Some(cluster.clone()),
-                    },
-                    h2,
-                    tls: false,
-                });
-                server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
-            }
-        },
-        ListenerTarget::Forward(app) => inbound::serve(ctx, sock, peer, *app).await,
-        ListenerTarget::Capture(_) => {
-            // Refused at start-up until transparent capture lands; never reached.
-            tracing::error!(listener = %ctx.cfg.name, "capture listeners are not supported");
+        ListenerTarget::Cluster(cluster) => {
+            to_cluster(ctx, sock, peer, cluster, ctx.cfg.protocol).await
         }
+        ListenerTarget::Forward(app) => {
+            // Made by `ListenerCtx::new` for every forward listener.
+            let local = ctx.local.clone().unwrap_or_else(|| {
+                Arc::new(ClusterState::local(
+                    &format!("inbound:{}", app.port()),
+                    *app,
+                ))
+            });
+            inbound::serve(ctx, sock, peer, *app, local).await
+        }
+        ListenerTarget::Capture(Capture::Outbound) => capture::outbound(ctx, sock, peer).await,
+        ListenerTarget::Capture(Capture::Inbound) => capture::inbound(ctx, sock, peer).await,
     }
+}
+
+/// An outbound connection whose cluster is known (an explicit listener's, or the service
+/// a captured destination maps to): opaque TCP straight away, or protocol detection first
+/// and HTTP with `cluster` as the default route.
+pub(super) async fn to_cluster(
+    ctx: &Arc<ListenerCtx>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    cluster: &str,
+    protocol: Protocol,
+) {
+    if matches!(protocol, Protocol::Tcp | Protocol::Opaque) {
+        return tcp::outbound(ctx, sock, Bytes::new(), peer, cluster).await;
+    }
+    let (found, prefix) = detect(&mut sock, ctx.cfg.detect_wait()).await;
+    ctx.shared
+        .metrics
+        .protocol_detected
+        .with_label_values(&[&ctx.cfg.name, found.as_str()])
+        .inc();
+    let h2 = match found {
+        Detected::Closed => return,
+        // Silent for the whole idle timeout: an idle connection, closed.
+        Detected::Timeout if ctx.cfg.idle_before_detect() => return,
+        Detected::Http2 => true,
+        Detected::Http1 => false,
+        // HTTP by config answers garbage with 400.
+        _ if protocol == Protocol::Http => false,
+        _ => return tcp::outbound(ctx, sock, prefix, peer, cluster).await,
+    };
+    let conn = Arc::new(ConnCtx {
+        listener: ctx.clone(),
+        peer,
+        peer_id: None,
+        target: Target::Outbound {
+            default: Some(cluster.to_string()),
+        },
+        h2,
+        tls: false,
+    });
+    server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
 }
