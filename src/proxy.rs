@@ -50,6 +50,8 @@ pub struct Shared {
     /// The bound ports of this proxy's capture listeners: a captured connection to one of
     /// them on this host would loop, and is refused.
     pub capture_ports: Vec<u16>,
+    /// Local app ports that refused HTTP/2 (`app_protocol: auto`): called with HTTP/1.1.
+    pub app_http1: http::app_ports::PortSet,
 }
 
 /// What became of the last pushed config.
@@ -90,6 +92,7 @@ impl Shared {
             changes: tokio::sync::watch::Sender::new(()),
             last_update: std::sync::Mutex::new(None),
             capture_ports: Vec::new(),
+            app_http1: Default::default(),
         }
     }
 

@@ -24,9 +24,6 @@ pub struct ClusterRuntime {
     endpoints: Mutex<HashMap<EndpointAddr, Arc<EndpointState>>>,
     /// Endpoints a push removed, kept while requests to them may still be in flight.
     draining: Mutex<Vec<Arc<EndpointState>>>,
-    /// A local app that refused HTTP/2 under `app_protocol: auto`: it is called with
-    /// HTTP/1.1 from then on, so the refusal costs one connection, not one per request.
-    pub app_http1: std::sync::atomic::AtomicBool,
 }
 
 /// Which circuit breaker limit.

@@ -2,6 +2,7 @@
 //! the upstream connection pool, retries and timeouts, and the responses the proxy makes
 //! itself.
 
+pub mod app_ports;
 pub mod attempt;
 pub mod body;
 pub mod forward;

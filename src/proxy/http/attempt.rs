@@ -215,7 +215,7 @@ pub async fn attempt_loop(
                     tracing::warn!(cluster = %cfg.name, endpoint = %addr, error = %e, "the app refused HTTP/2 (app_protocol: http2)");
                     return Err((e.kind(), e.to_string()));
                 }
-                fall_back_to_http1(cluster, addr, &e, metrics);
+                fall_back_to_http1(shared, cluster, addr, &e);
                 h2 = false;
                 // Requests built from here on (retries) carry the authority as HTTP/1 does.
                 if let Ok(v) = http::HeaderValue::from_str(&info.authority) {
@@ -367,14 +367,14 @@ fn build(
 
 /// Remembers that the local app speaks only HTTP/1.1 (counted and logged once).
 fn fall_back_to_http1(
+    shared: &crate::proxy::Shared,
     cluster: &ClusterState,
     app: std::net::SocketAddr,
     e: &ProxyError,
-    metrics: &crate::metrics::Metrics,
 ) {
-    use std::sync::atomic::Ordering;
-    if !cluster.runtime.app_http1.swap(true, Ordering::Relaxed) {
-        metrics
+    if shared.app_http1.insert(app.port()) {
+        shared
+            .metrics
             .app_http1_fallbacks
             .with_label_values(&[&app.port().to_string()])
             .inc();

@@ -258,10 +258,7 @@ async fn forward(
                 AppProtocol::Auto => {
                     conn.h2
                         && !orig_h1
-                        && !cluster
-                            .runtime
-                            .app_http1
-                            .load(std::sync::atomic::Ordering::Relaxed)
+                        && inbound_app.is_some_and(|a| !shared.app_http1.contains(a.port()))
                 }
             },
             (None, Some(_)) => true,
