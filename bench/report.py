@@ -859,8 +859,8 @@ def tracing_section(records: list[dict], meta: dict) -> list[str]:
         "The two-hop HTTP chain of the http scenario (Spoke A+B, 1 worker each) three times: "
         "tracing off (`spoke`), `tracing: { sampling: 0 }` (`spoke-trace0`: every request's "
         "context is looked for, none is sampled) and `sampling: 1` (`spoke-trace1`: two spans "
-        "per request, exported over OTLP/HTTP in batches to `bench/otlp-sink.py`, which only "
-        "counts; `bench/spoke-trace-http-{a,b}.yaml.tmpl`). The pairs run side by side and the "
+        "per request, exported over OTLP/HTTP in batches to `bench/otlp-sink.c`, which only "
+        "counts (a C stand-in for a remote collector); `bench/spoke-trace-http-{a,b}.yaml.tmpl`). The pairs run side by side and the "
         "runs alternate between them (wrk, then h2load), so drift hits all alike. "
         f"Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} runs of "
         f"{meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
