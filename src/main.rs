@@ -195,48 +195,31 @@ fn token(ca: &std::path::Path, id: &str, ttl: &str) -> ExitCode {
 }
 
 async fn control(args: ControlArgs) -> ExitCode {
-    let (Some(dir), Some(ca_dir)) = (args.config_dir, args.ca) else {
+    let Some(ca_dir) = args.ca else {
         eprintln!("error: spoke control needs --config-dir DIR and --ca DIR");
         return ExitCode::from(2);
     };
-    let setup = (|| -> Result<spoke::control::server::Settings, String> {
-        let ca = spoke::ca::Ca::load(&ca_dir).map_err(|e| e.to_string())?;
-        let tokens = spoke::control::token::TokenKey::load_or_create(&ca_dir)?;
-        let cert_ttl =
-            config::duration::parse(&args.cert_ttl).map_err(|e| format!("--cert-ttl: {e}"))?;
-        Ok(spoke::control::server::Settings {
-            config_dir: dir.clone(),
-            ca,
-            tokens,
-            cert_ttl,
-        })
-    })();
-    let settings = match setup {
-        Ok(s) => s,
+    let cert_ttl = match config::duration::parse(&args.cert_ttl) {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: --cert-ttl: {e}");
             return ExitCode::from(2);
         }
     };
-    let bind = |a| async move {
-        tokio::net::TcpListener::bind(a)
-            .await
-            .map_err(|e| format!("cannot bind {a}: {e}"))
+    let opts = spoke::control::Options {
+        config_dir: args.config_dir,
+        ca_dir,
+        listen: args.listen,
+        stats: args.stats,
+        cert_ttl,
     };
-    let (listen, stats) = match (bind(args.listen).await, bind(args.stats).await) {
-        (Ok(l), Ok(s)) => (l, s),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let running = match spoke::control::server::start(settings, listen, stats).await {
+    let running = match spoke::control::run(opts).await {
         Ok(r) => r,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
+        Err(e) => {
+            for m in e.messages {
+                eprintln!("{m}");
             }
-            return ExitCode::from(2);
+            return ExitCode::from(e.exit_code);
         }
     };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

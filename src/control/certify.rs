@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::identity::identity_server::Identity as IdentityApi;
 use super::pb::identity::{CertifyRequest, CertifyResponse};
-use super::server::{unix_now, State};
+use super::state::{unix_now, State};
 
 /// The certificate service.
 pub struct Certify(pub Arc<State>);
