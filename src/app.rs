@@ -78,9 +78,9 @@ pub fn unsupported(cfg: &Config) -> Vec<ConfigError> {
             message: format!("{what} is not supported by this version of spoke proxy yet"),
         })
     };
-    if !cfg.services.is_empty() {
-        no("services".into(), "transparent outbound service mapping");
-    }
+    // `services` are accepted: they only mean something to an outbound capture listener
+    // (refused below until capture lands), and the control plane sends the Kubernetes
+    // Services' VIPs to every sidecar.
     if !cfg.workloads.is_empty() {
         out.push(ConfigError {
             path: "workloads".into(),

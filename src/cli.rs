@@ -108,6 +108,14 @@ pub struct ControlArgs {
     /// Lifetime of workload certificates.
     #[arg(long, env = "SPOKE_CERT_TTL", default_value = "24h")]
     pub cert_ttl: String,
+    /// Discover Services, EndpointSlices and Pods from Kubernetes, and accept projected
+    /// ServiceAccount tokens (checked with a TokenReview). In-cluster config by default.
+    #[arg(long, env = "SPOKE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// With --kubernetes: a kubeconfig file instead of the in-cluster config (KUBECONFIG is
+    /// read too when this is not given).
+    #[arg(long, env = "SPOKE_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -243,6 +243,7 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
             ca: Ca::load(&ca_dir)?,
             tokens: TokenKey::load_or_create(&ca_dir).map_err(anyhow::Error::msg)?,
             cert_ttl: Duration::from_secs(3600),
+            kubernetes: None,
         },
         TcpListener::bind("127.0.0.1:0").await?,
         TcpListener::bind("127.0.0.1:0").await?,

@@ -196,7 +196,7 @@ fn token(ca: &std::path::Path, id: &str, ttl: &str) -> ExitCode {
 
 async fn control(args: ControlArgs) -> ExitCode {
     let Some(ca_dir) = args.ca else {
-        eprintln!("error: spoke control needs --config-dir DIR and --ca DIR");
+        eprintln!("error: spoke control needs --config-dir DIR (or --kubernetes) and --ca DIR");
         return ExitCode::from(2);
     };
     let cert_ttl = match config::duration::parse(&args.cert_ttl) {
@@ -212,6 +212,7 @@ async fn control(args: ControlArgs) -> ExitCode {
         listen: args.listen,
         stats: args.stats,
         cert_ttl,
+        kubernetes: args.kubernetes.then_some(args.kubeconfig),
     };
     let running = match spoke::control::run(opts).await {
         Ok(r) => r,

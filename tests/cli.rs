@@ -91,12 +91,12 @@ fn proxy_refuses_invalid_or_unsupported_config() {
 
     let routes = write_tmp(
         "routes.yaml",
-        "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\nclusters: [ { name: c, endpoints: [] } ]\nservices: [ { vip: 10.96.0.1:80, cluster: c } ]\n",
+        "admin: { address: 127.0.0.1:0 }\nstats: { address: 127.0.0.1:0 }\nlisteners: [ { name: out, address: 127.0.0.1:0, capture: outbound } ]\n",
     );
     let (code, _, err) = run(&["proxy", "--config", routes.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("services: transparent outbound service mapping is not supported"),
+        err.contains("listeners[0].capture: transparent outbound capture is not supported"),
         "{err}"
     );
 

@@ -165,6 +165,7 @@ async fn in_process_control(m: &Mesh) -> spoke::control::Running {
         ca,
         tokens,
         cert_ttl: Duration::from_secs(3600),
+        kubernetes: None,
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let s = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

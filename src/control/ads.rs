@@ -1,5 +1,5 @@
-//! The discovery service (xDS ADS): one stream per sidecar, authenticated by its bootstrap
-//! token; the full current mesh on connect, every new version after, ACK/NACK and stale
+//! The discovery service (xDS ADS): one stream per sidecar, authenticated by its token
+//! (bootstrap or, with Kubernetes, ServiceAccount); the full current mesh on connect, every new version after, ACK/NACK and stale
 //! nonces handled as in xDS, and the sidecar's row in `/status` kept up to date.
 
 use std::pin::Pin;
@@ -54,14 +54,11 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let state = self.0.clone();
         let identity = match bearer(&req) {
-            Some(t) => Some(state.tokens.verify(&t).map_err(|e| {
-                state
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[e.kind()])
-                    .inc();
-                Status::unauthenticated(e.to_string())
-            })?),
+            Some(t) => Some(
+                super::review::authenticate(&state, &t)
+                    .await
+                    .map_err(|e| e.status())?,
+            ),
             None => return Err(Status::unauthenticated("a bearer token is required")),
         };
         let mut inbound = req.into_inner();

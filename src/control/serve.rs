@@ -33,6 +33,9 @@ pub struct Options {
     pub listen: SocketAddr,
     pub stats: SocketAddr,
     pub cert_ttl: Duration,
+    /// Discover Services from Kubernetes and review ServiceAccount tokens: `Some(None)`
+    /// for the in-cluster config (or `KUBECONFIG`), `Some(Some(file))` for a kubeconfig.
+    pub kubernetes: Option<Option<PathBuf>>,
 }
 
 /// Why `spoke control` could not start: bad settings (exit 2) or a runtime failure such as
@@ -58,6 +61,8 @@ pub struct Settings {
     pub ca: Ca,
     pub tokens: TokenKey,
     pub cert_ttl: Duration,
+    /// With Kubernetes on: the API server's client.
+    pub kubernetes: Option<kube::Client>,
 }
 
 /// A running control plane; dropping it stops every task.
@@ -78,18 +83,27 @@ impl Drop for Running {
 
 /// The control plane's entry: reads the CA and token key, binds both ports, starts.
 pub async fn run(opts: Options) -> Result<Running, StartError> {
-    if opts.config_dir.is_none() {
+    if opts.config_dir.is_none() && opts.kubernetes.is_none() {
         return Err(StartError::usage(
-            "spoke control needs --config-dir DIR and --ca DIR",
+            "spoke control needs --config-dir DIR (or --kubernetes) and --ca DIR",
         ));
     }
-    let ca = Ca::load(&opts.ca_dir).map_err(|e| StartError::usage(e))?;
+    let ca = Ca::load(&opts.ca_dir).map_err(StartError::usage)?;
     let tokens = TokenKey::load_or_create(&opts.ca_dir).map_err(StartError::usage)?;
+    let kubernetes = match &opts.kubernetes {
+        None => None,
+        Some(file) => Some(
+            kube_client(file.as_deref())
+                .await
+                .map_err(StartError::usage)?,
+        ),
+    };
     let settings = Settings {
         config_dir: opts.config_dir,
         ca,
         tokens,
         cert_ttl: opts.cert_ttl,
+        kubernetes,
     };
     let bind = |a: SocketAddr| async move {
         TcpListener::bind(a).await.map_err(|e| StartError {
@@ -105,6 +119,28 @@ pub async fn run(opts: Options) -> Result<Running, StartError> {
             messages,
             exit_code: 2,
         })
+}
+
+/// A client of the API server: from `kubeconfig` when given, else from `KUBECONFIG` when
+/// set, else the in-cluster config (the pod's ServiceAccount token and CA).
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+    let opts = KubeConfigOptions::default();
+    let config = match kubeconfig {
+        Some(f) => {
+            let kc = Kubeconfig::read_from(f).map_err(|e| format!("--kubeconfig {}: {e}", f.display()))?;
+            Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", f.display()))?
+        }
+        None if std::env::var_os("KUBECONFIG").is_some() => Config::from_kubeconfig(&opts)
+            .await
+            .map_err(|e| format!("KUBECONFIG: {e}"))?,
+        None => Config::incluster().map_err(|e| {
+            format!("--kubernetes: not in a pod ({e}); give --kubeconfig FILE to run outside the cluster")
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("kubernetes client: {e}"))
 }
 
 /// The directory's first mesh; `None` (not an error) when it has no mesh file yet.
@@ -127,11 +163,17 @@ pub async fn start(
 ) -> Result<Running, Vec<String>> {
     let initial = initial_mesh(settings.config_dir.as_ref())?;
     let server_cfg = server_tls(&settings.ca)?;
+    let td = settings.ca.trust_domain().to_string();
+    let reviewer = settings
+        .kubernetes
+        .clone()
+        .map(|c| super::review::TokenReviewer::new(c, &td));
     let state = State::new(
         initial,
-        false,
+        settings.kubernetes.is_some(),
         settings.ca,
         settings.tokens,
+        reviewer,
         settings.cert_ttl,
     );
     let listen_addr = listen.local_addr().map_err(|e| vec![e.to_string()])?;
@@ -147,6 +189,10 @@ pub async fn start(
             what: "mesh config directory",
         };
         tasks.push(tokio::spawn(watch.run(move || state.reload(&dir))));
+    }
+    if let Some(client) = settings.kubernetes {
+        tracing::info!("watching Kubernetes Services, EndpointSlices and Pods");
+        tasks.extend(super::discovery::spawn(client, td, state.clone()));
     }
     // The gRPC server on TLS connections accepted here.
     let (conn_tx, conn_rx) = mpsc::channel::<Result<Io, std::io::Error>>(64);

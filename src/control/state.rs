@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::mesh;
+use super::review::TokenReviewer;
 use super::token::TokenKey;
 use crate::ca::Ca;
 use crate::config::{self, raw};
@@ -57,6 +58,8 @@ pub struct State {
     pub mesh: watch::Sender<Arc<Mesh>>,
     pub ca: Ca,
     pub tokens: TokenKey,
+    /// With `--kubernetes`: checks projected ServiceAccount tokens.
+    pub reviewer: Option<TokenReviewer>,
     pub cert_ttl: Duration,
     pub sidecars: Mutex<HashMap<u64, SidecarStatus>>,
     pub metrics: ControlMetrics,
@@ -85,6 +88,7 @@ impl State {
         kubernetes: bool,
         ca: Ca,
         tokens: TokenKey,
+        reviewer: Option<TokenReviewer>,
         cert_ttl: Duration,
     ) -> Arc<Self> {
         let (tx, _) = watch::channel(Arc::new(Mesh {
@@ -95,6 +99,7 @@ impl State {
             mesh: tx,
             ca,
             tokens,
+            reviewer,
             cert_ttl,
             sidecars: Mutex::new(HashMap::new()),
             metrics: ControlMetrics::with_kubernetes(kubernetes),
