@@ -248,3 +248,82 @@ fn merge(mut dir: raw::File, kube: &raw::File) -> raw::File {
     }
     dir
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str, addr: &str) -> raw::Cluster {
+        raw::Cluster {
+            name: name.into(),
+            endpoints: vec![raw::Endpoint {
+                address: addr.into(),
+                weight: None,
+                priority: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn state(dir: Option<raw::File>, kubernetes: bool) -> Arc<State> {
+        let ca = Ca::new("cluster.local", Duration::from_secs(3600)).unwrap();
+        let tokens = TokenKey::from_bytes(&[1u8; 32]);
+        State::new(dir, kubernetes, ca, tokens, None, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn kubernetes_holds_the_mesh_until_listed_and_files_win_on_a_name() {
+        let dir = raw::File {
+            clusters: vec![cluster("b.default.svc:80", "10.0.0.1:80")],
+            ..Default::default()
+        };
+        let s = state(Some(dir), true);
+        assert!(!s.mesh.borrow().is_loaded(), "waits for the first listing");
+        let kube = raw::File {
+            clusters: vec![
+                cluster("b.default.svc:80", "10.9.9.9:80"),
+                cluster("a.default.svc:80", "10.0.0.2:80"),
+            ],
+            ..Default::default()
+        };
+        s.set_kube(kube.clone());
+        let m = s.mesh.borrow().clone();
+        assert_eq!(m.version, 1);
+        let addrs: Vec<_> = m
+            .raw
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.endpoints[0].address.as_str()))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                ("b.default.svc:80", "10.0.0.1:80"),
+                ("a.default.svc:80", "10.0.0.2:80")
+            ]
+        );
+        // The same view again is no new version.
+        s.set_kube(kube);
+        assert_eq!(s.mesh.borrow().version, 1);
+    }
+
+    #[test]
+    fn an_invalid_merge_keeps_the_last_good_mesh() {
+        let s = state(None, true);
+        s.set_kube(raw::File {
+            clusters: vec![cluster("a", "10.0.0.2:80")],
+            ..Default::default()
+        });
+        assert_eq!(s.mesh.borrow().version, 1);
+        s.set_kube(raw::File {
+            clusters: vec![cluster("a", "not an address")],
+            ..Default::default()
+        });
+        assert_eq!(s.mesh.borrow().version, 1);
+        assert!(
+            s.status_json().contains("not an address"),
+            "{}",
+            s.status_json()
+        );
+    }
+}

@@ -74,7 +74,11 @@ pub fn build(objects: &Objects, trust_domain: &str) -> raw::File {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         for port in spec.ports.iter().flatten() {
-            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+            // Only TCP carries meshed traffic; a port out of range is bad input, skipped.
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            if port.protocol.as_deref().is_some_and(|p| p != "TCP") || number == 0 {
                 continue;
             }
             let cluster = cluster_name(name, ns, port.port);
@@ -82,7 +86,7 @@ pub fn build(objects: &Objects, trust_domain: &str) -> raw::File {
                 .push(port_cluster(&cluster, port, slices, objects, trust_domain));
             for ip in &vips {
                 out.services.push(raw::Service {
-                    vip: SocketAddr::new(*ip, port.port as u16).to_string(),
+                    vip: SocketAddr::new(*ip, number).to_string(),
                     cluster: cluster.clone(),
                     protocol: Some(protocol(port)),
                 });
@@ -174,6 +178,7 @@ fn slice_port(ports: &[EndpointPort], svc: &ServicePort) -> Option<u16> {
         .find(|p| p.name.as_deref().unwrap_or("") == want)
         .and_then(|p| p.port)
         .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
 }
 
 /// Ready and not terminating. The API says an unset `ready` means ready; terminating
