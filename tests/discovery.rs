@@ -1,7 +1,7 @@
 //! Kubernetes service discovery against the in-process test API server
-//! (`support/kube_api.rs`): first kubectl proves the server speaks the real protocol, then
-//! the real `spoke control --kubernetes` and a real sidecar show the cluster's Services as
-//! clusters, follow endpoint changes, survive broken and expired watches (relisting and
+//! (`support/kube_api.rs`, itself checked with kubectl in `tests/kube_api.rs`): the real
+//! `spoke control --kubernetes` and a real sidecar show the cluster's Services as clusters,
+//! follow endpoint changes, survive broken and expired watches (resuming, or relisting and
 //! counting), and certify sidecars by ServiceAccount token through a TokenReview.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,130 +9,16 @@
 mod kube_api;
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use kube_api::{KubeApi, Res};
 use serde_json::{json, Value};
 use support::mesh::*;
-use support::pki::TempDir;
 use support::*;
 
 const BACKEND_8080: &str = "backend.default.svc:8080";
 const SA_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDp3ZWIifQ.c2lnbmF0dXJl";
 const WEB_USER: &str = "system:serviceaccount:default:web";
-
-fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", kubeconfig.parent().unwrap())
-        .args(["--request-timeout=10s"])
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn kubectl_lists_and_watches_through_the_test_server() {
-    if !need(
-        "kubectl_lists_and_watches_through_the_test_server",
-        "kubectl",
-        have("kubectl"),
-    ) {
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = rt.block_on(KubeApi::start());
-    let dir = TempDir::new("kubectl");
-    let kc = api.kubeconfig(&dir.0);
-
-    let (ok, out, err) = kubectl(&kc, &["get", "pods", "-A"]);
-    assert!(ok, "{err}");
-    assert!(out.contains("NAMESPACE"), "{out}");
-    assert!(
-        out.contains("backend-5d8c7b9f4-abcde") && out.contains("coredns-668d6bf9bc-k2x8z"),
-        "{out}"
-    );
-    let (ok, out, err) = kubectl(&kc, &["get", "svc"]);
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("backend") && out.contains("10.96.0.20"),
-        "{out}"
-    );
-    assert!(!out.contains("kube-dns"), "namespace default only: {out}");
-    // Paging: kubectl asks for 1 item at a time and follows `continue`.
-    let (ok, out, err) = kubectl(&kc, &["get", "pods", "-A", "--chunk-size=1", "-o", "name"]);
-    assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 4, "{out}");
-    assert!(api.count("GET /api/v1/pods", "continue=") >= 3);
-    // Selectors.
-    let (ok, out, err) = kubectl(&kc, &["get", "pods", "-l", "app=backend", "-o", "name"]);
-    assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 2, "{out}");
-    let (ok, out, err) = kubectl(
-        &kc,
-        &[
-            "get",
-            "pods",
-            "-A",
-            "--field-selector",
-            "metadata.namespace=kube-system",
-            "-o",
-            "name",
-        ],
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "pod/coredns-668d6bf9bc-k2x8z", "{out}");
-
-    // A watch, bounded: kubectl prints the list, then the slice added meanwhile.
-    let watch = Command::new("timeout")
-        .args([
-            "4",
-            "kubectl",
-            "--request-timeout=0",
-            "get",
-            "endpointslices",
-            "--watch",
-        ])
-        .env("KUBECONFIG", &kc)
-        .env("HOME", &dir.0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("kubectl watching", Duration::from_secs(5), || {
-        api.count(
-            "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
-            "watch=",
-        ) > 0
-    });
-    let mut slice = kube_api::fixture("endpointslices.json")["items"][0].clone();
-    slice["metadata"]["name"] = json!("backend-new01");
-    api.put(Res::EndpointSlices, slice);
-    let out = watch.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The table kubectl prints from the server's Table rows: the list, then the added slice.
-    let lines: Vec<&str> = text.lines().collect();
-    assert!(
-        lines[0].starts_with("NAME") && lines[0].contains("ADDRESSTYPE"),
-        "{text}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("backend-x7k2p") && l.contains("10.244.1.7")),
-        "{text}"
-    );
-    assert!(
-        lines.iter().any(|l| l.starts_with("backend-new01")),
-        "{text}"
-    );
-}
 
 /// `spoke control --kubernetes` on the test server, plus one sidecar with a fixed admin port.
 struct Cluster {
