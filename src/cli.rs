@@ -116,6 +116,10 @@ pub struct ControlArgs {
     /// read too when this is not given).
     #[arg(long, env = "SPOKE_KUBECONFIG", requires = "kubernetes")]
     pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the audience a sidecar's ServiceAccount token must be issued for
+    /// (the projected volume's `audience`); default: the API server's own audiences.
+    #[arg(long, env = "SPOKE_TOKEN_AUDIENCE", requires = "kubernetes")]
+    pub token_audience: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

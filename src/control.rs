@@ -16,7 +16,7 @@ pub mod server_stats;
 pub mod state;
 pub mod token;
 
-pub use serve::{kube_client, run, start, Options, Running, Settings, StartError};
+pub use serve::{kube_client, run, start, Kubernetes, Options, Running, Settings, StartError};
 pub use state::State;
 
 /// Generated protobuf and gRPC code.

@@ -213,6 +213,7 @@ async fn control(args: ControlArgs) -> ExitCode {
         stats: args.stats,
         cert_ttl,
         kubernetes: args.kubernetes.then_some(args.kubeconfig),
+        token_audience: args.token_audience,
     };
     let running = match spoke::control::run(opts).await {
         Ok(r) => r,

@@ -31,28 +31,32 @@ struct Cluster {
 }
 
 fn start_cluster() -> Cluster {
+    start_cluster_with(&[])
+}
+
+fn start_cluster_with(extra: &[&str]) -> Cluster {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(KubeApi::start());
     let mesh = Mesh::new();
     let kc = api.kubeconfig(&mesh.dir.0);
     let (cp, cs) = (free_port(), free_port());
-    let control = spawn_spoke(
-        &[
-            "control",
-            "--kubernetes",
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--config-dir",
-            mesh.mesh.to_str().unwrap(),
-            "--ca",
-            mesh.ca.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{cp}"),
-            "--stats",
-            &format!("127.0.0.1:{cs}"),
-        ],
-        false,
-    );
+    let (listen, stats) = (format!("127.0.0.1:{cp}"), format!("127.0.0.1:{cs}"));
+    let mut args = vec![
+        "control",
+        "--kubernetes",
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--config-dir",
+        mesh.mesh.to_str().unwrap(),
+        "--ca",
+        mesh.ca.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--stats",
+        &stats,
+    ];
+    args.extend_from_slice(extra);
+    let control = spawn_spoke(&args, false);
     wait_for("control ready", Duration::from_secs(15), || {
         get(cs, "/ready").is_some_and(|r| r.0 == 200)
     });
@@ -267,6 +271,28 @@ fn service_account_tokens_are_checked_with_a_token_review() {
     assert_eq!(get(bad_stats, "/ready").map(|r| r.0), Some(503));
 }
 
+#[test]
+fn a_token_audience_keeps_the_api_servers_tokens_out() {
+    let c = start_cluster_with(&["--token-audience", "spoke"]);
+    c.api.allow_token_for(SA_TOKEN, WEB_USER, "spoke");
+    let api_token = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhcGkifQ.YXBp";
+    c.api.allow_token(api_token, WEB_USER);
+    let (_good, _, stats) = c.sidecar(SA_TOKEN);
+    wait_for(
+        "sidecar with a token for spoke ready",
+        Duration::from_secs(15),
+        || get(stats, "/ready").is_some_and(|r| r.0 == 200),
+    );
+    // The pod's default token (for the API server) is valid, but not for Spoke.
+    let (_bad, _, bad_stats) = c.sidecar(api_token);
+    wait_for(
+        "token for another audience refused",
+        Duration::from_secs(10),
+        || c.control_metric("spoke_control_token_reviews_total", &["rejected"]) >= 1.0,
+    );
+    assert_eq!(get(bad_stats, "/ready").map(|r| r.0), Some(503));
+}
+
 #[tokio::test]
 async fn a_csr_for_another_identity_than_the_reviewed_token_is_refused() {
     use spoke::control::pb::identity::identity_client::IdentityClient;
@@ -281,7 +307,10 @@ async fn a_csr_for_another_identity_than_the_reviewed_token_is_refused() {
         ca: spoke::ca::Ca::load(&m.ca).unwrap(),
         tokens: spoke::control::token::TokenKey::load_or_create(&m.ca).unwrap(),
         cert_ttl: Duration::from_secs(3600),
-        kubernetes: Some(client),
+        kubernetes: Some(spoke::control::Kubernetes {
+            client,
+            token_audience: None,
+        }),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let s = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -49,13 +49,17 @@ impl AuthError {
 pub struct TokenReviewer {
     api: Api<TokenReview>,
     trust_domain: String,
+    audience: Option<String>,
 }
 
 impl TokenReviewer {
-    pub fn new(client: kube::Client, trust_domain: &str) -> Self {
+    /// With `audience`, only tokens issued for it are accepted (a token meant for Spoke
+    /// then cannot be replayed against the API server, nor the API server's against Spoke).
+    pub fn new(client: kube::Client, trust_domain: &str, audience: Option<String>) -> Self {
         TokenReviewer {
             api: Api::all(client),
             trust_domain: trust_domain.to_string(),
+            audience,
         }
     }
 
@@ -64,7 +68,7 @@ impl TokenReviewer {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: None,
+                audiences: self.audience.clone().map(|a| vec![a]),
             },
             ..Default::default()
         };
@@ -76,6 +80,14 @@ impl TokenReviewer {
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(AuthError::Rejected(status.error.filter(|e| !e.is_empty())));
+        }
+        // The API says: with audiences asked for, check the ones the token was found valid for.
+        if let Some(want) = &self.audience {
+            if !status.audiences.iter().flatten().any(|a| a == want) {
+                return Err(AuthError::Rejected(Some(format!(
+                    "the token is not for the audience {want:?}"
+                ))));
+            }
         }
         let user = status.user.and_then(|u| u.username).unwrap_or_default();
         service_account_identity(&user, &self.trust_domain)

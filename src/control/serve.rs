@@ -36,6 +36,9 @@ pub struct Options {
     /// Discover Services from Kubernetes and review ServiceAccount tokens: `Some(None)`
     /// for the in-cluster config (or `KUBECONFIG`), `Some(Some(file))` for a kubeconfig.
     pub kubernetes: Option<Option<PathBuf>>,
+    /// With Kubernetes: the audience ServiceAccount tokens must carry (TokenReview
+    /// `spec.audiences`); `None` takes the API server's own.
+    pub token_audience: Option<String>,
 }
 
 /// Why `spoke control` could not start: bad settings (exit 2) or a runtime failure such as
@@ -61,8 +64,14 @@ pub struct Settings {
     pub ca: Ca,
     pub tokens: TokenKey,
     pub cert_ttl: Duration,
-    /// With Kubernetes on: the API server's client.
-    pub kubernetes: Option<kube::Client>,
+    /// With Kubernetes on: the API server's client and the token audience.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// What Kubernetes discovery and TokenReview need.
+pub struct Kubernetes {
+    pub client: kube::Client,
+    pub token_audience: Option<String>,
 }
 
 /// A running control plane; dropping it stops every task.
@@ -92,11 +101,12 @@ pub async fn run(opts: Options) -> Result<Running, StartError> {
     let tokens = TokenKey::load_or_create(&opts.ca_dir).map_err(StartError::usage)?;
     let kubernetes = match &opts.kubernetes {
         None => None,
-        Some(file) => Some(
-            kube_client(file.as_deref())
+        Some(file) => Some(Kubernetes {
+            client: kube_client(file.as_deref())
                 .await
                 .map_err(StartError::usage)?,
-        ),
+            token_audience: opts.token_audience,
+        }),
     };
     let settings = Settings {
         config_dir: opts.config_dir,
@@ -164,10 +174,9 @@ pub async fn start(
     let initial = initial_mesh(settings.config_dir.as_ref())?;
     let server_cfg = server_tls(&settings.ca)?;
     let td = settings.ca.trust_domain().to_string();
-    let reviewer = settings
-        .kubernetes
-        .clone()
-        .map(|c| super::review::TokenReviewer::new(c, &td));
+    let reviewer = settings.kubernetes.as_ref().map(|k| {
+        super::review::TokenReviewer::new(k.client.clone(), &td, k.token_audience.clone())
+    });
     let state = State::new(
         initial,
         settings.kubernetes.is_some(),
@@ -190,7 +199,7 @@ pub async fn start(
         };
         tasks.push(tokio::spawn(watch.run(move || state.reload(&dir))));
     }
-    if let Some(client) = settings.kubernetes {
+    if let Some(Kubernetes { client, .. }) = settings.kubernetes {
         tracing::info!("watching Kubernetes Services, EndpointSlices and Pods");
         tasks.extend(super::discovery::spawn(client, td, state.clone()));
     }

@@ -39,8 +39,8 @@ pub enum Signal {
 pub struct Inner {
     pub store: Mutex<Store>,
     pub signals: broadcast::Sender<Signal>,
-    /// TokenReview: token -> username (`system:serviceaccount:<ns>:<sa>`).
-    pub tokens: Mutex<HashMap<String, String>>,
+    /// TokenReview: token -> (username `system:serviceaccount:<ns>:<sa>`, its audiences).
+    pub tokens: Mutex<HashMap<String, (String, Vec<String>)>>,
     /// Every request line served, for tests to count lists and watches.
     pub requests: Mutex<Vec<String>>,
 }
@@ -57,6 +57,10 @@ impl Drop for KubeApi {
         self.task.abort();
     }
 }
+
+/// The API server's own audience: what tokens are checked against when a TokenReview names
+/// none.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The fixtures directory.
 pub fn fixtures() -> PathBuf {
@@ -151,13 +155,18 @@ impl KubeApi {
         let _ = self.inner.signals.send(Signal::Break);
     }
 
-    /// Makes `token` one the TokenReview authenticates as `username`.
+    /// Makes `token` one the TokenReview authenticates as `username`, issued for the API
+    /// server's own audience (as a pod's default token is).
     pub fn allow_token(&self, token: &str, username: &str) {
-        self.inner
-            .tokens
-            .lock()
-            .unwrap()
-            .insert(token.to_string(), username.to_string());
+        self.allow_token_for(token, username, API_AUDIENCE);
+    }
+
+    /// The same for a projected token issued for `audience`.
+    pub fn allow_token_for(&self, token: &str, username: &str, audience: &str) {
+        self.inner.tokens.lock().unwrap().insert(
+            token.to_string(),
+            (username.to_string(), vec![audience.to_string()]),
+        );
     }
 
     /// How many requests so far started with `prefix` (e.g. `GET /api/v1/pods?`) and

@@ -365,10 +365,30 @@ async fn token_review(req: Request<Incoming>, inner: &Arc<Inner>) -> Response<Bo
         .unwrap_or_default()
         .to_string();
     let user = inner.tokens.lock().unwrap().get(&token).cloned();
+    // Audiences asked for must meet the token's; none asked means the API server's own.
+    let wanted: Vec<String> = match review["spec"]["audiences"].as_array() {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![super::API_AUDIENCE.to_string()],
+    };
+    let user = user.map(|(u, auds)| {
+        let both: Vec<String> = wanted
+            .iter()
+            .filter(|w| auds.contains(w))
+            .cloned()
+            .collect();
+        (u, auds, both)
+    });
     review["status"] = match user {
-        Some(u) => {
+        Some((_, auds, both)) if both.is_empty() => json!({
+            "user": {},
+            "error": format!("[invalid bearer token, token audiences {auds:?} is invalid for the target audiences {wanted:?}]")
+        }),
+        Some((u, _, both)) => {
             let ns = u.split(':').nth(2).unwrap_or_default().to_string();
-            json!({ "authenticated": true, "audiences": ["https://kubernetes.default.svc.cluster.local"],
+            json!({ "authenticated": true, "audiences": both,
                     "user": { "username": u, "uid": "4b1c2d3e-0000-4000-8000-000000000001",
                               "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"] } })
         }
