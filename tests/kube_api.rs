@@ -14,7 +14,7 @@ use kube_api::{KubeApi, Res};
 use serde_json::json;
 use support::mesh::wait_for;
 use support::pki::TempDir;
-use support::{have, need};
+use support::{have, http_blocking, need};
 
 fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("kubectl")
@@ -153,5 +153,63 @@ fn fixtures_are_valid_objects_of_the_kubernetes_api() {
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What kubectl and kube-rs never show on a healthy run: a `continue` token or a watch from
+/// a version older than the compacted history is answered `410` (an HTTP status for the list,
+/// an `ERROR` event with a `Status` for the watch), which is what makes clients relist.
+#[test]
+fn compacted_versions_are_gone_for_lists_and_watches() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(KubeApi::start());
+    let port = api.addr.port();
+    let (code, body) = http_blocking(port, "GET", "/api/v1/pods?limit=1").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    let cont = page["metadata"]["continue"].as_str().unwrap().to_string();
+    let rv = page["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _) = http_blocking(
+        port,
+        "GET",
+        &format!("/api/v1/pods?limit=1&continue={cont}"),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    // A change, then the history is compacted past it.
+    api.modify(Res::Pods, "default", "web-6f9d8c7b5-klmno", |p| {
+        p["metadata"]["labels"]["tier"] = json!("front");
+    });
+    api.expire_watches();
+    let (code, body) = http_blocking(
+        port,
+        "GET",
+        &format!("/api/v1/pods?limit=1&continue={cont}"),
+    )
+    .unwrap();
+    assert_eq!(code, 410, "{body}");
+    assert!(body.contains("\"reason\":\"Expired\""), "{body}");
+    let (code, body) = http_blocking(
+        port,
+        "GET",
+        &format!("/api/v1/pods?watch=1&resourceVersion={rv}&timeoutSeconds=1"),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("\"type\":\"ERROR\"") && body.contains("\"code\":410"),
+        "{body}"
+    );
+    // A label selector (URL-encoded, as clients send it) filters the list.
+    let (code, body) =
+        http_blocking(port, "GET", "/api/v1/pods?labelSelector=tier%3Dfront").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("web-6f9d8c7b5-klmno") && !body.contains("backend-"),
+        "{body}"
     );
 }
