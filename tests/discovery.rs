@@ -37,6 +37,14 @@ fn start_cluster() -> Cluster {
 fn start_cluster_with(extra: &[&str]) -> Cluster {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(KubeApi::start());
+    let c = spawn_control(api, rt, extra);
+    wait_for("control ready", Duration::from_secs(15), || {
+        get(c.cs, "/ready").is_some_and(|r| r.0 == 200)
+    });
+    c
+}
+
+fn spawn_control(api: KubeApi, rt: tokio::runtime::Runtime, extra: &[&str]) -> Cluster {
     let mesh = Mesh::new();
     let kc = api.kubeconfig(&mesh.dir.0);
     let (cp, cs) = (free_port(), free_port());
@@ -57,9 +65,6 @@ fn start_cluster_with(extra: &[&str]) -> Cluster {
     ];
     args.extend_from_slice(extra);
     let control = spawn_spoke(&args, false);
-    wait_for("control ready", Duration::from_secs(15), || {
-        get(cs, "/ready").is_some_and(|r| r.0 == 200)
-    });
     Cluster {
         api,
         mesh,
@@ -244,6 +249,29 @@ fn kubernetes_services_reach_the_sidecar_and_follow_changes() {
     assert!(c.control_metric("spoke_control_kube_watch_errors_total", &["services"]) >= 1.0);
     assert_eq!(get(stats, "/ready").unwrap().0, 200);
     drop(c.control);
+}
+
+/// Without the RBAC to list pods the control plane serves nothing (it would push Services
+/// without identities), says so, retries, and serves once the rule is granted.
+#[test]
+fn nothing_is_served_until_every_kind_is_listed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(KubeApi::start());
+    api.forbid(Res::Pods, true);
+    let c = spawn_control(api, rt, &[]);
+    wait_for("a refused pod list", Duration::from_secs(10), || {
+        get(c.cs, "/metrics").is_some_and(|(_, m)| {
+            metric(&m, "spoke_control_kube_watch_errors_total", &["pods"]).unwrap_or(0.0) >= 1.0
+        })
+    });
+    assert_eq!(get(c.cs, "/ready").unwrap().0, 503);
+    assert!(status(c.cs)["version"].is_null());
+    c.api.forbid(Res::Pods, false);
+    wait_for(
+        "ready once pods are listed",
+        Duration::from_secs(15),
+        || get(c.cs, "/ready").is_some_and(|r| r.0 == 200),
+    );
 }
 
 #[test]

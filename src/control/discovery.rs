@@ -146,11 +146,11 @@ async fn watch_kind<K: Tracked>(api: Api<K>, slot: usize, shared: Arc<Shared>, s
         }
         let mut stream = pin!(watcher::watcher(api.clone(), watcher::Config::default()));
         let mut buffer: Vec<K> = Vec::new();
-        let error = loop {
+        let (error, forbidden) = loop {
             let ev = match stream.next().await {
                 Some(Ok(ev)) => ev,
-                Some(Err(e)) => break e.to_string(),
-                None => break "the watch stream ended".to_string(),
+                Some(Err(e)) => break (e.to_string(), is_forbidden(&e)),
+                None => break ("the watch stream ended".to_string(), false),
             };
             match ev {
                 Event::Init => buffer.clear(),
@@ -183,12 +183,28 @@ async fn watch_kind<K: Tracked>(api: Api<K>, slot: usize, shared: Arc<Shared>, s
         if let Some(m) = &state.metrics.kube {
             m.watch_errors.with_label_values(&[K::LABEL]).inc();
         }
-        tracing::warn!(resource = K::LABEL, error = %error, retry_in = ?backoff, "kubernetes watch failed; keeping the last good objects");
+        if forbidden {
+            // An operator must act: the ServiceAccount lacks the RBAC rules (README).
+            tracing::error!(resource = K::LABEL, error = %error, retry_in = ?backoff, "kubernetes refused to list or watch: grant get/list/watch on it; keeping the last good objects");
+        } else {
+            tracing::warn!(resource = K::LABEL, error = %error, retry_in = ?backoff, "kubernetes watch failed; keeping the last good objects");
+        }
         // A failure before the first list also counts as "listed before" from here on, so
         // the next attempt is counted as the relist it is.
         listed_before = true;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Whether the API server said 403: missing RBAC, which no retry will fix by itself.
+fn is_forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
     }
 }
 

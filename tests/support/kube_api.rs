@@ -43,6 +43,8 @@ pub struct Inner {
     pub tokens: Mutex<HashMap<String, (String, Vec<String>)>>,
     /// Every request line served, for tests to count lists and watches.
     pub requests: Mutex<Vec<String>>,
+    /// Kinds the client may not list or watch (RBAC missing): `403 Forbidden`.
+    pub forbidden: Mutex<std::collections::HashSet<Res>>,
 }
 
 /// A running test API server on 127.0.0.1; stops when dropped.
@@ -84,6 +86,7 @@ impl KubeApi {
             signals,
             tokens: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
+            forbidden: Mutex::new(Default::default()),
         });
         for (res, file) in [
             (Res::Pods, "pods.json"),
@@ -153,6 +156,16 @@ impl KubeApi {
     /// Cuts every open watch connection mid-stream.
     pub fn break_watches(&self) {
         let _ = self.inner.signals.send(Signal::Break);
+    }
+
+    /// Refuses (`true`) or allows again listing and watching `res`, as RBAC would.
+    pub fn forbid(&self, res: Res, forbidden: bool) {
+        let mut f = self.inner.forbidden.lock().unwrap();
+        if forbidden {
+            f.insert(res);
+        } else {
+            f.remove(&res);
+        }
     }
 
     /// Makes `token` one the TokenReview authenticates as `username`, issued for the API

@@ -156,6 +156,14 @@ async fn resource(
             "the server could not find the requested resource",
         );
     };
+    if inner.forbidden.lock().unwrap().contains(&res) {
+        let scope = ns.map_or("at the cluster scope".to_string(), |n| {
+            format!("in the namespace {n:?}")
+        });
+        return status(403, "Forbidden", &format!(
+            "{plural} is forbidden: User \"system:serviceaccount:spoke-system:spoke-control\" cannot list resource \"{plural}\" in API group \"{group}\" {scope}"
+        ));
+    }
     if let Some(name) = name {
         let got = inner.store.lock().unwrap().get(res, ns.unwrap_or(""), name);
         return match got {
