@@ -12,6 +12,8 @@
 mod http;
 #[path = "kube_api/http_table.rs"]
 mod http_table;
+#[path = "kube_api/review.rs"]
+mod review;
 #[path = "kube_api/store.rs"]
 pub mod store;
 

@@ -1,5 +1,5 @@
-//! The test API server's HTTP side: routes, list and watch responses, TokenReview, and the
-//! discovery documents kubectl reads before it lists anything.
+//! The test API server's HTTP side: routes, list and watch responses, and the discovery
+//! documents kubectl reads before it lists anything (TokenReview is in `review.rs`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::store::{Change, Res, Selector};
 use super::{fixture, Inner, Signal};
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(super) type Body = BoxBody<Bytes, std::io::Error>;
 
 pub async fn serve(listener: tokio::net::TcpListener, inner: Arc<Inner>) {
     loop {
@@ -36,7 +36,7 @@ pub async fn serve(listener: tokio::net::TcpListener, inner: Arc<Inner>) {
     }
 }
 
-fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
+pub(super) fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "application/json")
@@ -49,7 +49,7 @@ fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
 }
 
 /// A `Status` failure, the body every API error has.
-fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
+pub(super) fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
     json_response(
         StatusCode::from_u16(code).unwrap(),
         &json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -114,7 +114,7 @@ async fn route(req: Request<Incoming>, inner: Arc<Inner>) -> Response<Body> {
         ("GET", ["apis", "discovery.k8s.io", "v1"]) => doc("discovery-v1.json"),
         ("GET", ["apis", "authentication.k8s.io", "v1"]) => doc("authentication-v1.json"),
         ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
-            token_review(req, &inner).await
+            super::review::token_review(req, &inner).await
         }
         ("GET", ["api", "v1", rest @ ..]) => resource(&req, &inner, "", rest).await,
         ("GET", ["apis", group, "v1", rest @ ..]) => {
@@ -351,59 +351,4 @@ fn gone(from: &str, oldest: u64) -> Value {
     json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": format!("too old resource version: {from} ({oldest})"),
             "reason": "Expired", "code": 410 })
-}
-
-/// POST tokenreviews: authenticated when the test allowed the token.
-async fn token_review(req: Request<Incoming>, inner: &Arc<Inner>) -> Response<Body> {
-    let Ok(body) = req.into_body().collect().await else {
-        return status(400, "BadRequest", "unreadable body");
-    };
-    let Ok(mut review) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
-        return status(400, "BadRequest", "the body is not JSON");
-    };
-    if review["kind"] != "TokenReview" || review["spec"]["token"].as_str().is_none() {
-        return status(
-            422,
-            "Invalid",
-            "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value",
-        );
-    }
-    let token = review["spec"]["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let user = inner.tokens.lock().unwrap().get(&token).cloned();
-    // Audiences asked for must meet the token's; none asked means the API server's own.
-    let wanted: Vec<String> = match review["spec"]["audiences"].as_array() {
-        Some(a) if !a.is_empty() => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => vec![super::API_AUDIENCE.to_string()],
-    };
-    let user = user.map(|(u, auds)| {
-        let both: Vec<String> = wanted
-            .iter()
-            .filter(|w| auds.contains(w))
-            .cloned()
-            .collect();
-        (u, auds, both)
-    });
-    review["status"] = match user {
-        Some((_, auds, both)) if both.is_empty() => json!({
-            "user": {},
-            "error": format!("[invalid bearer token, token audiences {auds:?} is invalid for the target audiences {wanted:?}]")
-        }),
-        Some((u, _, both)) => {
-            let ns = u.split(':').nth(2).unwrap_or_default().to_string();
-            json!({ "authenticated": true, "audiences": both,
-                    "user": { "username": u, "uid": "4b1c2d3e-0000-4000-8000-000000000001",
-                              "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"] } })
-        }
-        None => {
-            json!({ "user": {}, "error": "[invalid bearer token, service account token has been invalidated]" })
-        }
-    };
-    review["metadata"] = json!({ "creationTimestamp": null });
-    json_response(StatusCode::CREATED, &review)
 }
