@@ -204,6 +204,18 @@ pub struct ControlArgs {
     pub webhook_key: Option<PathBuf>,
     #[command(flatten)]
     pub sidecar: SidecarArgs,
+    /// Discover Services, EndpointSlices and Pods from Kubernetes, and accept projected
+    /// ServiceAccount tokens (checked with a TokenReview). In-cluster config by default.
+    #[arg(long, env = "SPOKE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// With --kubernetes: a kubeconfig file instead of the in-cluster config (KUBECONFIG is
+    /// read too when this is not given).
+    #[arg(long, env = "SPOKE_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the audience a sidecar's ServiceAccount token must be issued for
+    /// (the projected volume's `audience`); default: the API server's own audiences.
+    #[arg(long, env = "SPOKE_TOKEN_AUDIENCE", requires = "kubernetes")]
+    pub token_audience: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

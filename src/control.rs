@@ -1,14 +1,24 @@
-//! The control plane and its stream: `spoke control` (mesh config from a directory, the
-//! discovery stream, the CA) in `server`, the sidecar's side in `client`, the shared
-//! protocol types in `pb` (generated from `proto/` by build.rs), tokens and the mesh config.
+//! The control plane and its stream. `spoke control` starts at `run` (`serve`): its state and
+//! the one `publish()` of the mesh in `state`, the discovery stream in `ads`, certificates
+//! in `certify` (bootstrap tokens in `token`), `/status` in `server_stats`, the mesh
+//! directory in `mesh`, Kubernetes Services in `discovery` and ServiceAccount tokens in
+//! `review`. The sidecar's side is `client`; the shared protocol types are `pb`
+//! (generated from `proto/` by build.rs).
 
+pub mod ads;
 pub mod certify;
 pub mod client;
+pub mod discovery;
 pub mod mesh;
-pub mod server;
+pub mod review;
+pub mod serve;
 pub mod server_stats;
+pub mod state;
 pub mod token;
 pub mod webhook;
+
+pub use serve::{kube_client, run, start, Kubernetes, Options, Running, Settings, StartError};
+pub use state::State;
 
 /// Generated protobuf and gRPC code.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -237,12 +237,13 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
     let mesh_dir = dir.join("mesh");
     std::fs::create_dir_all(&mesh_dir)?;
     let ca_dir = dir.join("ca");
-    let control = control::server::start(
-        control::server::Settings {
-            config_dir: mesh_dir.clone(),
+    let control = control::start(
+        control::Settings {
+            config_dir: Some(mesh_dir.clone()),
             ca: Ca::load(&ca_dir)?,
             tokens: TokenKey::load_or_create(&ca_dir).map_err(anyhow::Error::msg)?,
             cert_ttl: Duration::from_secs(3600),
+            kubernetes: None,
         },
         TcpListener::bind("127.0.0.1:0").await?,
         TcpListener::bind("127.0.0.1:0").await?,

@@ -22,4 +22,5 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+pub mod watch;
 pub mod workers;

@@ -234,40 +234,25 @@ fn token(ca: &std::path::Path, id: &str, ttl: &str) -> ExitCode {
 }
 
 async fn control(args: ControlArgs) -> ExitCode {
-    let (Some(dir), Some(ca_dir)) = (args.config_dir.clone(), args.ca.clone()) else {
-        eprintln!("error: spoke control needs --config-dir DIR and --ca DIR");
+    let Some(ca_dir) = args.ca.clone() else {
+        eprintln!("error: spoke control needs --config-dir DIR (or --kubernetes) and --ca DIR");
         return ExitCode::from(2);
     };
-    let setup = (|| -> Result<spoke::control::server::Settings, String> {
-        let ca = spoke::ca::Ca::load(&ca_dir).map_err(|e| e.to_string())?;
-        let tokens = spoke::control::token::TokenKey::load_or_create(&ca_dir)?;
-        let cert_ttl =
-            config::duration::parse(&args.cert_ttl).map_err(|e| format!("--cert-ttl: {e}"))?;
-        Ok(spoke::control::server::Settings {
-            config_dir: dir.clone(),
-            ca,
-            tokens,
-            cert_ttl,
-        })
-    })();
-    let settings = match setup {
-        Ok(s) => s,
+    let cert_ttl = match config::duration::parse(&args.cert_ttl) {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: --cert-ttl: {e}");
             return ExitCode::from(2);
         }
     };
-    let bind = |a| async move {
-        tokio::net::TcpListener::bind(a)
-            .await
-            .map_err(|e| format!("cannot bind {a}: {e}"))
-    };
-    let (listen, stats) = match (bind(args.listen).await, bind(args.stats).await) {
-        (Ok(l), Ok(s)) => (l, s),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    let opts = spoke::control::Options {
+        config_dir: args.config_dir.clone(),
+        ca_dir,
+        listen: args.listen,
+        stats: args.stats,
+        cert_ttl,
+        kubernetes: args.kubernetes.then(|| args.kubeconfig.clone()),
+        token_audience: args.token_audience.clone(),
     };
     let webhook = match webhook(&args).await {
         Ok(w) => w,
@@ -276,13 +261,13 @@ async fn control(args: ControlArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let running = match spoke::control::server::start(settings, listen, stats).await {
+    let running = match spoke::control::run(opts).await {
         Ok(r) => r,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
+        Err(e) => {
+            for m in e.messages {
+                eprintln!("{m}");
             }
-            return ExitCode::from(2);
+            return ExitCode::from(e.exit_code);
         }
     };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

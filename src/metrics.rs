@@ -462,6 +462,18 @@ pub struct ControlMetrics {
     pub certificates: IntCounterVec,
     /// `{kind}` malformed | bad_signature | expired | bad_identity.
     pub auth_failures: IntCounterVec,
+    /// Only with `--kubernetes` (a metric exists only when its subject does).
+    pub kube: Option<KubeMetrics>,
+}
+
+/// `spoke control --kubernetes`: the watches of the cluster and the TokenReviews.
+pub struct KubeMetrics {
+    /// `{resource}` services | endpointslices | pods: fresh lists after a failed watch.
+    pub relists: IntCounterVec,
+    /// `{resource}`: watches (or lists) that failed.
+    pub watch_errors: IntCounterVec,
+    /// `{result}` authenticated | rejected | error: TokenReviews asked of the API server.
+    pub token_reviews: IntCounterVec,
 }
 
 fn plain_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
@@ -478,6 +490,11 @@ fn plain_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl ControlMetrics {
     pub fn new() -> Self {
+        Self::with_kubernetes(false)
+    }
+
+    /// The control plane's metrics; with `kubernetes`, the watch and review ones too.
+    pub fn with_kubernetes(kubernetes: bool) -> Self {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         register(
@@ -520,6 +537,26 @@ impl ControlMetrics {
                 "discovery streams refused for a bad token",
                 &["kind"],
             ),
+            kube: kubernetes.then(|| KubeMetrics {
+                relists: counter(
+                    &r,
+                    "spoke_control_kube_relists_total",
+                    "fresh Kubernetes lists after a failed watch, by resource",
+                    &["resource"],
+                ),
+                watch_errors: counter(
+                    &r,
+                    "spoke_control_kube_watch_errors_total",
+                    "Kubernetes watches or lists that failed, by resource",
+                    &["resource"],
+                ),
+                token_reviews: counter(
+                    &r,
+                    "spoke_control_token_reviews_total",
+                    "ServiceAccount tokens checked with a TokenReview, by result",
+                    &["result"],
+                ),
+            }),
             registry: r,
         }
     }

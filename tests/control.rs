@@ -157,18 +157,19 @@ fn control_plane_down_at_start_and_killed_mid_run() {
     });
 }
 
-async fn in_process_control(m: &Mesh) -> spoke::control::server::Running {
+async fn in_process_control(m: &Mesh) -> spoke::control::Running {
     let ca = spoke::ca::Ca::load(&m.ca).unwrap();
     let tokens = spoke::control::token::TokenKey::load_or_create(&m.ca).unwrap();
-    let settings = spoke::control::server::Settings {
-        config_dir: m.mesh.clone(),
+    let settings = spoke::control::Settings {
+        config_dir: Some(m.mesh.clone()),
         ca,
         tokens,
         cert_ttl: Duration::from_secs(3600),
+        kubernetes: None,
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let s = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    spoke::control::server::start(settings, l, s).await.unwrap()
+    spoke::control::start(settings, l, s).await.unwrap()
 }
 
 #[tokio::test]

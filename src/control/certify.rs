@@ -1,5 +1,5 @@
 //! `spoke.v1.Identity/Certify`: signs a sidecar's CSR for exactly the identity its token
-//! names. A CSR may leave the identity out (it gets the token's) or name the same one;
+//! names (a bootstrap token's subject, or a reviewed ServiceAccount token's account). A CSR may leave the identity out (it gets the token's) or name the same one;
 //! asking for any other identity is refused, as is a bad or expired token.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::identity::identity_server::Identity as IdentityApi;
 use super::pb::identity::{CertifyRequest, CertifyResponse};
-use super::server::{unix_now, State};
+use super::state::{unix_now, State};
 
 /// The certificate service.
 pub struct Certify(pub Arc<State>);
@@ -26,10 +26,9 @@ impl IdentityApi for Certify {
             tracing::warn!(reason = kind, error = %status.message(), "certificate request refused");
             status
         };
-        let id = state
-            .tokens
-            .verify(&req.token)
-            .map_err(|e| fail("bad_token", Status::unauthenticated(e.to_string())))?;
+        let id = super::review::authenticate(state, &req.token)
+            .await
+            .map_err(|e| fail("bad_token", e.status()))?;
         // The CSR may name no identity (it gets the token's) or exactly the token's.
         let csr_uris =
             csr_uris(&req.csr_pem).map_err(|e| fail("bad_csr", Status::invalid_argument(e)))?;

@@ -1,21 +1,21 @@
-//! The workload's current TLS configs and their rotation. Files are watched (inotify via
-//! `notify` on their directories, which also sees Kubernetes' `..data` symlink swap) and
-//! re-read on a timer as a fallback. A new valid set is swapped in for new connections;
+//! The workload's current TLS configs and their rotation. Files are watched with the shared
+//! watcher (`crate::watch`: their directories, so Kubernetes' `..data` symlink swap is seen,
+//! and a poll underneath). A new valid set is swapped in for new connections;
 //! open connections keep theirs; an invalid set is refused with a warning.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use notify::Watcher;
 
 use super::{build_configs, load_material, TlsConfigs, TlsError};
 use crate::config::{TlsFiles, TlsVersion};
 use crate::metrics::Metrics;
+use crate::watch::{dir_of, Watch};
 
 /// How often files are re-read when no change notification arrived.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub use crate::watch::POLL_INTERVAL;
 
 pub struct CertStore {
     /// Empty until the first certificate arrives (from the control plane).
@@ -124,52 +124,25 @@ impl CertStore {
         }
     }
 
-    /// Watches the files until the task is dropped.
+    /// Watches the files' directories until the task is dropped.
     pub async fn watch(self: Arc<Self>) {
         let Some(files) = self.files.clone() else {
             return;
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.try_send(());
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "file watching unavailable; polling certificate files");
-                None
-            }
-        };
-        if let Some(w) = watcher.as_mut() {
-            let dirs: std::collections::HashSet<PathBuf> = [&files.cert, &files.key, &files.roots]
+        let watch = Watch {
+            dirs: [&files.cert, &files.key, &files.roots]
                 .iter()
-                .map(|p| {
-                    p.parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."))
-                        .to_path_buf()
-                })
-                .collect();
-            for d in dirs {
-                if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch certificate directory");
-                }
-            }
-        }
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                Some(()) = rx.recv() => {
-                    // Let a writer finish the set (cert, key and roots are separate files).
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    while rx.try_recv().is_ok() {}
-                }
-                _ = tick.tick() => {}
-            }
-            let _ = self.reload();
-        }
+                .map(|p| dir_of(p))
+                .collect(),
+            poll: POLL_INTERVAL,
+            // Let a writer finish the set (cert, key and roots are separate files).
+            settle: Duration::from_millis(50),
+            what: "certificate files",
+        };
+        watch
+            .run(move || {
+                let _ = self.reload();
+            })
+            .await;
     }
 }

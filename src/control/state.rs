@@ -1,0 +1,329 @@
+//! The control plane's state: the sources of the mesh (the config directory and, with
+//! `--kubernetes`, the cluster's Services), the one `publish()` that merges them into the
+//! versioned mesh every stream pushes, the connected sidecars and the `/status` document.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::mesh;
+use super::review::TokenReviewer;
+use super::token::TokenKey;
+use crate::ca::Ca;
+use crate::config::{self, raw};
+use crate::metrics::ControlMetrics;
+
+/// One valid mesh config, numbered from 1. Version 0 is "nothing loaded yet": a control
+/// plane started without a complete view (no mesh file, Kubernetes not listed yet) holds
+/// every stream until it has one, so no sidecar is ever sent a placeholder it would have
+/// to refuse.
+pub struct Mesh {
+    pub version: u64,
+    pub raw: raw::File,
+}
+
+impl Mesh {
+    pub fn is_loaded(&self) -> bool {
+        self.version > 0
+    }
+}
+
+/// What `/status` shows for one connected sidecar.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SidecarStatus {
+    pub node_id: String,
+    pub identity: String,
+    pub acked_version: Option<String>,
+    pub sent_version: Option<String>,
+    pub last_nack: Option<String>,
+    pub connected_since: u64,
+}
+
+/// The inputs `publish()` merges, each as last seen good.
+#[derive(Default)]
+struct Sources {
+    /// The directory's merged files; `None` while it has none.
+    dir: Option<raw::File>,
+    /// `Some(None)` with Kubernetes on but not listed yet; `None` with it off.
+    kube: Option<Option<raw::File>>,
+    dir_error: Option<Vec<String>>,
+    merge_error: Option<Vec<String>>,
+}
+
+/// The control plane's shared state.
+pub struct State {
+    pub mesh: watch::Sender<Arc<Mesh>>,
+    pub ca: Ca,
+    pub tokens: TokenKey,
+    /// With `--kubernetes`: checks projected ServiceAccount tokens.
+    pub reviewer: Option<TokenReviewer>,
+    pub cert_ttl: Duration,
+    pub sidecars: Mutex<HashMap<u64, SidecarStatus>>,
+    pub metrics: ControlMetrics,
+    pub(super) next_stream: AtomicU64,
+    sources: Mutex<Sources>,
+}
+
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// === impl State ===
+
+impl State {
+    /// `initial` is the directory's mesh, `None` when it holds no mesh file yet. With
+    /// `kubernetes`, streams also wait for the first complete listing of the cluster.
+    pub fn new(
+        initial: Option<raw::File>,
+        kubernetes: bool,
+        ca: Ca,
+        tokens: TokenKey,
+        reviewer: Option<TokenReviewer>,
+        cert_ttl: Duration,
+    ) -> Arc<Self> {
+        let (tx, _) = watch::channel(Arc::new(Mesh {
+            version: 0,
+            raw: raw::File::default(),
+        }));
+        let state = Arc::new(State {
+            mesh: tx,
+            ca,
+            tokens,
+            reviewer,
+            cert_ttl,
+            sidecars: Mutex::new(HashMap::new()),
+            metrics: ControlMetrics::with_kubernetes(kubernetes),
+            next_stream: AtomicU64::new(1),
+            sources: Mutex::new(Sources {
+                dir: initial,
+                kube: kubernetes.then_some(None),
+                ..Sources::default()
+            }),
+        });
+        state.publish();
+        state
+    }
+
+    /// Re-reads the directory; a valid change is published. An invalid one is refused and
+    /// the directory's last good files stay in the mesh.
+    pub fn reload(&self, dir: &std::path::Path) {
+        let had = lock(&self.sources).dir.is_some();
+        if !had && mesh::files(dir).is_ok_and(|f| f.is_empty()) {
+            return;
+        }
+        match mesh::load_dir(dir) {
+            Ok(raw) => {
+                let mut s = lock(&self.sources);
+                s.dir_error = None;
+                if s.dir.as_ref() == Some(&raw) {
+                    return;
+                }
+                s.dir = Some(raw);
+            }
+            Err(errors) => {
+                self.metrics
+                    .config_loads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                for e in &errors {
+                    tracing::warn!(error = %e, "mesh config refused; keeping the last good version");
+                }
+                lock(&self.sources).dir_error =
+                    Some(errors.iter().map(|e| e.to_string()).collect());
+                return;
+            }
+        }
+        self.publish();
+    }
+
+    /// Replaces the Kubernetes view (clusters and services built from the cluster's
+    /// Services and EndpointSlices) and publishes.
+    pub fn set_kube(&self, view: raw::File) {
+        {
+            let mut s = lock(&self.sources);
+            if matches!(&s.kube, Some(Some(v)) if *v == view) {
+                return;
+            }
+            s.kube = Some(Some(view));
+        }
+        self.publish();
+    }
+
+    /// Merges every source into one mesh and, when it is complete, valid and different
+    /// from the current one, makes it the next version. Directory entries win over
+    /// Kubernetes ones of the same cluster name or VIP: an operator's file is the override.
+    pub fn publish(&self) {
+        let mut s = lock(&self.sources);
+        let merged = match (&s.dir, &s.kube) {
+            (_, Some(None)) | (None, None) => return,
+            (Some(d), None) => d.clone(),
+            (d, Some(Some(k))) => merge(d.clone().unwrap_or_default(), k),
+        };
+        if let Err(errors) = config::validate(&merged) {
+            self.metrics
+                .config_loads
+                .with_label_values(&["rejected"])
+                .inc();
+            let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            for e in &errors {
+                tracing::warn!(error = %e, "merged mesh refused; keeping the last good version");
+            }
+            s.merge_error = Some(errors);
+            return;
+        }
+        s.merge_error = None;
+        drop(s);
+        let current = self.mesh.borrow().clone();
+        if current.is_loaded() && current.raw == merged {
+            return;
+        }
+        let version = current.version + 1;
+        self.metrics.mesh_version.set(version as i64);
+        self.metrics
+            .config_loads
+            .with_label_values(&["applied"])
+            .inc();
+        if version == 1 {
+            tracing::info!(version, "mesh config loaded; serving");
+        } else {
+            tracing::info!(version, "mesh config changed; pushing");
+        }
+        self.mesh.send_replace(Arc::new(Mesh {
+            version,
+            raw: merged,
+        }));
+    }
+
+    /// The `/status` document.
+    pub fn status_json(&self) -> String {
+        let mut sidecars: Vec<SidecarStatus> = lock(&self.sidecars).values().cloned().collect();
+        sidecars.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let mesh = self.mesh.borrow().clone();
+        let errors = {
+            let s = lock(&self.sources);
+            let all: Vec<String> = s
+                .dir_error
+                .iter()
+                .chain(s.merge_error.iter())
+                .flatten()
+                .cloned()
+                .collect();
+            (!all.is_empty()).then_some(all)
+        };
+        let doc = serde_json::json!({
+            "version": mesh.is_loaded().then(|| mesh.version.to_string()),
+            "config_error": errors,
+            "sidecars": sidecars,
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+    }
+}
+
+/// The directory's mesh with the Kubernetes clusters and services added, skipping those a
+/// file already defines.
+fn merge(mut dir: raw::File, kube: &raw::File) -> raw::File {
+    let names: HashSet<String> = dir.clusters.iter().map(|c| c.name.clone()).collect();
+    let vips: HashSet<String> = dir.services.iter().map(|s| s.vip.clone()).collect();
+    for c in &kube.clusters {
+        if names.contains(&c.name) {
+            tracing::debug!(cluster = %c.name, "a mesh file defines this cluster; its Kubernetes one is ignored");
+        } else {
+            dir.clusters.push(c.clone());
+        }
+    }
+    for s in &kube.services {
+        if !vips.contains(&s.vip) {
+            dir.services.push(s.clone());
+        }
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str, addr: &str) -> raw::Cluster {
+        raw::Cluster {
+            name: name.into(),
+            endpoints: vec![raw::Endpoint {
+                address: addr.into(),
+                weight: None,
+                priority: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn state(dir: Option<raw::File>, kubernetes: bool) -> Arc<State> {
+        let ca = Ca::new("cluster.local", Duration::from_secs(3600)).unwrap();
+        let tokens = TokenKey::from_bytes(&[1u8; 32]);
+        State::new(dir, kubernetes, ca, tokens, None, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn kubernetes_holds_the_mesh_until_listed_and_files_win_on_a_name() {
+        let dir = raw::File {
+            clusters: vec![cluster("b.default.svc:80", "10.0.0.1:80")],
+            ..Default::default()
+        };
+        let s = state(Some(dir), true);
+        assert!(!s.mesh.borrow().is_loaded(), "waits for the first listing");
+        let kube = raw::File {
+            clusters: vec![
+                cluster("b.default.svc:80", "10.9.9.9:80"),
+                cluster("a.default.svc:80", "10.0.0.2:80"),
+            ],
+            ..Default::default()
+        };
+        s.set_kube(kube.clone());
+        let m = s.mesh.borrow().clone();
+        assert_eq!(m.version, 1);
+        let addrs: Vec<_> = m
+            .raw
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.endpoints[0].address.as_str()))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                ("b.default.svc:80", "10.0.0.1:80"),
+                ("a.default.svc:80", "10.0.0.2:80")
+            ]
+        );
+        // The same view again is no new version.
+        s.set_kube(kube);
+        assert_eq!(s.mesh.borrow().version, 1);
+    }
+
+    #[test]
+    fn an_invalid_merge_keeps_the_last_good_mesh() {
+        let s = state(None, true);
+        s.set_kube(raw::File {
+            clusters: vec![cluster("a", "10.0.0.2:80")],
+            ..Default::default()
+        });
+        assert_eq!(s.mesh.borrow().version, 1);
+        s.set_kube(raw::File {
+            clusters: vec![cluster("a", "not an address")],
+            ..Default::default()
+        });
+        assert_eq!(s.mesh.borrow().version, 1);
+        assert!(
+            s.status_json().contains("not an address"),
+            "{}",
+            s.status_json()
+        );
+    }
+}
