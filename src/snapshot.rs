@@ -265,8 +265,9 @@ fn local_target(port: u16) -> ClusterState {
     ClusterState::local(&format!("inbound:{port}"), app)
 }
 
-/// `::ffff:a.b.c.d` as `a.b.c.d`: the form VIPs are keyed by.
-fn unmapped(a: SocketAddr) -> SocketAddr {
+/// `::ffff:a.b.c.d` as `a.b.c.d`: the form VIPs are keyed by, and the form a captured
+/// connection's original destination is looked up in.
+pub(crate) fn unmapped(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),

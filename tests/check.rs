@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,15 +150,7 @@ fn check_and_proxy_agree_on_every_corpus_file() {
 fn stdin_and_json_output() {
     let text =
         std::fs::read_to_string(Path::new(ROOT).join("tests/check/proxy/semantic.yaml")).unwrap();
-    let mut p = Command::new(BIN)
-        .args(["check", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
+    let out = support::spoke_with_stdin(&["check", "-"], &text);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

@@ -48,23 +48,9 @@ fn spawn_control(api: KubeApi, rt: tokio::runtime::Runtime, extra: &[&str]) -> C
     let mesh = Mesh::new();
     let kc = api.kubeconfig(&mesh.dir.0);
     let (cp, cs) = (free_port(), free_port());
-    let (listen, stats) = (format!("127.0.0.1:{cp}"), format!("127.0.0.1:{cs}"));
-    let mut args = vec![
-        "control",
-        "--kubernetes",
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--config-dir",
-        mesh.mesh.to_str().unwrap(),
-        "--ca",
-        mesh.ca.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--stats",
-        &stats,
-    ];
+    let mut args = vec!["--kubernetes", "--kubeconfig", kc.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let control = spawn_spoke(&args, false);
+    let control = mesh.control_with(cp, cs, &args);
     Cluster {
         api,
         mesh,

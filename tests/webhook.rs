@@ -7,8 +7,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,23 +50,9 @@ fn start(extra: &[&str]) -> Webhook {
         certs.to_str().unwrap(),
     ]);
     let (cp, cs, port) = (free_port(), free_port(), free_port());
-    let (listen, stats, hook) = (
-        format!("127.0.0.1:{cp}"),
-        format!("127.0.0.1:{cs}"),
-        format!("127.0.0.1:{port}"),
-    );
-    let cert = certs.join("cert.pem");
-    let key = certs.join("key.pem");
+    let hook = format!("127.0.0.1:{port}");
+    let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
     let mut args = vec![
-        "control",
-        "--config-dir",
-        mesh.mesh.to_str().unwrap(),
-        "--ca",
-        mesh.ca.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--stats",
-        &stats,
         "--webhook-listen",
         &hook,
         "--webhook-cert",
@@ -76,7 +61,7 @@ fn start(extra: &[&str]) -> Webhook {
         key.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let control = support::spawn_spoke(&args, false);
+    let control = mesh.control_with(cp, cs, &args);
     wait_for("webhook listening", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -141,21 +126,14 @@ impl Webhook {
 /// `spoke inject ARGS` on one object (as YAML), parsed back to JSON.
 fn spoke_inject(object: &Json, args: &[&str]) -> Json {
     let yaml = serde_saphyr::to_string(object).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spoke"))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    let mut all = vec!["inject"];
+    all.extend_from_slice(args);
+    let out = support::spoke_with_stdin(&all, &yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_saphyr::from_slice(&out.stdout).unwrap()
 }
 

@@ -28,6 +28,7 @@ use super::io::{splice, Io};
 use super::listener::{to_cluster, ListenerCtx};
 use super::tcp::{counters, Access, ActiveGuard};
 use crate::config::{EndpointAddr, UnknownDestination};
+use crate::snapshot::unmapped;
 
 /// The `cluster` label (metrics, access events) of connections passed through to an
 /// unknown destination.
@@ -87,17 +88,6 @@ pub fn original_dst(sock: &TcpStream) -> io::Result<SocketAddr> {
     addr.as_socket()
         .map(unmapped)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP address"))
-}
-
-/// `::ffff:a.b.c.d` as `a.b.c.d`.
-fn unmapped(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => a,
-        },
-        v4 => v4,
-    }
 }
 
 /// Whether `ip` is an address of this host (network namespace): only asked for

@@ -110,20 +110,25 @@ impl Mesh {
     }
 
     pub fn control(&self, port: u16, stats: u16) -> Proc {
-        spawn_spoke(
-            &[
-                "control",
-                "--config-dir",
-                self.mesh.to_str().unwrap(),
-                "--ca",
-                self.ca.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--stats",
-                &format!("127.0.0.1:{stats}"),
-            ],
-            false,
-        )
+        self.control_with(port, stats, &[])
+    }
+
+    /// `spoke control` on this mesh directory and CA, with `extra` flags.
+    pub fn control_with(&self, port: u16, stats: u16, extra: &[&str]) -> Proc {
+        let (listen, stats) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{stats}"));
+        let mut args = vec![
+            "control",
+            "--config-dir",
+            self.mesh.to_str().unwrap(),
+            "--ca",
+            self.ca.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--stats",
+            &stats,
+        ];
+        args.extend_from_slice(extra);
+        spawn_spoke(&args, false)
     }
 
     /// A `sa/web` sidecar with one TCP listener on `listen` to the cluster `backend`.

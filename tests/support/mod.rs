@@ -208,6 +208,25 @@ pub fn spawn_spoke(args: &[&str], pipe_stderr: bool) -> Proc {
     )
 }
 
+/// Runs the `spoke` binary with `args`, writing `stdin` to it; its whole output.
+pub fn spoke_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spoke"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start spoke");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Waits (blocking, up to 10 s) until the proxy whose stats server is on `port` is ready.
 pub fn wait_ready(port: u16) {
     let start = std::time::Instant::now();

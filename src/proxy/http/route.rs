@@ -152,7 +152,8 @@ pub fn route<'a>(
             let Some(r) = routes.get(i as usize) else {
                 continue;
             };
-            let host = c.check_host.contains(&i).then_some(authority);
+            let placed = r.matches.host.as_deref().is_none_or(index::places);
+            let host = (!placed).then_some(authority);
             if matches(r, parts, host) {
                 return decide(r);
             }

@@ -27,10 +27,14 @@ pub struct RouteIndex {
 pub struct Candidates<'a> {
     lists: [&'a [u32]; 12],
     n: usize,
-    /// `other` is in `lists[0..n]` and its routes still need their host checked.
-    pub check_host: &'a [u32],
     /// A host with more parent domains than there is room for lists: scan every route.
     pub overflow: bool,
+}
+
+/// Whether the index places a route with this host pattern by its host, so that a
+/// candidate it names needs no host check of its own (`*.example:8080` is not placed).
+pub fn places(host: &str) -> bool {
+    !(host.starts_with("*.") && host.contains(':'))
 }
 
 impl RouteIndex {
@@ -42,12 +46,12 @@ impl RouteIndex {
                 ix.any.push(i);
                 continue;
             };
+            if !places(h) {
+                ix.other.push(i);
+                continue;
+            }
             let list = match h.strip_prefix("*.") {
-                Some(suffix) if !suffix.contains(':') => ix.wildcard.entry(suffix.into()),
-                Some(_) => {
-                    ix.other.push(i);
-                    continue;
-                }
+                Some(suffix) => ix.wildcard.entry(suffix.into()),
                 None if h.contains(':') && !h.ends_with(']') => {
                     ix.host_port.entry(h.as_str().into())
                 }
@@ -64,7 +68,6 @@ impl RouteIndex {
         let mut c = Candidates {
             lists: [&[]; 12],
             n: 0,
-            check_host: &self.other,
             overflow: false,
         };
         c.push(&self.any);
