@@ -50,10 +50,13 @@ fn main() -> ExitCode {
             if let Some(ControlCommand::Token { ca, id, ttl }) = args.command {
                 return token(&ca, &id, &ttl);
             }
-            if let Err(e) = telemetry::init(cli.log_format, cli.log_level.as_deref()) {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            let _log = match telemetry::init(cli.log_format, cli.log_level.as_deref()) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             run_async(control(args))
         }
         Command::Proxy(args) => {
@@ -69,10 +72,13 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => {
             let level = cli.log_level.as_deref().or(Some("warn"));
-            if let Err(e) = telemetry::init(cli.log_format, level) {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            let _log = match telemetry::init(cli.log_format, level) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             run_async(spoke::demo::run(args.duration))
         }
     }

@@ -5,6 +5,12 @@
 //! and log collectors never get escape codes. Access events (`target: "access"`) are
 //! switched by the config's `access_log`, not by the level: the filter lets them through
 //! unless it names `access` itself.
+//!
+//! Lines are written by a thread of their own (`tracing-appender`'s non-blocking writer over
+//! a buffered stderr), so a worker never waits on a slow log pipe and a burst of access lines
+//! costs the request path one channel send each; the writer thread drains what is queued and
+//! writes it in one go. Beyond `QUEUED_LINES` waiting lines, new ones are dropped rather than
+//! stalling traffic.
 
 use std::sync::Arc;
 
@@ -15,7 +21,14 @@ use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 #[derive(Clone)]
 pub struct LogHandle {
     set: Arc<SetFilter>,
+    /// Keeps the writer thread alive; the last clone dropped flushes what is queued.
+    _writer: Arc<tracing_appender::non_blocking::WorkerGuard>,
 }
+
+/// Log lines waiting for the writer thread at most.
+const QUEUED_LINES: usize = 64 * 1024;
+/// The writer thread's buffer: one `write(2)` per this many bytes at most.
+const WRITE_BUF: usize = 64 * 1024;
 
 type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 
@@ -65,12 +78,20 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
     };
     let filter = access_filter(&initial)?;
     let (filter, handle) = reload::Layer::new(filter);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("spoke-log")
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUF,
+            std::io::stderr(),
+        ));
     let registry = Registry::default().with(filter);
     let result = match format {
         LogFormat::Plain => registry
             .with(
                 fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
                     .with_target(true)
                     .with_ansi(use_colour()),
             )
@@ -82,7 +103,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_ansi(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init(),
     };
@@ -92,5 +113,6 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
             let new = access_filter(f)?;
             handle.reload(new).map_err(|e| e.to_string())
         }),
+        _writer: Arc::new(guard),
     })
 }

@@ -7,6 +7,7 @@ mod support;
 
 use std::io::Read;
 use std::process::Command;
+use std::time::Duration;
 
 use support::pki::TempDir;
 use support::*;
@@ -189,4 +190,48 @@ fn each_start_up_error_is_printed_once() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("cannot bind").count(), 1, "{err}");
+}
+
+/// Log lines are written by a thread of their own: a stderr pipe that nobody reads (a
+/// stuck log collector) fills up, and traffic still flows; lines beyond the queue are
+/// dropped instead of blocking a worker.
+#[test]
+fn a_stuck_log_pipe_never_stalls_traffic() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(echo());
+    let dir = TempDir::new("logs-stuck");
+    let (lp, sp) = (free_port(), free_port());
+    let cfg = dir.0.join("proxy.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{sp} }}\naccess_log: true\n\
+             listeners: [ {{ name: l, address: 127.0.0.1:{lp}, protocol: tcp, cluster: c }} ]\n\
+             clusters: [ {{ name: c, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
+        ),
+    )
+    .unwrap();
+    // Piped and never read: the pipe (64 KiB) is full after a few hundred access lines.
+    let p = spawn_spoke(
+        &[
+            "proxy",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-level",
+            "debug",
+        ],
+        true,
+    );
+    wait_ready(sp);
+    let addr = ([127, 0, 0, 1], lp).into();
+    rt.block_on(async {
+        for i in 0..3000 {
+            let got = tokio::time::timeout(Duration::from_secs(5), roundtrip(addr, b"hi"))
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} stalled behind the log pipe"))
+                .unwrap();
+            assert_eq!(got, b"hi");
+        }
+    });
+    drop(p);
 }
