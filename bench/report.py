@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "tracing", "lb", "control", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "defaults", "tracing", "lb", "control", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -843,6 +843,63 @@ def authz_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === defaults ===
+
+
+def defaults_section(records: list[dict], meta: dict) -> list[str]:
+    order, rows = http_rows(records)
+    out = [
+        "## Out of the box (`bench/run.sh defaults`)",
+        "",
+        "The two-hop HTTP chain of the http scenario three times: tuned as in every other row "
+        "(`spoke`: 1 worker, `--log-level warn`), started with no flags at all "
+        "(`spoke-defaults`: the default worker count, which follows the cgroup CPU limit and "
+        "is 1 without one, and the default `info` level), and that with `access_log: true` "
+        "(`spoke-access`: one access line per request on each hop, written to the log file by "
+        "the log writer thread). The pairs run side by side and the runs alternate between "
+        f"them. Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} runs of "
+        f"{meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
+        "",
+        "| target | wrk req/s | wrk p99 ms | wrk errors | CPU s per 10k req A+B (wrk) | h2load req/s | h2load errors | CPU s per 10k req A+B (h2load) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            out.append(f"| {row['label']} | skipped: {row['skipped']} |" + " — |" * 6)
+            continue
+        out.append("| " + " | ".join([
+            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p99"], 2), str(row["wrk_errors"]),
+            fmt(row["cpu_per_10k"], 3), fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
+            fmt(row["h2_cpu_per_10k"], 3),
+        ]) + " |")
+    out.append("")
+    goals = (("spoke-defaults", "spoke", "out of the box vs tuned"),
+             ("spoke-access", "spoke-defaults", "access log on vs off"))
+    lines = []
+    for name, ref, what in goals:
+        a, b = rows.get(ref, {}), rows.get(name, {})
+        if not a or not b or a.get("skipped") or b.get("skipped"):
+            continue
+        for label, key in (("wrk req/s", "wrk_rps"), ("h2load req/s", "h2load_rps")):
+            x, y = a.get(key), b.get(key)
+            if x and y:
+                cost = 100 * (1 - y / x)
+                lines.append(f"| {what}: {label} | ≤ 5% fewer | {fmt(x, 0)} | {fmt(y, 0)} | {cost:.1f}% "
+                             f"| {'met' if cost <= 5 else '**not met**'} |")
+        for label, key in (("CPU s per 10k req (wrk)", "cpu_per_10k"), ("CPU s per 10k req (h2load)", "h2_cpu_per_10k")):
+            x, y = a.get(key), b.get(key)
+            if x and y:
+                cost = 100 * (y / x - 1)
+                lines.append(f"| {what}: {label} | ≤ 5% more | {fmt(x, 3)} | {fmt(y, 3)} | {cost:+.1f}% "
+                             f"| {'met' if cost <= 5 else '**not met**'} |")
+    if lines:
+        out += ["| goal | target | reference | variant | cost | |", "|---|---|--:|--:|--:|---|"] + lines + [""]
+    out += per_run_table(order, rows)
+    out += foreign_notes(records, meta)
+    return out
+
+
 # === tracing ===
 
 
@@ -1283,6 +1340,8 @@ def main() -> None:
             sections += http_section(records, meta)
         elif scenario == "authz":
             sections += authz_section(records, meta)
+        elif scenario == "defaults":
+            sections += defaults_section(records, meta)
         elif scenario == "tracing":
             sections += tracing_section(records, meta)
         elif scenario == "lb":

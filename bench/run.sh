@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spoke benchmark harness: direct vs Spoke vs Envoy vs HAProxy, on 127.0.0.1 only.
 #
-#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz tracing control startup   (default: all)
+#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz defaults tracing lb control startup   (default: all)
 #
 #   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
 #   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
@@ -16,6 +16,8 @@
 #            two-hop rps of the default balancer against round robin
 #   authz    the http scenario's Spoke pair with and without a 20-rule inbound policy on B:
 #            the cost of per-request authorization
+#   defaults the http scenario's Spoke pair tuned (1 worker, warn) against the same pair with
+#            no flags (default workers and log level) and with access_log: true
 #   tracing  the http scenario's Spoke pair with tracing off, on with sampling 0 (context
 #            parsed, nothing sampled) and with sampling 1 (every request two spans, exported
 #            over OTLP/HTTP to bench/otlp-sink.c): the cost of tracing
@@ -94,7 +96,7 @@ BENCH_CONTROL_MANY=${BENCH_CONTROL_MANY:-1000}
 BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-30}
 BENCH_SWAP_HZ=${BENCH_SWAP_HZ:-10}
 
-SCENARIOS=(tcp mtls http authz tracing lb control startup)
+SCENARIOS=(tcp mtls http authz defaults tracing lb control startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -914,7 +916,7 @@ PY
 # (h2c prior knowledge), oha (fixed rate, if installed).
 
 HTTP_UP_PORT=19601
-declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710 [spoke-rr]=19730 [spoke-baseline]=19750 [spoke-trace0]=19850 [spoke-trace1]=19870)
+declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710 [spoke-rr]=19730 [spoke-baseline]=19750 [spoke-trace0]=19850 [spoke-trace1]=19870 [spoke-defaults]=19890 [spoke-access]=19910)
 declare -A HTTP_LABEL=(
     [direct]="direct (no proxy)"
     [spoke]="spoke A+B (1 worker each)"
@@ -926,6 +928,8 @@ declare -A HTTP_LABEL=(
     [spoke-trace0]="spoke A+B (1 worker each), tracing with sampling 0"
     [spoke-trace1]="spoke A+B (1 worker each), tracing with sampling 1 (OTLP/HTTP export)"
     [spoke-rr]="spoke A+B (1 worker each), A with lb: round_robin"
+    [spoke-defaults]="spoke A+B out of the box (default worker count and log level)"
+    [spoke-access]="spoke A+B out of the box, access_log: true (one line per request each)"
     [spoke-baseline]="spoke A+B (1 worker each), BASELINE_BIN (round robin, before the resilience work)"
 )
 declare -A HTTP_ROLE_OFFSET=([a]=0 [b]=10)
@@ -963,11 +967,16 @@ http_prepare() { # NAME ROLE(a|b) -> H_CMD, H_ENV, H_URL, H_LISTEN, H_CFG; 1 + T
     render "$BENCH_DIR/$tmpl" LB="$lb" ADMIN_PORT="$admin" READY_PORT="$ready" \
         LISTEN="$H_LISTEN" B_LISTEN=$((${HTTP_BASE[$name]} + 11)) UPSTREAM_PORT="$HTTP_UP_PORT" \
         CERTS="$CERTS" THREADS="$workers" SAMPLING="${name#spoke-trace}" SINK_PORT="$TRACE_SINK_PORT" >"$H_CFG"
+    [[ $name == spoke-access ]] && printf 'access_log: true\n' >>"$H_CFG"
     case $kind in
     spoke)
         if [[ ! -x $bin ]]; then T_SKIP="${bin#"$ROOT"/} not found (not built yet?)"; return 1; fi
         H_ENV=(TOKIO_WORKER_THREADS="$workers")
         H_CMD=("$bin" proxy --config "$H_CFG" --log-level warn)
+        # Out of the box: the worker count and log level a user gets without flags.
+        if [[ $name == spoke-defaults || $name == spoke-access ]]; then
+            H_ENV=() H_CMD=("$bin" proxy --config "$H_CFG")
+        fi
         H_URL=http://127.0.0.1:$ready/ready
         ;;
     envoy)
@@ -1122,6 +1131,25 @@ scenario_authz() {
     alternating_pairs authz spoke spoke-authz
     stop_pid "$UPSTREAM_PID"
     scenario_foreign authz
+}
+
+# === scenario: defaults ===
+#
+# What a user gets without tuning: the tuned pair of the http scenario (`spoke`: 1 worker,
+# --log-level warn) beside the same pair started with no flags at all (`spoke-defaults`:
+# the default worker count, which follows the cgroup CPU limit, and the default `info`
+# level) and that pair with `access_log: true` (`spoke-access`: one access line per
+# request per hop, written to the log file by the writer thread). Goals (issue 11): out of
+# the box within 5% of tuned, and the access log on within 5% of off.
+scenario_defaults() {
+    RESULTS=$RUN_DIR/defaults.jsonl
+    : >"$RESULTS"
+    log "scenario defaults: spoke two hops tuned / out of the box / with the access log; wrk and h2load ${BENCH_SECONDS}s x $BENCH_RUNS runs, alternating"
+    make_certs
+    start_http_upstream
+    alternating_pairs defaults spoke spoke-defaults spoke-access
+    stop_pid "$UPSTREAM_PID"
+    scenario_foreign defaults
 }
 
 # === scenario: tracing ===

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -72,6 +72,11 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Encoded>) {
     let mut current: Option<(Collector, Transport)> = None;
     let mut failing = false;
     let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH);
+    // One request body buffer for the life of the exporter: a batch's body is split off it
+    // and, once the transport has dropped it, the next batch reclaims the same allocation.
+    // (A fresh ~200 KiB buffer per batch made glibc consolidate its free lists on every
+    // free, a few % of the proxy's CPU at sampling 1.)
+    let mut body_buf = BytesMut::new();
     loop {
         let Some(first) = rx.recv().await else {
             return;
@@ -94,7 +99,7 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Encoded>) {
             batch.clear();
             continue;
         };
-        let body = request(&settings, &batch);
+        let body = request(&mut body_buf, &settings, &batch);
         batch.clear();
         if current.as_ref().map(|(c, _)| c) != Some(&settings.collector) {
             current = match transport(&settings.collector) {
@@ -155,17 +160,18 @@ fn transport(c: &Collector) -> Result<Transport, ExportError> {
     }
 }
 
-/// One batch as an `ExportTraceServiceRequest`: this sidecar's resource, Spoke's scope,
-/// the spans' bytes.
-fn request(settings: &Tracing, spans: &[Encoded]) -> Bytes {
+/// One batch as an `ExportTraceServiceRequest` (this sidecar's resource, Spoke's scope,
+/// the spans' bytes), written into `buf` and split off it.
+fn request(buf: &mut BytesMut, settings: &Tracing, spans: &[Encoded]) -> Bytes {
     let service = settings.service_name.as_str();
     let spans_len: usize = spans.iter().map(|s| wire::framed_span_len(s)).sum();
-    let mut buf = Vec::with_capacity(spans_len + 64 + service.len());
-    wire::put_request_head(&mut buf, service, spans_len);
+    buf.clear();
+    buf.reserve(spans_len + 64 + service.len());
+    wire::put_request_head(buf, service, spans_len);
     for s in spans {
-        wire::frame_span(&mut buf, s);
+        wire::frame_span(buf, s);
     }
-    Bytes::from(buf)
+    buf.split().freeze()
 }
 
 /// Sends one request; `Ok` holds the number of spans the collector rejected.
@@ -240,5 +246,38 @@ impl Decoder for Raw {
         ExportTraceServiceResponse::decode(src)
             .map(Some)
             .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Tracing {
+        let cfg = crate::config::from_yaml(
+            "tracing: { sampling: 1, collector: { address: 127.0.0.1:4317 } }\nlisteners: []\n",
+        )
+        .expect("config");
+        cfg.tracing.expect("tracing")
+    }
+
+    #[test]
+    fn the_next_batch_reuses_the_body_buffer_once_the_last_is_sent() {
+        let s = settings();
+        let spans: Vec<Encoded> = (0..300).map(|i| vec![i as u8; 400]).collect();
+        let mut buf = BytesMut::new();
+        let first = request(&mut buf, &s, &spans);
+        let at = first.as_ptr();
+        // Still held (in flight): the next batch cannot have that memory.
+        let second = request(&mut buf, &s, &spans);
+        assert_ne!(second.as_ptr(), at);
+        assert_eq!(first, second);
+        drop((first, second));
+        // Both sent and dropped: the buffer is taken back, not allocated again.
+        let third = request(&mut buf, &s, &spans);
+        let reused = third.as_ptr();
+        drop(third);
+        let fourth = request(&mut buf, &s, &spans);
+        assert_eq!(fourth.as_ptr(), reused);
     }
 }

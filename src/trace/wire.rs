@@ -8,6 +8,8 @@
 
 use std::fmt::Write as _;
 
+use bytes::BufMut;
+
 /// Wire types.
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -28,42 +30,42 @@ pub fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
-pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+pub fn put_varint(buf: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
+        buf.put_u8((v as u8) | 0x80);
         v >>= 7;
     }
-    buf.push(v as u8);
+    buf.put_u8(v as u8);
 }
 
-pub fn put_tag(buf: &mut Vec<u8>, field: u32, wire: u8) {
+pub fn put_tag(buf: &mut impl BufMut, field: u32, wire: u8) {
     put_varint(buf, (u64::from(field) << 3) | u64::from(wire));
 }
 
 /// A length-delimited field's tag and length; its `len` bytes follow.
-pub fn put_len(buf: &mut Vec<u8>, field: u32, len: usize) {
+pub fn put_len(buf: &mut impl BufMut, field: u32, len: usize) {
     put_tag(buf, field, LEN);
     put_varint(buf, len as u64);
 }
 
-pub fn put_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+pub fn put_bytes(buf: &mut impl BufMut, field: u32, b: &[u8]) {
     put_len(buf, field, b.len());
-    buf.extend_from_slice(b);
+    buf.put_slice(b);
 }
 
-pub fn put_uint(buf: &mut Vec<u8>, field: u32, v: u64) {
+pub fn put_uint(buf: &mut impl BufMut, field: u32, v: u64) {
     put_tag(buf, field, VARINT);
     put_varint(buf, v);
 }
 
-pub fn put_fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
+pub fn put_fixed64(buf: &mut impl BufMut, field: u32, v: u64) {
     put_tag(buf, field, FIXED64);
-    buf.extend_from_slice(&v.to_le_bytes());
+    buf.put_slice(&v.to_le_bytes());
 }
 
-pub fn put_fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
+pub fn put_fixed32(buf: &mut impl BufMut, field: u32, v: u32) {
     put_tag(buf, field, FIXED32);
-    buf.extend_from_slice(&v.to_le_bytes());
+    buf.put_slice(&v.to_le_bytes());
 }
 
 /// An attribute value: text or an integer (`AnyValue.string_value` / `int_value`).
@@ -89,7 +91,7 @@ pub fn kv_len(key: &str, v: Val<'_>) -> usize {
 }
 
 /// A `KeyValue` as field `field` of the enclosing message.
-pub fn put_kv(buf: &mut Vec<u8>, field: u32, key: &str, v: Val<'_>) {
+pub fn put_kv(buf: &mut impl BufMut, field: u32, key: &str, v: Val<'_>) {
     put_len(buf, field, kv_len(key, v));
     put_bytes(buf, 1, key.as_bytes());
     put_len(buf, 2, v.len());
@@ -136,7 +138,7 @@ impl std::fmt::Write for Small {
 /// The start of an `ExportTraceServiceRequest` holding one `ResourceSpans` (this sidecar's
 /// `service.name`) with one `ScopeSpans` (scope `spoke`), whose spans take `spans_len`
 /// bytes (each span framed by `frame_span`). The spans' bytes follow.
-pub fn put_request_head(buf: &mut Vec<u8>, service: &str, spans_len: usize) {
+pub fn put_request_head(buf: &mut impl BufMut, service: &str, spans_len: usize) {
     let version = env!("CARGO_PKG_VERSION");
     let resource = field_len(kv_len("service.name", Val::Str(service)));
     let scope = field_len(b"spoke".len()) + field_len(version.len());
@@ -157,7 +159,7 @@ pub fn framed_span_len(span: &[u8]) -> usize {
 }
 
 /// Appends one encoded span as an element of `ScopeSpans.spans`.
-pub fn frame_span(buf: &mut Vec<u8>, span: &[u8]) {
+pub fn frame_span(buf: &mut impl BufMut, span: &[u8]) {
     put_bytes(buf, 2, span);
 }
 
