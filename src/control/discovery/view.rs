@@ -97,7 +97,9 @@ pub fn build(objects: &Objects, trust_domain: &str) -> raw::File {
 }
 
 /// `http` for ports declared HTTP or gRPC (appProtocol, else the port name's prefix, the
-/// convention Istio uses), else `auto` (sniffed).
+/// convention Istio uses); `opaque` for ports declared `tcp` (or `opaque`), so a protocol
+/// whose server speaks first (MySQL, SMTP) gets its banner through at once instead of
+/// waiting out protocol detection; else `auto` (sniffed).
 fn protocol(port: &ServicePort) -> raw::Protocol {
     let declared = port
         .app_protocol
@@ -108,6 +110,7 @@ fn protocol(port: &ServicePort) -> raw::Protocol {
     let head = declared.split('-').next().unwrap_or("");
     match head {
         "http" | "http2" | "grpc" | "h2c" | "kubernetes.io/h2c" | "grpc-web" => raw::Protocol::Http,
+        "tcp" | "opaque" => raw::Protocol::Opaque,
         _ => raw::Protocol::Auto,
     }
 }
