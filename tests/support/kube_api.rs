@@ -82,6 +82,21 @@ impl KubeApi {
     /// Starts serving the objects of the fixture lists `pods.json`, `services.json` and
     /// `endpointslices.json`.
     pub async fn start() -> KubeApi {
+        let mut objects = Vec::new();
+        for (res, file) in [
+            (Res::Pods, "pods.json"),
+            (Res::Services, "services.json"),
+            (Res::EndpointSlices, "endpointslices.json"),
+        ] {
+            for item in fixture(file)["items"].as_array().unwrap() {
+                objects.push((res, item.clone()));
+            }
+        }
+        KubeApi::start_with(objects).await
+    }
+
+    /// Starts serving `objects` (a test's own, in the API's shapes).
+    pub async fn start_with(objects: Vec<(Res, Value)>) -> KubeApi {
         let (signals, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             store: Mutex::new(Store::new()),
@@ -90,14 +105,8 @@ impl KubeApi {
             requests: Mutex::new(Vec::new()),
             forbidden: Mutex::new(Default::default()),
         });
-        for (res, file) in [
-            (Res::Pods, "pods.json"),
-            (Res::Services, "services.json"),
-            (Res::EndpointSlices, "endpointslices.json"),
-        ] {
-            for item in fixture(file)["items"].as_array().unwrap() {
-                inner.store.lock().unwrap().put(res, item.clone());
-            }
+        for (res, object) in objects {
+            inner.store.lock().unwrap().put(res, object);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
