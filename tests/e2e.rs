@@ -178,7 +178,16 @@ impl Dump {
     fn start(interface: &str, file: std::path::PathBuf, filter: &str) -> Dump {
         let log = file.with_extension("log");
         let child = Command::new("tcpdump")
-            .args(["-i", interface, "-n", "-U", "--immediate-mode", "-Z", "root", "-w"])
+            .args([
+                "-i",
+                interface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-w",
+            ])
             .arg(&file)
             .arg(filter)
             .stdout(Stdio::null())
@@ -303,7 +312,14 @@ fn start_world() -> World {
 
 /// Runs the pod's injected parts in `ns`: the init step, the app, the sidecar with its
 /// projected token (one the test API server's TokenReview knows, for `spoke-control`).
-fn start_pod(lab: &mut Lab, api: &KubeApi, ns: &str, p: &PodSpec, pod: &Value, root: &std::path::Path) {
+fn start_pod(
+    lab: &mut Lab,
+    api: &KubeApi,
+    ns: &str,
+    p: &PodSpec,
+    pod: &Value,
+    root: &std::path::Path,
+) {
     let init = args(pod, "spoke-init");
     assert_eq!(init[0], "redirect", "{init:?}");
     let init: Vec<&str> = init[1..].iter().map(String::as_str).collect();
@@ -311,7 +327,11 @@ fn start_pod(lab: &mut Lab, api: &KubeApi, ns: &str, p: &PodSpec, pod: &Value, r
     assert!(out.status.success(), "spoke redirect: {out:?}");
     lab.apps(ns, p.apps);
     let token = format!("eyJhbGciOiJSUzI1NiJ9.{}.c2lnbmF0dXJl", p.name);
-    api.allow_token_for(&token, &format!("system:serviceaccount:{NS}:{}", p.sa), AUDIENCE);
+    api.allow_token_for(
+        &token,
+        &format!("system:serviceaccount:{NS}:{}", p.sa),
+        AUDIENCE,
+    );
     let token_file = lab.file(&format!("{}.token", p.name), &token);
     let config = pod["metadata"]["annotations"]["spoke.dev/proxy-config"]
         .as_str()
@@ -335,7 +355,11 @@ fn start_pod(lab: &mut Lab, api: &KubeApi, ns: &str, p: &PodSpec, pod: &Value, r
 fn a_mesh_of_pods_discovered_from_kubernetes() {
     let test = "a_mesh_of_pods_discovered_from_kubernetes";
     if !can_run(test)
-        || !support::need(test, "tcpdump (apt-get install tcpdump)", support::have("tcpdump"))
+        || !support::need(
+            test,
+            "tcpdump (apt-get install tcpdump)",
+            support::have("tcpdump"),
+        )
     {
         return;
     }
@@ -365,11 +389,23 @@ fn a_mesh_of_pods_discovered_from_kubernetes() {
         served[usize::from(got.contains("pod=backend-2"))] += 1;
         calls += 1;
     }
-    assert!(served[0] > 0 && served[1] > 0, "one backend got all {calls}");
+    assert!(
+        served[0] > 0 && served[1] > 0,
+        "one backend got all {calls}"
+    );
     let (wire, said) = dump.stop();
-    assert!(contains(&wire, &[0x16, 0x03]), "no TLS record on the bridge: {said}");
-    assert!(!contains(&wire, marker.as_bytes()), "the request crossed the bridge in plaintext");
-    assert!(!contains(&wire, b"HTTP/1.1"), "HTTP in plaintext on the bridge");
+    assert!(
+        contains(&wire, &[0x16, 0x03]),
+        "no TLS record on the bridge: {said}"
+    );
+    assert!(
+        !contains(&wire, marker.as_bytes()),
+        "the request crossed the bridge in plaintext"
+    );
+    assert!(
+        !contains(&wire, b"HTTP/1.1"),
+        "HTTP in plaintext on the bridge"
+    );
 
     // C is not in B's policy: denied by B's sidecar, the app never sees it.
     let got = lab.client(&other, "http", VIP, 80, "/");
@@ -378,8 +414,15 @@ fn a_mesh_of_pods_discovered_from_kubernetes() {
     // The server speaks first through the opaque (`tcp-`) port: the banner comes at once.
     let start = Instant::now();
     let got = lab.client(&web, "banner", VIP, 3306, "ping");
-    assert!(got.starts_with("HELLO from backend-") && got.ends_with("\nPING"), "{got}");
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        got.starts_with("HELLO from backend-") && got.ends_with("\nPING"),
+        "{got}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 
     // backend-2 leaves the EndpointSlice: A's sidecar drops it, and it gets no new request.
     w.api.modify(Res::EndpointSlices, NS, "backend-7xk2p", |s| {
@@ -414,11 +457,16 @@ fn a_mesh_of_pods_discovered_from_kubernetes() {
 /// Kubernetes SD would give the same pod objects, and the test says so.
 fn scraped_by_prometheus(w: &World, test: &str) {
     let found = prometheus::find(&w.lab.dir.0);
-    if !support::need(test, "prometheus (apt-get install prometheus)", found.is_some()) {
+    if !support::need(
+        test,
+        "prometheus (apt-get install prometheus)",
+        found.is_some(),
+    ) {
         return;
     }
     let found = found.unwrap();
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/prometheus.yml");
+    let deploy =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/prometheus.yml");
     let mut cfg: Value = serde_saphyr::from_str(&std::fs::read_to_string(deploy).unwrap()).unwrap();
     cfg["global"] = json!({ "scrape_interval": "1s", "scrape_timeout": "1s" });
     let jobs = cfg["scrape_configs"].as_array_mut().unwrap();
@@ -454,7 +502,7 @@ fn scraped_by_prometheus(w: &World, test: &str) {
         })
         .collect();
     seen.sort();
-    let want: Vec<(String, String)> = PODS
+    let mut want: Vec<(String, String)> = PODS
         .iter()
         .map(|p| {
             (
@@ -463,7 +511,15 @@ fn scraped_by_prometheus(w: &World, test: &str) {
             )
         })
         .collect();
+    want.sort();
     assert_eq!(seen, want);
+    // What it scraped is Spoke's metrics, under the labels the relabelling gives.
+    let q = "sum(spoke_requests_total{job=\"spoke-sidecars\",namespace=\"default\",app=\"backend\",cluster=\"inbound:8080\",code=\"403\"})";
+    wait_for(
+        "the denial counted in prometheus",
+        Duration::from_secs(10),
+        || p.value(q) == Some(1.0),
+    );
 }
 
 /// The target Kubernetes SD (role pod) makes of an injected pod's app port, with the meta

@@ -202,7 +202,14 @@ impl Lab {
             procs: Vec::new(),
             dir: TempDir::new("pods"),
         };
-        must(&["ip", "addr", "add", &format!("{subnet}.1/24"), "dev", &bridge]);
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            &bridge,
+        ]);
         must(&["ip", "link", "set", &bridge, "up"]);
         lab
     }
@@ -336,7 +343,16 @@ impl Lab {
         }
         let (script, port) = (script.to_str().unwrap(), port.to_string());
         let out = run(&[
-            "ip", "netns", "exec", ns, python(), script, mode, host, &port, arg,
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            python(),
+            script,
+            mode,
+            host,
+            &port,
+            arg,
         ]);
         String::from_utf8_lossy(&out.stdout).to_string()
     }

@@ -82,6 +82,18 @@ fn has_kubernetes_sd(bin: &Path, dir: &Path) -> Option<bool> {
     Some(false)
 }
 
+/// The body of an HTTP/1.0 GET to 127.0.0.1:`port`: Go answers a 1.0 client without chunked
+/// encoding, so the body is the bytes after the head.
+fn get_http10(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nhost: prometheus\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_once("\r\n\r\n").map(|x| x.1.to_string())
+}
+
 /// A running Prometheus (killed on drop) with its HTTP API on 127.0.0.1.
 pub struct Prometheus {
     pub port: u16,
@@ -113,7 +125,7 @@ impl Prometheus {
             _proc: Proc(child),
         };
         let start = Instant::now();
-        while !http_blocking(port, "GET", "/-/ready").is_some_and(|r| r.0 == 200) {
+        while http_blocking(port, "GET", "/-/ready").is_none_or(|r| r.0 != 200) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "prometheus not ready:\n{}",
@@ -130,13 +142,27 @@ impl Prometheus {
 
     /// The active targets of `job` (`/api/v1/targets`).
     pub fn targets(&self, job: &str) -> Vec<Value> {
-        http_blocking(self.port, "GET", "/api/v1/targets?state=active")
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        get_http10(self.port, "/api/v1/targets?state=active")
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
             .and_then(|v| v["data"]["activeTargets"].as_array().cloned())
             .unwrap_or_default()
             .into_iter()
             .filter(|t| t["labels"]["job"] == job)
             .collect()
+    }
+
+    /// The value of the PromQL instant query `q` (its first series), if it has one.
+    pub fn value(&self, q: &str) -> Option<f64> {
+        let q: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => char::from(b).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let body = get_http10(self.port, &format!("/api/v1/query?query={q}"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 
     /// Waits up to `limit` until `job` has exactly `n` targets and every one is up; returns
