@@ -145,6 +145,23 @@ fn backend_slice(subnet: &str) -> Value {
     })
 }
 
+/// The test's objects as the lists `kube_api::check_shapes` reads.
+fn write_lists(dir: &std::path::Path, pods: &[Value], service: &Value, slice: &Value) {
+    for (file, kind, items) in [
+        ("pods.json", "PodList", pods.to_vec()),
+        ("services.json", "ServiceList", vec![service.clone()]),
+        (
+            "endpointslices.json",
+            "EndpointSliceList",
+            vec![slice.clone()],
+        ),
+    ] {
+        let version = items[0]["apiVersion"].clone();
+        let list = json!({ "kind": kind, "apiVersion": version, "metadata": {}, "items": items });
+        std::fs::write(dir.join(file), list.to_string()).unwrap();
+    }
+}
+
 /// B's policy: only `web` may call it, on both ports (the database port opaque).
 const MESH: &str = "workloads:\n  - identity: spiffe://cluster.local/ns/default/sa/backend\n    inbound:\n      \
     - { port: 8080, tls: strict, allow: [ spiffe://cluster.local/ns/default/sa/web ] }\n      \
@@ -277,9 +294,12 @@ fn start_world() -> World {
         .iter()
         .map(|p| injected_pod(p, &format!("{subnet}.{}", p.n), &host, &control))
         .collect();
+    let (service, slice) = (backend_service(), backend_slice(&subnet));
+    write_lists(&lab.dir.0, &pods, &service, &slice);
+    kube_api::check_shapes("a_mesh_of_pods_discovered_from_kubernetes", &lab.dir.0);
     let mut objects: Vec<(Res, Value)> = pods.iter().map(|p| (Res::Pods, p.clone())).collect();
-    objects.push((Res::Services, backend_service()));
-    objects.push((Res::EndpointSlices, backend_slice(&subnet)));
+    objects.push((Res::Services, service));
+    objects.push((Res::EndpointSlices, slice));
     let api = rt.block_on(KubeApi::start_with(objects));
     let kc = api.kubeconfig(&mesh.dir.0);
     let control_stats = support::free_port();

@@ -71,6 +71,31 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube")
 }
 
+/// Checks the lists `pods.json`, `services.json` and `endpointslices.json` in `dir` against
+/// Kubernetes' own schemas (`fixtures/kube/validate.py`, strict); panics on an invalid object.
+/// Without python's kubernetes-validate it says that `test` skipped the check.
+pub fn check_shapes(test: &str, dir: &Path) {
+    let have_schemas = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let why = "python3 with kubernetes-validate (pip install kubernetes-validate)";
+    if !crate::support::need(test, why, have_schemas) {
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(fixtures().join("validate.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A fixture file as JSON.
 pub fn fixture(name: &str) -> Value {
     let p = fixtures().join(name);
