@@ -18,227 +18,24 @@
 
 #[path = "support/kube_api.rs"]
 mod kube_api;
+#[path = "e2e/objects.rs"]
+mod objects;
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube_api::{KubeApi, Res};
+use objects::*;
 use serde_json::{json, Value};
 use support::lab::{can_run, Lab};
 use support::mesh::{get, wait_for, Mesh};
 use support::prometheus::{self, Prometheus};
+use support::tcpdump::{contains, Dump};
 
-const VIP: &str = "10.96.0.20";
-const NS: &str = "default";
 const AUDIENCE: &str = "spoke-control";
 const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 const CLUSTER: &str = "backend.default.svc:80";
-
-/// A pod of the test: its name, ServiceAccount, app label, host number on the bridge and
-/// the apps it runs.
-struct PodSpec {
-    name: &'static str,
-    sa: &'static str,
-    n: u8,
-    apps: &'static [&'static str],
-}
-
-const PODS: [PodSpec; 4] = [
-    PodSpec {
-        name: "web",
-        sa: "web",
-        n: 2,
-        apps: &["http:8080:web"],
-    },
-    PodSpec {
-        name: "backend-1",
-        sa: "backend",
-        n: 3,
-        apps: &["http:8080:backend-1", "banner:3306:backend-1"],
-    },
-    PodSpec {
-        name: "backend-2",
-        sa: "backend",
-        n: 4,
-        apps: &["http:8080:backend-2", "banner:3306:backend-2"],
-    },
-    PodSpec {
-        name: "other",
-        sa: "other",
-        n: 5,
-        apps: &["http:8080:other"],
-    },
-];
-
-/// The pod as `spoke inject` makes it (control plane at `control`), with the status the
-/// kubelet would give it at `ip`.
-fn injected_pod(p: &PodSpec, ip: &str, host: &str, control: &str) -> Value {
-    let app = p.name.split('-').next().unwrap();
-    let manifest = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {NS}\n  labels: {{ app: {app} }}\n\
-         spec:\n  serviceAccountName: {}\n  containers:\n    - name: app\n      image: registry.example/{app}:1\n      \
-         ports: [ {{ name: http, containerPort: 8080, protocol: TCP }} ]\n",
-        p.name, p.sa
-    );
-    let out = support::spoke_with_stdin(&["inject", "--control-address", control], &manifest);
-    assert!(out.status.success(), "spoke inject: {out:?}");
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    let mut pod: Value = serde_saphyr::from_str(&yaml).unwrap();
-    pod["spec"]["nodeName"] = json!("node-1");
-    pod["status"] = json!({
-        "phase": "Running",
-        "conditions": [ { "type": "Ready", "status": "True", "lastProbeTime": null,
-                          "lastTransitionTime": "2026-01-01T00:00:05Z" } ],
-        "hostIP": host, "hostIPs": [ { "ip": host } ],
-        "podIP": ip, "podIPs": [ { "ip": ip } ],
-        "startTime": "2026-01-01T00:00:00Z",
-        "qosClass": "Burstable"
-    });
-    pod
-}
-
-/// The Service `backend`: HTTP on port 80 (to the pods' 8080) and a `tcp-` port (opaque).
-fn backend_service() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": "backend", "namespace": NS, "labels": { "app": "backend" } },
-        "spec": {
-            "type": "ClusterIP", "clusterIP": VIP, "clusterIPs": [VIP],
-            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
-            "selector": { "app": "backend" }, "sessionAffinity": "None",
-            "ports": [
-                { "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" },
-                { "name": "tcp-db", "port": 3306, "targetPort": 3306, "protocol": "TCP" }
-            ]
-        },
-        "status": { "loadBalancer": {} }
-    })
-}
-
-fn endpoint(ip: &str, pod: &str) -> Value {
-    json!({
-        "addresses": [ip],
-        "conditions": { "ready": true, "serving": true, "terminating": false },
-        "nodeName": "node-1",
-        "targetRef": { "kind": "Pod", "namespace": NS, "name": pod }
-    })
-}
-
-/// The EndpointSlice of `backend` with one endpoint per backend pod.
-fn backend_slice(subnet: &str) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": "backend-7xk2p", "namespace": NS, "generateName": "backend-",
-            "labels": { "kubernetes.io/service-name": "backend",
-                        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io" }
-        },
-        "addressType": "IPv4",
-        "ports": [ { "name": "http", "port": 8080, "protocol": "TCP" },
-                   { "name": "tcp-db", "port": 3306, "protocol": "TCP" } ],
-        "endpoints": [
-            endpoint(&format!("{subnet}.3"), "backend-1"),
-            endpoint(&format!("{subnet}.4"), "backend-2")
-        ]
-    })
-}
-
-/// The test's objects as the lists `kube_api::check_shapes` reads.
-fn write_lists(dir: &std::path::Path, pods: &[Value], service: &Value, slice: &Value) {
-    for (file, kind, items) in [
-        ("pods.json", "PodList", pods.to_vec()),
-        ("services.json", "ServiceList", vec![service.clone()]),
-        (
-            "endpointslices.json",
-            "EndpointSliceList",
-            vec![slice.clone()],
-        ),
-    ] {
-        let version = items[0]["apiVersion"].clone();
-        let list = json!({ "kind": kind, "apiVersion": version, "metadata": {}, "items": items });
-        std::fs::write(dir.join(file), list.to_string()).unwrap();
-    }
-}
-
-/// B's policy: only `web` may call it, on both ports (the database port opaque).
-const MESH: &str = "workloads:\n  - identity: spiffe://cluster.local/ns/default/sa/backend\n    inbound:\n      \
-    - { port: 8080, tls: strict, allow: [ spiffe://cluster.local/ns/default/sa/web ] }\n      \
-    - { port: 3306, protocol: opaque, tls: strict, allow: [ spiffe://cluster.local/ns/default/sa/web ] }\n";
-
-/// The container `name`'s args in an injected pod (init containers first).
-fn args(pod: &Value, name: &str) -> Vec<String> {
-    let spec = &pod["spec"];
-    let all = [&spec["initContainers"], &spec["containers"]];
-    let c = all
-        .iter()
-        .filter_map(|l| l.as_array())
-        .flatten()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no container {name} in {pod}"));
-    c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect()
-}
-
-/// tcpdump on an interface, writing every packet at once to a file.
-struct Dump {
-    file: std::path::PathBuf,
-    child: std::process::Child,
-}
-
-impl Dump {
-    fn start(interface: &str, file: std::path::PathBuf, filter: &str) -> Dump {
-        let log = file.with_extension("log");
-        let child = Command::new("tcpdump")
-            .args([
-                "-i",
-                interface,
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-Z",
-                "root",
-                "-w",
-            ])
-            .arg(&file)
-            .arg(filter)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let dump = Dump { file, child };
-        wait_for("tcpdump listening", Duration::from_secs(10), || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on"))
-        });
-        dump
-    }
-
-    /// Stops the capture; every byte captured, and what tcpdump said.
-    fn stop(mut self) -> (Vec<u8>, String) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let log = std::fs::read_to_string(self.file.with_extension("log")).unwrap_or_default();
-        (std::fs::read(&self.file).unwrap(), log)
-    }
-}
-
-impl Drop for Dump {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// The endpoints of `cluster` in the sidecar's config dump (admin on 127.0.0.1:15000).
 fn endpoints(lab: &Lab, ns: &str, cluster: &str) -> Vec<String> {
@@ -270,13 +67,15 @@ fn inbound(metrics: &str, code: &str) -> f64 {
     support::metric(metrics, "spoke_requests_total", &labels).unwrap_or(0.0)
 }
 
-/// Everything the test runs; dropping it stops it all (the lab last: namespaces go once
-/// their processes have).
+/// Everything the test runs; dropping it stops it all: the pods (their processes, then
+/// their namespaces and the bridge), then the control plane and the API server.
 struct World {
     lab: Lab,
     api: KubeApi,
     pods: Vec<Value>,
+    /// The pods' namespaces, in `PODS` order.
     ns: Vec<String>,
+    control_stats: u16,
     _control: support::Proc,
     _mesh: Mesh,
     _rt: tokio::runtime::Runtime,
@@ -324,6 +123,7 @@ fn start_world() -> World {
         api,
         pods,
         ns,
+        control_stats,
         _control: proc,
         _mesh: mesh,
         _rt: rt,
@@ -374,94 +174,31 @@ fn start_pod(
 #[test]
 fn a_mesh_of_pods_discovered_from_kubernetes() {
     let test = "a_mesh_of_pods_discovered_from_kubernetes";
-    if !can_run(test)
-        || !support::need(
-            test,
-            "tcpdump (apt-get install tcpdump)",
-            support::have("tcpdump"),
-        )
-    {
+    let tcpdump = support::have("tcpdump");
+    if !can_run(test) || !support::need(test, "tcpdump (apt-get install tcpdump)", tcpdump) {
         return;
     }
     let started = Instant::now();
     let w = start_world();
-    let (lab, subnet) = (&w.lab, w.lab.subnet.clone());
-    let [web, _, _, other] = [0, 1, 2, 3].map(|i| w.ns[i].clone());
+    let subnet = &w.lab.subnet;
     assert_eq!(
-        endpoints(lab, &web, CLUSTER),
+        endpoints(&w.lab, &w.ns[0], CLUSTER),
         [format!("{subnet}.3:8080"), format!("{subnet}.4:8080")]
     );
+    // Every sidecar's certificate came through a TokenReview of its projected token.
+    let control = get(w.control_stats, "/metrics").unwrap().1;
+    let reviewed = ["result=\"authenticated\""];
+    let reviews = support::metric(&control, "spoke_control_token_reviews_total", &reviewed);
+    assert!(reviews >= Some(PODS.len() as f64), "{control}");
 
-    // A calls B's VIP with plain HTTP: captured, over mTLS to a backend pod, whose app sees
-    // A's identity. On A's bridge port: a TLS handshake, never the request.
-    let dump = Dump::start(
-        &lab.port(PODS[0].n),
-        lab.dir.0.join("bridge.pcap"),
-        "tcp port 8080",
-    );
-    let marker = format!("/e2e-marker-{}", lab.tag);
-    let mut served = [0u32; 2];
-    let mut calls = 0;
-    while (served[0] == 0 || served[1] == 0) && calls < 40 {
-        let got = lab.client(&web, "http", VIP, 80, &marker);
-        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
-        assert!(got.ends_with(&format!("peer={WEB_ID}")), "{got}");
-        served[usize::from(got.contains("pod=backend-2"))] += 1;
-        calls += 1;
-    }
-    assert!(
-        served[0] > 0 && served[1] > 0,
-        "one backend got all {calls}"
-    );
-    let (wire, said) = dump.stop();
-    assert!(
-        contains(&wire, &[0x16, 0x03]),
-        "no TLS record on the bridge: {said}"
-    );
-    assert!(
-        !contains(&wire, marker.as_bytes()),
-        "the request crossed the bridge in plaintext"
-    );
-    assert!(
-        !contains(&wire, b"HTTP/1.1"),
-        "HTTP in plaintext on the bridge"
-    );
+    let served = calls_cross_the_bridge_as_tls(&w);
+    denied_and_opaque(&w);
+    let after = removed_endpoint_gets_no_new_requests(&w);
 
-    // C is not in B's policy: denied by B's sidecar, the app never sees it.
-    let got = lab.client(&other, "http", VIP, 80, "/");
-    assert!(got.starts_with("HTTP/1.1 403"), "{got}");
-
-    // The server speaks first through the opaque (`tcp-`) port: the banner comes at once.
-    let start = Instant::now();
-    let got = lab.client(&web, "banner", VIP, 3306, "ping");
-    assert!(
-        got.starts_with("HELLO from backend-") && got.ends_with("\nPING"),
-        "{got}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        start.elapsed()
-    );
-
-    // backend-2 leaves the EndpointSlice: A's sidecar drops it, and it gets no new request.
-    w.api.modify(Res::EndpointSlices, NS, "backend-7xk2p", |s| {
-        s["endpoints"].as_array_mut().unwrap().truncate(1);
-    });
-    wait_for("endpoint removed at A", Duration::from_secs(10), || {
-        endpoints(lab, &web, CLUSTER) == [format!("{subnet}.3:8080")]
-    });
-    let before = inbound(&pod_metrics(&subnet, 4), "200");
-    for _ in 0..10 {
-        let got = lab.client(&web, "http", VIP, 80, "/after");
-        assert!(got.contains("pod=backend-1 "), "{got}");
-    }
-    assert_eq!(inbound(&pod_metrics(&subnet, 4), "200"), before);
-
-    // B's /metrics counts what it served, and the denial.
-    let m1 = pod_metrics(&subnet, 3);
-    let m2 = pod_metrics(&subnet, 4);
-    assert_eq!(inbound(&m1, "200"), f64::from(served[0] + 10), "{m1}");
+    // B's /metrics counts what each backend pod served, and the denial.
+    let m1 = pod_metrics(subnet, 3);
+    let m2 = pod_metrics(subnet, 4);
+    assert_eq!(inbound(&m1, "200"), f64::from(served[0] + after), "{m1}");
     assert_eq!(inbound(&m2, "200"), f64::from(served[1]), "{m2}");
     assert_eq!(inbound(&m1, "403") + inbound(&m2, "403"), 1.0, "{m1}\n{m2}");
 
@@ -469,6 +206,69 @@ fn a_mesh_of_pods_discovered_from_kubernetes() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(60), "took {took:?}");
     eprintln!("{test}: {took:?}");
+}
+
+/// A calls B's VIP with plain HTTP until both backend pods have answered: captured, over
+/// mTLS to a backend pod, whose app sees A's identity. On A's bridge port: TLS records,
+/// never the request. Returns how many calls each backend pod served.
+fn calls_cross_the_bridge_as_tls(w: &World) -> [u32; 2] {
+    let (lab, web) = (&w.lab, &w.ns[0]);
+    let pcap = lab.dir.0.join("bridge.pcap");
+    let dump = Dump::start(&lab.port(PODS[0].n), pcap, "tcp port 8080");
+    let marker = format!("/e2e-marker-{}", lab.tag);
+    let mut served = [0u32; 2];
+    let mut calls = 0;
+    while (served[0] == 0 || served[1] == 0) && calls < 40 {
+        let got = lab.client(web, "http", VIP, 80, &marker);
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(got.ends_with(&format!("peer={WEB_ID}")), "{got}");
+        served[usize::from(got.contains("pod=backend-2 "))] += 1;
+        calls += 1;
+    }
+    assert!(
+        served[0] > 0 && served[1] > 0,
+        "one backend got all {calls}"
+    );
+    let (wire, said) = dump.stop();
+    let tls = contains(&wire, &[0x16, 0x03]);
+    assert!(tls, "no TLS handshake record on the bridge: {said}");
+    let plain = contains(&wire, marker.as_bytes()) || contains(&wire, b"HTTP/1.1");
+    assert!(!plain, "the request crossed the bridge in plaintext");
+    served
+}
+
+/// C is not in B's policy: B's sidecar answers 403. And a server that speaks first works
+/// through the Service's `tcp-` port (opaque): the banner comes at once.
+fn denied_and_opaque(w: &World) {
+    let (lab, web, other) = (&w.lab, &w.ns[0], &w.ns[3]);
+    let got = lab.client(other, "http", VIP, 80, "/");
+    assert!(got.starts_with("HTTP/1.1 403"), "{got}");
+    let start = Instant::now();
+    let got = lab.client(web, "banner", VIP, 3306, "ping");
+    let banner = got.starts_with("HELLO from backend-") && got.ends_with("\nPING");
+    assert!(banner, "{got}");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+/// backend-2 leaves the EndpointSlice: A's sidecar drops it, and the next calls all go to
+/// backend-1. Returns how many were made.
+fn removed_endpoint_gets_no_new_requests(w: &World) -> u32 {
+    let (lab, web, subnet) = (&w.lab, &w.ns[0], &w.lab.subnet);
+    w.api.modify(Res::EndpointSlices, NS, SLICE, |s| {
+        s["endpoints"].as_array_mut().unwrap().truncate(1);
+    });
+    wait_for("endpoint removed at A", Duration::from_secs(10), || {
+        endpoints(lab, web, CLUSTER) == [format!("{subnet}.3:8080")]
+    });
+    let before = inbound(&pod_metrics(subnet, 4), "200");
+    let calls = 10;
+    for _ in 0..calls {
+        let got = lab.client(web, "http", VIP, 80, "/after");
+        assert!(got.contains("pod=backend-1 "), "{got}");
+    }
+    assert_eq!(inbound(&pod_metrics(subnet, 4), "200"), before);
+    calls
 }
 
 /// A real Prometheus scrapes every sidecar, with the relabelling of
@@ -540,22 +340,4 @@ fn scraped_by_prometheus(w: &World, test: &str) {
         Duration::from_secs(10),
         || p.value(q) == Some(1.0),
     );
-}
-
-/// The target Kubernetes SD (role pod) makes of an injected pod's app port, with the meta
-/// labels the deploy config's relabelling reads.
-fn sd_labels(pod: &Value) -> Value {
-    let m = &pod["metadata"];
-    let ip = pod["status"]["podIP"].as_str().unwrap();
-    json!({
-        "targets": [format!("{ip}:8080")],
-        "labels": {
-            "__meta_kubernetes_namespace": m["namespace"],
-            "__meta_kubernetes_pod_name": m["name"],
-            "__meta_kubernetes_pod_ip": ip,
-            "__meta_kubernetes_pod_phase": pod["status"]["phase"],
-            "__meta_kubernetes_pod_label_app": m["labels"]["app"],
-            "__meta_kubernetes_pod_annotation_spoke_dev_status": m["annotations"]["spoke.dev/status"],
-        }
-    })
 }

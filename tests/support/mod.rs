@@ -8,6 +8,7 @@ pub mod lab;
 pub mod mesh;
 pub mod pki;
 pub mod prometheus;
+pub mod tcpdump;
 
 use std::future::Future;
 use std::net::SocketAddr;
