@@ -81,8 +81,19 @@ struct World {
     _rt: tokio::runtime::Runtime,
 }
 
+/// A `10.251.<x>` /24 no interface on the host has yet (from the pid on, so parallel runs
+/// start apart).
+fn free_subnet() -> String {
+    let used = support::lab::run(&["ip", "-4", "-o", "addr"]).stdout;
+    let used = String::from_utf8_lossy(&used);
+    (0..200)
+        .map(|i| format!("10.251.{}", (std::process::id() + i) % 200 + 20))
+        .find(|s| !used.contains(&format!(" {s}.")))
+        .expect("no free 10.251.x.0/24 on this host")
+}
+
 fn start_world() -> World {
-    let subnet = format!("10.251.{}", std::process::id() % 200 + 20);
+    let subnet = free_subnet();
     let mut lab = Lab::on_host(&subnet);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mesh = Mesh::new();
