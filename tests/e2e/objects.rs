@@ -136,10 +136,11 @@ pub fn write_lists(dir: &std::path::Path, pods: &[Value], service: &Value, slice
     }
 }
 
-/// B's policy: only `web` may call it, on both ports (the database port opaque).
-pub const MESH: &str = "workloads:\n  - identity: spiffe://cluster.local/ns/default/sa/backend\n    inbound:\n      \
-    - { port: 8080, tls: strict, allow: [ spiffe://cluster.local/ns/default/sa/web ] }\n      \
-    - { port: 3306, protocol: opaque, tls: strict, allow: [ spiffe://cluster.local/ns/default/sa/web ] }\n";
+/// B's policy: only `web` may call its HTTP port. Its `tcp-db` port has no entry: the
+/// control plane makes it opaque on B's side from the Service.
+pub const MESH: &str =
+    "workloads:\n  - identity: spiffe://cluster.local/ns/default/sa/backend\n    inbound:\n      \
+    - { port: 8080, tls: strict, allow: [ spiffe://cluster.local/ns/default/sa/web ] }\n";
 
 /// The container `name`'s args in an injected pod (init containers first).
 pub fn args(pod: &Value, name: &str) -> Vec<String> {

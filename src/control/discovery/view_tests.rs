@@ -75,6 +75,14 @@ fn ports_declared_tcp_are_opaque() {
     let v = build(&o, "cluster.local");
     assert_eq!(v.services[0].protocol, Some(raw::Protocol::Opaque));
     assert_eq!(v.services[1].protocol, Some(raw::Protocol::Opaque));
+    // The callee's side too: its pods' ports (the slice's) for the cluster's identity.
+    assert_eq!(v.workloads.len(), 1);
+    let w = &v.workloads[0];
+    assert_eq!(w.identity, "spiffe://cluster.local/ns/default/sa/backend");
+    let ports: Vec<_> = w.inbound.iter().map(|p| (p.port, p.protocol)).collect();
+    let opaque = Some(raw::Protocol::Opaque);
+    assert_eq!(ports, [(5432, opaque), (9090, opaque)]);
+    crate::config::validate(&v).unwrap();
 }
 
 #[test]
