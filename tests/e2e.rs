@@ -6,9 +6,9 @@
 //! a ServiceAccount token checked by TokenReview.
 //!
 //! It shows: a plain HTTP call to a Service VIP is captured and crosses the bridge as TLS
-//! only (tcpdump on the bridge); the app behind it sees the caller's identity; a pod the
-//! policy leaves out is denied; a server-speaks-first app works through a port declared
-//! `tcp` (opaque); an endpoint taken out of the EndpointSlice gets no new requests; the
+//! only (tcpdump on the caller's bridge port); the app behind it sees the caller's identity;
+//! a pod the policy leaves out is denied; a server-speaks-first app works through a Service
+//! port named `tcp-...` (opaque on both sides, with no policy entry for it); an endpoint taken out of the EndpointSlice gets no new requests; the
 //! callee's `/metrics` counts all of it; and a real Prometheus scrapes every sidecar, through
 //! `deploy/prometheus/prometheus.yml`'s relabelling.
 //!
