@@ -1,6 +1,6 @@
 //! Issue 10's end-to-end test, as root: a control plane discovering pods from the test
 //! Kubernetes API server (`support/kube_api.rs`), and pods as network namespaces on a
-//! bridge on the host (`support/lab.rs`), each made by the real `spoke inject` (the pod
+//! bridge the host joins (`support/lab.rs`), each made by the real `spoke inject` (the pod
 //! objects the API server serves are its output), running a small app, the capture rules
 //! of its injected init step (`spoke redirect`) and its injected sidecar as uid 1337 with
 //! a ServiceAccount token checked by TokenReview.
@@ -225,7 +225,7 @@ fn a_mesh_of_pods_discovered_from_kubernetes() {
 fn calls_cross_the_bridge_as_tls(w: &World) -> [u32; 2] {
     let (lab, web) = (&w.lab, &w.ns[0]);
     let pcap = lab.dir.0.join("bridge.pcap");
-    let dump = Dump::start(&lab.port(PODS[0].n), pcap, "tcp port 8080");
+    let dump = Dump::start(&lab.switch, &lab.port(PODS[0].n), pcap, "tcp port 8080");
     let marker = format!("/e2e-marker-{}", lab.tag);
     let mut served = [0u32; 2];
     let mut calls = 0;

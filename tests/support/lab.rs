@@ -2,12 +2,13 @@
 //! each pod has its own address on one bridge, runs small Python apps with
 //! `ip netns exec` as an app container would, gets its capture rules from the real
 //! `spoke redirect`, and runs its sidecar as uid 1337 (`setpriv`), so the sidecar's own
-//! connections are not captured. The bridge lives in a namespace of its own (`Lab::new`),
-//! or on the host with the address `<subnet>.1` (`Lab::on_host`), so that processes on the
-//! host (a control plane, Prometheus) reach the pods.
+//! connections are not captured. The bridge lives in a namespace of its own (so the host's
+//! firewall never sees the pods' traffic to each other); with `Lab::on_host` the host is
+//! on it too, as `<subnet>.1`, so that processes on the host (a control plane, Prometheus)
+//! reach the pods.
 //!
-//! Every process and namespace (and the host's bridge) is removed when the `Lab` is
-//! dropped, after a failed test too.
+//! Every process and namespace (and the host's link) is removed when the `Lab` is dropped,
+//! after a failed test too.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::BufRead;
@@ -138,21 +139,16 @@ pub fn can_run(test: &str) -> bool {
         && super::need(test, "setpriv (util-linux)", super::have("setpriv"))
 }
 
-/// Where the pods' bridge is.
-enum Switch {
-    /// `br0` in a namespace of its own.
-    Netns(String),
-    /// A bridge on the host carrying `<subnet>.1/24`.
-    Host(String),
-}
-
 /// One test's pods: namespaces on a bridge, `<subnet>.<n>/24`. Dropping it kills every
-/// process it started, then deletes the namespaces and the bridge.
+/// process it started, then deletes the namespaces and the host's link.
 pub struct Lab {
     pub tag: String,
     /// The pods' /24, as `a.b.c`.
     pub subnet: String,
-    switch: Switch,
+    /// The namespace holding the bridge `br0` and the pods' ports on it.
+    pub switch: String,
+    /// `Lab::on_host`: the host's end of its link to the bridge.
+    host_link: Option<String>,
     pods: Vec<String>,
     procs: Vec<(String, Proc)>,
     pub dir: TempDir,
@@ -168,63 +164,62 @@ fn unique_tag() -> String {
 }
 
 impl Lab {
-    /// Pods at `10.252.0.<n>` on a bridge in a namespace of its own: nothing on the host
-    /// sees them.
+    /// Pods at `10.252.0.<n>`; nothing on the host sees them.
     pub fn new() -> Lab {
+        Lab::with_subnet("10.252.0", "capture")
+    }
+
+    fn with_subnet(subnet: &str, dir: &str) -> Lab {
         let tag = unique_tag();
         let switch = format!("spkc{tag}-sw");
         let lab = Lab {
-            switch: Switch::Netns(switch.clone()),
-            subnet: "10.252.0".into(),
-            tag,
-            pods: Vec::new(),
-            procs: Vec::new(),
-            dir: TempDir::new("capture"),
-        };
-        must(&["ip", "netns", "add", &switch]);
-        let sw = |a: &[&str]| must(&[&["ip", "netns", "exec", &switch][..], a].concat());
-        sw(&["ip", "link", "add", "br0", "type", "bridge"]);
-        sw(&["ip", "link", "set", "br0", "up"]);
-        lab
-    }
-
-    /// Pods at `<subnet>.<n>` on a bridge on the host, which is `<subnet>.1` there.
-    pub fn on_host(subnet: &str) -> Lab {
-        let tag = unique_tag();
-        let bridge = format!("spkb{tag}");
-        let _ = run(&["ip", "link", "del", &bridge]);
-        must(&["ip", "link", "add", &bridge, "type", "bridge"]);
-        let lab = Lab {
-            switch: Switch::Host(bridge.clone()),
+            switch: switch.clone(),
             subnet: subnet.into(),
             tag,
+            host_link: None,
             pods: Vec::new(),
             procs: Vec::new(),
-            dir: TempDir::new("pods"),
+            dir: TempDir::new(dir),
         };
-        must(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{subnet}.1/24"),
-            "dev",
-            &bridge,
-        ]);
-        must(&["ip", "link", "set", &bridge, "up"]);
+        must(&["ip", "netns", "add", &switch]);
+        lab.in_switch(&["ip", "link", "add", "br0", "type", "bridge"]);
+        lab.in_switch(&["ip", "link", "set", "br0", "up"]);
         lab
     }
 
-    /// The bridge's interface name on the host (`Lab::on_host` only).
-    pub fn bridge(&self) -> Option<&str> {
-        match &self.switch {
-            Switch::Host(b) => Some(b),
-            Switch::Netns(_) => None,
-        }
+    /// Pods at `<subnet>.<n>`, and the host on their bridge as `<subnet>.1`.
+    pub fn on_host(subnet: &str) -> Lab {
+        let mut lab = Lab::with_subnet(subnet, "pods");
+        let (host, port) = (format!("spkh{}", lab.tag), format!("c{}1s", lab.tag));
+        let _ = run(&["ip", "link", "del", &host]);
+        must(&[
+            "ip",
+            "link",
+            "add",
+            "name",
+            &host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &lab.switch,
+        ]);
+        lab.host_link = Some(host.clone());
+        lab.in_switch(&["ip", "link", "set", &port, "master", "br0", "up"]);
+        must(&["ip", "addr", "add", &format!("{subnet}.1/24"), "dev", &host]);
+        must(&["ip", "link", "set", &host, "up"]);
+        lab
     }
 
-    /// The bridge port of pod `n` (the host end of its veth pair; in the switch's namespace
-    /// with `Lab::new`). Unicast between pods crosses the ports, not the bridge's own
-    /// interface, so this is where a capture sees a pod's traffic.
+    fn in_switch(&self, args: &[&str]) {
+        must(&[&["ip", "netns", "exec", &self.switch][..], args].concat());
+    }
+
+    /// The bridge port of pod `n` (its veth's other end, in `switch`). Unicast between pods
+    /// crosses the ports, not the bridge's own interface, so this is where a capture sees a
+    /// pod's traffic.
     pub fn port(&self, n: u8) -> String {
         format!("c{}{n}s", self.tag)
     }
@@ -235,20 +230,23 @@ impl Lab {
         let (inner, outer) = (format!("c{}{n}p", self.tag), self.port(n));
         must(&["ip", "netns", "add", &ns]);
         self.pods.push(ns.clone());
-        let mut link = vec!["ip", "link", "add", "name", &inner, "netns", &ns];
-        link.extend(["type", "veth", "peer", "name", &outer]);
-        match &self.switch {
-            Switch::Netns(sw) => {
-                link.extend(["netns", sw]);
-                must(&link);
-                let up = ["ip", "link", "set", &outer, "master", "br0", "up"];
-                must(&[&["ip", "netns", "exec", sw][..], &up[..]].concat());
-            }
-            Switch::Host(bridge) => {
-                must(&link);
-                must(&["ip", "link", "set", &outer, "master", bridge, "up"]);
-            }
-        }
+        must(&[
+            "ip",
+            "link",
+            "add",
+            "name",
+            &inner,
+            "netns",
+            &ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outer,
+            "netns",
+            &self.switch,
+        ]);
+        self.in_switch(&["ip", "link", "set", &outer, "master", "br0", "up"]);
         let at = |a: &[&str]| must(&[&["ip", "netns", "exec", &ns][..], a].concat());
         let addr = format!("{}.{n}/24", self.subnet);
         at(&["ip", "addr", "add", &addr, "dev", &inner]);
@@ -376,12 +374,12 @@ impl Drop for Lab {
         }
         // Processes first: a namespace goes away only with its last process.
         self.procs.clear();
-        for ns in &self.pods {
+        for ns in self.pods.iter().chain([&self.switch]) {
             let _ = run(&["ip", "netns", "del", ns]);
         }
-        match &self.switch {
-            Switch::Netns(sw) => drop(run(&["ip", "netns", "del", sw])),
-            Switch::Host(bridge) => drop(run(&["ip", "link", "del", bridge])),
+        // Gone with the switch's end already; this is for a switch that could not be made.
+        if let Some(link) = &self.host_link {
+            let _ = run(&["ip", "link", "del", link]);
         }
     }
 }

@@ -14,9 +14,11 @@ pub struct Dump {
 }
 
 impl Dump {
-    pub fn start(interface: &str, file: PathBuf, filter: &str) -> Dump {
+    /// tcpdump on `interface` in the network namespace `netns`.
+    pub fn start(netns: &str, interface: &str, file: PathBuf, filter: &str) -> Dump {
         let log = file.with_extension("log");
-        let child = Command::new("tcpdump")
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, "tcpdump"])
             .args([
                 "-i",
                 interface,
