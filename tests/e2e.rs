@@ -72,6 +72,7 @@ fn inbound(metrics: &str, code: &str) -> f64 {
 struct World {
     lab: Lab,
     api: KubeApi,
+    /// The pod objects served: `PODS`' injected ones, then `legacy` (not injected, not run).
     pods: Vec<Value>,
     /// The pods' namespaces, in `PODS` order.
     ns: Vec<String>,
@@ -100,10 +101,11 @@ fn start_world() -> World {
     mesh.write(MESH);
     let control = format!("{subnet}.1:{}", support::free_port());
     let host = format!("{subnet}.1");
-    let pods: Vec<Value> = PODS
+    let mut pods: Vec<Value> = PODS
         .iter()
         .map(|p| injected_pod(p, &format!("{subnet}.{}", p.n), &host, &control))
         .collect();
+    pods.push(plain_pod(&format!("{subnet}.9"), &host));
     let (service, slice) = (backend_service(), backend_slice(&subnet));
     write_lists(&lab.dir.0, &pods, &service, &slice);
     kube_api::check_shapes("a_mesh_of_pods_discovered_from_kubernetes", &lab.dir.0);
@@ -282,10 +284,10 @@ fn removed_endpoint_gets_no_new_requests(w: &World) -> u32 {
     calls
 }
 
-/// A real Prometheus scrapes every sidecar, with the relabelling of
-/// `deploy/prometheus/prometheus.yml`: through Kubernetes SD on the test API server when
-/// its build has it; else (Debian's build) from static targets carrying the labels
-/// Kubernetes SD would give the same pod objects, and the test says so.
+/// A real Prometheus scrapes every sidecar, and not the pod without one, with the
+/// relabelling of `deploy/prometheus/prometheus.yml`: through Kubernetes SD on the test API
+/// server when its build has it; else (Debian's build) from static targets carrying the
+/// labels Kubernetes SD would give the same pod objects, and the test says so.
 fn scraped_by_prometheus(w: &World, test: &str) {
     let found = prometheus::find(&w.lab.dir.0);
     if !support::need(
@@ -322,6 +324,7 @@ fn scraped_by_prometheus(w: &World, test: &str) {
         obj.insert("static_configs".into(), Value::Array(targets));
     }
     let p = Prometheus::start(&found.bin, &cfg.to_string(), &w.lab.dir.0);
+    // Exactly the four injected pods: `legacy` is dropped by the relabelling.
     let up = p.wait_up("spoke-sidecars", PODS.len(), Duration::from_secs(20));
     let mut seen: Vec<(String, String)> = up
         .iter()
@@ -344,6 +347,8 @@ fn scraped_by_prometheus(w: &World, test: &str) {
         .collect();
     want.sort();
     assert_eq!(seen, want);
+    let dropped = p.dropped_pods("spoke-sidecars");
+    assert!(dropped.contains(&"legacy".to_string()), "{dropped:?}");
     // What it scraped is Spoke's metrics, under the labels the relabelling gives.
     let q = "sum(spoke_requests_total{job=\"spoke-sidecars\",namespace=\"default\",app=\"backend\",cluster=\"inbound:8080\",code=\"403\"})";
     wait_for(

@@ -45,21 +45,17 @@ pub const PODS: [PodSpec; 4] = [
     },
 ];
 
-/// The pod as `spoke inject` makes it (control plane at `control`), with the status the
-/// kubelet would give it at `ip`.
-pub fn injected_pod(p: &PodSpec, ip: &str, host: &str, control: &str) -> Value {
-    let app = p.name.split('-').next().unwrap();
-    let manifest = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {NS}\n  labels: {{ app: {app} }}\n\
-         spec:\n  serviceAccountName: {}\n  containers:\n    - name: app\n      image: registry.example/{app}:1\n      \
-         ports: [ {{ name: http, containerPort: 8080, protocol: TCP }} ]\n",
-        p.name, p.sa
-    );
-    let out =
-        crate::support::spoke_with_stdin(&["inject", "--control-address", control], &manifest);
-    assert!(out.status.success(), "spoke inject: {out:?}");
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    let mut pod: Value = serde_saphyr::from_str(&yaml).unwrap();
+fn manifest(name: &str, sa: &str) -> String {
+    let app = name.split('-').next().unwrap();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels: {{ app: {app} }}\n\
+         spec:\n  serviceAccountName: {sa}\n  containers:\n    - name: app\n      image: registry.example/{app}:1\n      \
+         ports: [ {{ name: http, containerPort: 8080, protocol: TCP }} ]\n"
+    )
+}
+
+/// `pod` as the kubelet reports it once running at `ip` on the node `host`.
+fn running(mut pod: Value, ip: &str, host: &str) -> Value {
     pod["spec"]["nodeName"] = json!("node-1");
     pod["status"] = json!({
         "phase": "Running",
@@ -71,6 +67,24 @@ pub fn injected_pod(p: &PodSpec, ip: &str, host: &str, control: &str) -> Value {
         "qosClass": "Burstable"
     });
     pod
+}
+
+/// The pod as `spoke inject` makes it (control plane at `control`), running at `ip`.
+pub fn injected_pod(p: &PodSpec, ip: &str, host: &str, control: &str) -> Value {
+    let out = crate::support::spoke_with_stdin(
+        &["inject", "--control-address", control],
+        &manifest(p.name, p.sa),
+    );
+    assert!(out.status.success(), "spoke inject: {out:?}");
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    running(serde_saphyr::from_str(&yaml).unwrap(), ip, host)
+}
+
+/// A pod without the sidecar (`legacy`, never injected) at `ip`: only served, never run.
+/// Prometheus must leave it out.
+pub fn plain_pod(ip: &str, host: &str) -> Value {
+    let pod: Value = serde_saphyr::from_str(&manifest("legacy", "default")).unwrap();
+    running(pod, ip, host)
 }
 
 /// The Service `backend`: HTTP on port 80 (to the pods' 8080) and a `tcp-` port (opaque).
@@ -165,15 +179,22 @@ pub fn args(pod: &Value, name: &str) -> Vec<String> {
 pub fn sd_labels(pod: &Value) -> Value {
     let m = &pod["metadata"];
     let ip = pod["status"]["podIP"].as_str().unwrap();
-    json!({
-        "targets": [format!("{ip}:8080")],
-        "labels": {
-            "__meta_kubernetes_namespace": m["namespace"],
-            "__meta_kubernetes_pod_name": m["name"],
-            "__meta_kubernetes_pod_ip": ip,
-            "__meta_kubernetes_pod_phase": pod["status"]["phase"],
-            "__meta_kubernetes_pod_label_app": m["labels"]["app"],
-            "__meta_kubernetes_pod_annotation_spoke_dev_status": m["annotations"]["spoke.dev/status"],
-        }
-    })
+    let labels = [
+        ("__meta_kubernetes_namespace", &m["namespace"]),
+        ("__meta_kubernetes_pod_name", &m["name"]),
+        ("__meta_kubernetes_pod_ip", &pod["status"]["podIP"]),
+        ("__meta_kubernetes_pod_phase", &pod["status"]["phase"]),
+        ("__meta_kubernetes_pod_label_app", &m["labels"]["app"]),
+        (
+            "__meta_kubernetes_pod_annotation_spoke_dev_status",
+            &m["annotations"]["spoke.dev/status"],
+        ),
+    ];
+    // As Kubernetes SD, no label for what the pod does not have.
+    let labels: serde_json::Map<String, Value> = labels
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    json!({ "targets": [format!("{ip}:8080")], "labels": labels })
 }

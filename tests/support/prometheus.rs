@@ -151,6 +151,19 @@ impl Prometheus {
             .collect()
     }
 
+    /// The `__meta_kubernetes_pod_name` of each target of `job` the relabelling dropped.
+    pub fn dropped_pods(&self, job: &str) -> Vec<String> {
+        get_http10(self.port, "/api/v1/targets?state=dropped")
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|v| v["data"]["droppedTargets"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|t| &t["discoveredLabels"])
+            .filter(|l| l["job"] == job)
+            .filter_map(|l| l["__meta_kubernetes_pod_name"].as_str().map(String::from))
+            .collect()
+    }
+
     /// The value of the PromQL instant query `q` (its first series), if it has one.
     pub fn value(&self, q: &str) -> Option<f64> {
         let q: String = q
