@@ -130,29 +130,9 @@ fn kubectl_lists_and_watches_through_the_test_server() {
 
 #[test]
 fn fixtures_are_valid_objects_of_the_kubernetes_api() {
-    let have_schemas = Command::new("python3")
-        .args(["-c", "import kubernetes_validate"])
-        .status()
-        .is_ok_and(|s| s.success());
-    let why = "python3 with kubernetes-validate (pip install kubernetes-validate)";
-    if !need(
+    kube_api::check_shapes(
         "fixtures_are_valid_objects_of_the_kubernetes_api",
-        why,
-        have_schemas,
-    ) {
-        return;
-    }
-    let dir = kube_api::fixtures();
-    let out = Command::new("python3")
-        .arg(dir.join("validate.py"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        &kube_api::fixtures(),
     );
 }
 

@@ -246,7 +246,47 @@ fn merge(mut dir: raw::File, kube: &raw::File) -> raw::File {
             dir.services.push(s.clone());
         }
     }
+    merge_protocols(&mut dir, kube);
     dir
+}
+
+/// The inbound protocols Kubernetes declares (opaque ports, see `discovery::view`): a file's
+/// entry for that port without a protocol of its own takes it (when nothing in the entry
+/// is HTTP-only); a port without an entry gets one with just the protocol when the mesh's
+/// `default_policy` is `allow`, since such an entry (strict mTLS, anyone allowed) is then
+/// what the port had anyway. Under `deny` the port stays denied until a file allows it.
+fn merge_protocols(dir: &mut raw::File, kube: &raw::File) {
+    let allow = dir.default_policy.unwrap_or_default() == raw::DefaultPolicy::Allow;
+    for kw in &kube.workloads {
+        let i = match dir.workloads.iter().position(|w| w.identity == kw.identity) {
+            Some(i) => i,
+            None if allow => {
+                dir.workloads.push(raw::Workload {
+                    identity: kw.identity.clone(),
+                    inbound: Vec::new(),
+                });
+                dir.workloads.len() - 1
+            }
+            None => continue,
+        };
+        let w = &mut dir.workloads[i];
+        for kp in &kw.inbound {
+            match w.inbound.iter_mut().find(|p| p.port == kp.port) {
+                Some(p) if p.protocol.is_none() && !http_only(p) => p.protocol = kp.protocol,
+                Some(_) => {}
+                None if allow => w.inbound.push(kp.clone()),
+                None => {}
+            }
+        }
+    }
+}
+
+/// Whether an inbound entry says something that only HTTP can mean.
+fn http_only(p: &raw::InboundPort) -> bool {
+    p.app_protocol.is_some()
+        || p.rules
+            .iter()
+            .any(|r| !r.methods.is_empty() || !r.paths.is_empty() || !r.headers.is_empty())
 }
 
 #[cfg(test)]
@@ -324,6 +364,70 @@ mod tests {
             s.status_json().contains("not an address"),
             "{}",
             s.status_json()
+        );
+    }
+
+    fn port(port: u16, yaml: &str) -> raw::InboundPort {
+        let mut p: raw::InboundPort = serde_json::from_str(yaml).unwrap();
+        p.port = port;
+        p
+    }
+
+    fn workload(id: &str, inbound: Vec<raw::InboundPort>) -> raw::Workload {
+        raw::Workload {
+            identity: id.into(),
+            inbound,
+        }
+    }
+
+    #[test]
+    fn opaque_ports_from_kubernetes_reach_the_callees_inbound_only_where_they_change_nothing_else()
+    {
+        let opaque = port(3306, r#"{"port":0,"protocol":"opaque"}"#);
+        let kube = raw::File {
+            workloads: vec![
+                workload(
+                    "spiffe://td/a",
+                    vec![
+                        opaque.clone(),
+                        port(5432, r#"{"port":0,"protocol":"opaque"}"#),
+                    ],
+                ),
+                workload("spiffe://td/b", vec![opaque.clone()]),
+                workload("spiffe://td/c", vec![opaque.clone()]),
+            ],
+            ..Default::default()
+        };
+        let allow_a = port(3306, r#"{"port":0,"allow":["spiffe://td/web"]}"#);
+        let http_b = port(3306, r#"{"port":0,"app_protocol":"http1"}"#);
+        let dir = raw::File {
+            workloads: vec![
+                workload("spiffe://td/a", vec![allow_a.clone()]),
+                workload("spiffe://td/b", vec![http_b.clone()]),
+            ],
+            ..Default::default()
+        };
+        let m = merge(dir.clone(), &kube);
+        // A file's entry without a protocol takes it; one saying HTTP keeps its meaning.
+        let a = &m.workloads[0].inbound;
+        assert_eq!(a[0].protocol, Some(raw::Protocol::Opaque));
+        assert_eq!(a[0].allow, allow_a.allow);
+        assert_eq!(m.workloads[1].inbound, vec![http_b]);
+        // Under `default_policy: allow` a port without an entry gets one with the protocol.
+        assert_eq!(a[1], port(5432, r#"{"port":0,"protocol":"opaque"}"#));
+        assert_eq!(m.workloads[2], workload("spiffe://td/c", vec![opaque]));
+        config::validate(&m).unwrap();
+        // Under `deny` no entry is added: it would allow anyone.
+        let deny = raw::File {
+            default_policy: Some(raw::DefaultPolicy::Deny),
+            ..dir
+        };
+        let m = merge(deny, &kube);
+        assert_eq!(m.workloads.len(), 2);
+        assert_eq!(m.workloads[0].inbound.len(), 1);
+        assert_eq!(
+            m.workloads[0].inbound[0].protocol,
+            Some(raw::Protocol::Opaque)
         );
     }
 }

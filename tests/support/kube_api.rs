@@ -71,6 +71,31 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube")
 }
 
+/// Checks the lists `pods.json`, `services.json` and `endpointslices.json` in `dir` against
+/// Kubernetes' own schemas (`fixtures/kube/validate.py`, strict); panics on an invalid object.
+/// Without python's kubernetes-validate it says that `test` skipped the check.
+pub fn check_shapes(test: &str, dir: &Path) {
+    let have_schemas = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let why = "python3 with kubernetes-validate (pip install kubernetes-validate)";
+    if !crate::support::need(test, why, have_schemas) {
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(fixtures().join("validate.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A fixture file as JSON.
 pub fn fixture(name: &str) -> Value {
     let p = fixtures().join(name);
@@ -82,6 +107,21 @@ impl KubeApi {
     /// Starts serving the objects of the fixture lists `pods.json`, `services.json` and
     /// `endpointslices.json`.
     pub async fn start() -> KubeApi {
+        let mut objects = Vec::new();
+        for (res, file) in [
+            (Res::Pods, "pods.json"),
+            (Res::Services, "services.json"),
+            (Res::EndpointSlices, "endpointslices.json"),
+        ] {
+            for item in fixture(file)["items"].as_array().unwrap() {
+                objects.push((res, item.clone()));
+            }
+        }
+        KubeApi::start_with(objects).await
+    }
+
+    /// Starts serving `objects` (a test's own, in the API's shapes).
+    pub async fn start_with(objects: Vec<(Res, Value)>) -> KubeApi {
         let (signals, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             store: Mutex::new(Store::new()),
@@ -90,14 +130,8 @@ impl KubeApi {
             requests: Mutex::new(Vec::new()),
             forbidden: Mutex::new(Default::default()),
         });
-        for (res, file) in [
-            (Res::Pods, "pods.json"),
-            (Res::Services, "services.json"),
-            (Res::EndpointSlices, "endpointslices.json"),
-        ] {
-            for item in fixture(file)["items"].as_array().unwrap() {
-                inner.store.lock().unwrap().put(res, item.clone());
-            }
+        for (res, object) in objects {
+            inner.store.lock().unwrap().put(res, object);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

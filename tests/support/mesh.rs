@@ -115,7 +115,12 @@ impl Mesh {
 
     /// `spoke control` on this mesh directory and CA, with `extra` flags.
     pub fn control_with(&self, port: u16, stats: u16, extra: &[&str]) -> Proc {
-        let (listen, stats) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{stats}"));
+        self.control_on(&format!("127.0.0.1:{port}"), stats, extra)
+    }
+
+    /// The same, serving sidecars on `listen` (`host:port`); stats on 127.0.0.1.
+    pub fn control_on(&self, listen: &str, stats: u16, extra: &[&str]) -> Proc {
+        let stats = format!("127.0.0.1:{stats}");
         let mut args = vec![
             "control",
             "--config-dir",
@@ -123,7 +128,7 @@ impl Mesh {
             "--ca",
             self.ca.to_str().unwrap(),
             "--listen",
-            &listen,
+            listen,
             "--stats",
             &stats,
         ];

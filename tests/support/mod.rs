@@ -4,8 +4,11 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod lab;
 pub mod mesh;
 pub mod pki;
+pub mod prometheus;
+pub mod tcpdump;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -241,8 +244,13 @@ pub fn wait_ready(port: u16) {
 
 /// A blocking HTTP/1.1 request to 127.0.0.1:`port`; (status, body), `None` if it failed.
 pub fn http_blocking(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    http_blocking_at(SocketAddr::from(([127, 0, 0, 1], port)), method, path)
+}
+
+/// The same to any address (a pod's, in the root-only tests).
+pub fn http_blocking_at(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,

@@ -82,8 +82,11 @@ pub fn build(objects: &Objects, trust_domain: &str) -> raw::File {
                 continue;
             }
             let cluster = cluster_name(name, ns, port.port);
-            out.clusters
-                .push(port_cluster(&cluster, port, slices, objects, trust_domain));
+            let c = port_cluster(&cluster, port, slices, objects, trust_domain);
+            if protocol(port) == raw::Protocol::Opaque {
+                opaque_inbound(&mut out.workloads, &c);
+            }
+            out.clusters.push(c);
             for ip in &vips {
                 out.services.push(raw::Service {
                     vip: SocketAddr::new(*ip, number).to_string(),
@@ -93,11 +96,51 @@ pub fn build(objects: &Objects, trust_domain: &str) -> raw::File {
             }
         }
     }
+    for w in &mut out.workloads {
+        w.inbound.sort_by_key(|p| p.port);
+    }
+    out.workloads.sort_by(|a, b| a.identity.cmp(&b.identity));
     out
 }
 
+/// A port declared opaque is opaque on the callee's side too: each identity behind the
+/// cluster gets an inbound entry for its pods' port that sets only the protocol, so its
+/// sidecar hands the connection to the app at once instead of waiting to detect a protocol
+/// whose server speaks first. (`state::merge` adds these to the mesh's workloads only
+/// where they change nothing else.)
+fn opaque_inbound(workloads: &mut Vec<raw::Workload>, c: &raw::Cluster) {
+    let Some(tls) = &c.tls else {
+        return;
+    };
+    for e in &c.endpoints {
+        let Ok(addr) = e.address.parse::<SocketAddr>() else {
+            continue;
+        };
+        let i = match workloads.iter().position(|w| w.identity == tls.identity) {
+            Some(i) => i,
+            None => {
+                workloads.push(raw::Workload {
+                    identity: tls.identity.clone(),
+                    inbound: Vec::new(),
+                });
+                workloads.len() - 1
+            }
+        };
+        let w = &mut workloads[i];
+        if !w.inbound.iter().any(|p| p.port == addr.port()) {
+            w.inbound.push(raw::InboundPort {
+                port: addr.port(),
+                protocol: Some(raw::Protocol::Opaque),
+                ..Default::default()
+            });
+        }
+    }
+}
+
 /// `http` for ports declared HTTP or gRPC (appProtocol, else the port name's prefix, the
-/// convention Istio uses), else `auto` (sniffed).
+/// convention Istio uses); `opaque` for ports declared `tcp` (or `opaque`), so a protocol
+/// whose server speaks first (MySQL, SMTP) gets its banner through at once instead of
+/// waiting out protocol detection; else `auto` (sniffed).
 fn protocol(port: &ServicePort) -> raw::Protocol {
     let declared = port
         .app_protocol
@@ -108,6 +151,7 @@ fn protocol(port: &ServicePort) -> raw::Protocol {
     let head = declared.split('-').next().unwrap_or("");
     match head {
         "http" | "http2" | "grpc" | "h2c" | "kubernetes.io/h2c" | "grpc-web" => raw::Protocol::Http,
+        "tcp" | "opaque" => raw::Protocol::Opaque,
         _ => raw::Protocol::Auto,
     }
 }

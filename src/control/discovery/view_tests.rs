@@ -63,6 +63,29 @@ fn each_tcp_port_is_a_cluster_with_its_vip() {
 }
 
 #[test]
+fn ports_declared_tcp_are_opaque() {
+    let mut o = objects(
+        json!([ep("10.1.0.7", "b-0", true, false)]),
+        &[("b-0", "backend")],
+    );
+    let svc = o.services.get_mut("default/backend").unwrap();
+    let ports = svc.spec.as_mut().unwrap().ports.as_mut().unwrap();
+    ports[1].app_protocol = Some("opaque".into());
+    ports[0].app_protocol = Some("tcp".into());
+    let v = build(&o, "cluster.local");
+    assert_eq!(v.services[0].protocol, Some(raw::Protocol::Opaque));
+    assert_eq!(v.services[1].protocol, Some(raw::Protocol::Opaque));
+    // The callee's side too: its pods' ports (the slice's) for the cluster's identity.
+    assert_eq!(v.workloads.len(), 1);
+    let w = &v.workloads[0];
+    assert_eq!(w.identity, "spiffe://cluster.local/ns/default/sa/backend");
+    let ports: Vec<_> = w.inbound.iter().map(|p| (p.port, p.protocol)).collect();
+    let opaque = Some(raw::Protocol::Opaque);
+    assert_eq!(ports, [(5432, opaque), (9090, opaque)]);
+    crate::config::validate(&v).unwrap();
+}
+
+#[test]
 fn not_ready_and_terminating_endpoints_are_left_out() {
     let o = objects(
         json!([
