@@ -780,6 +780,45 @@ def http_section(records: list[dict], meta: dict) -> list[str]:
 # === authz ===
 
 
+def pair_table(order: list[str], rows: dict[str, dict]) -> list[str]:
+    """The medians of side-by-side pairs (the authz, routes and defaults scenarios)."""
+    out = ["| target | wrk req/s | wrk p99 ms | wrk errors | CPU s per 10k req A+B (wrk) | h2load req/s | h2load errors | CPU s per 10k req A+B (h2load) |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            out.append(f"| {row['label']} | skipped: {row['skipped']} |" + " — |" * 6)
+            continue
+        out.append("| " + " | ".join([
+            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p99"], 2), str(row["wrk_errors"]),
+            fmt(row["cpu_per_10k"], 3), fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
+            fmt(row["h2_cpu_per_10k"], 3),
+        ]) + " |")
+    out.append("")
+    return out
+
+
+def goal_rows(a: dict, b: dict, what: str, keys: tuple, target: float, more: bool) -> list[str]:
+    """Goal rows comparing variant `b` with reference `a`: for each (label, key), the cost in
+    percent (fewer req/s when `more` is false, more CPU when true) against `target`."""
+    out = []
+    for label, key in keys:
+        x, y = a.get(key), b.get(key)
+        if not (x and y):
+            continue
+        cost = 100 * (y / x - 1) if more else 100 * (1 - y / x)
+        shown = f"{cost:+.1f}%" if more else f"{cost:.1f}%"
+        digits = 3 if more else 0
+        bound = f"≤ {target:g}% {'more' if more else 'fewer'}"
+        out.append(f"| {what}{label} | {bound} | {fmt(x, digits)} | {fmt(y, digits)} | {shown} "
+                   f"| {'met' if cost <= target else '**not met**'} |")
+    return out
+
+
+RPS_KEYS = (("wrk req/s", "wrk_rps"), ("h2load req/s", "h2load_rps"))
+CPU_KEYS = (("CPU s per 10k req (wrk)", "cpu_per_10k"), ("CPU s per 10k req (h2load)", "h2_cpu_per_10k"))
+
+
 def per_run_table(order: list[str], rows: dict[str, dict]) -> list[str]:
     """Every wrk and h2load run of side-by-side pairs (the authz, tracing and lb scenarios)."""
     out = ["### Per-run numbers", "", "| target | tool | run | req/s | requests | errors | proxy CPU s |",
@@ -810,20 +849,8 @@ def authz_section(records: list[dict], meta: dict) -> list[str]:
         f"drift hits both alike. Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} "
         f"runs of {meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
         "",
-        "| target | wrk req/s | wrk p99 ms | wrk errors | CPU s per 10k req A+B (wrk) | h2load req/s | h2load errors | CPU s per 10k req A+B (h2load) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for name in order:
-        row = rows[name]
-        if row.get("skipped"):
-            out.append(f"| {row['label']} | skipped: {row['skipped']} |" + " — |" * 6)
-            continue
-        out.append("| " + " | ".join([
-            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p99"], 2), str(row["wrk_errors"]),
-            fmt(row["cpu_per_10k"], 3), fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
-            fmt(row["h2_cpu_per_10k"], 3),
-        ]) + " |")
-    out.append("")
+    out += pair_table(order, rows)
     base, pol = rows.get("spoke", {}), rows.get("spoke-authz", {})
     if base and pol and not base.get("skipped") and not pol.get("skipped"):
         out += ["| goal | target | no policy | 20 rules | cost | |", "|---|---|--:|--:|--:|---|"]
@@ -860,30 +887,13 @@ def routes_section(records: list[dict], meta: dict) -> list[str]:
         f"Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} runs of "
         f"{meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
         "",
-        "| target | wrk req/s | wrk p99 ms | wrk errors | CPU s per 10k req A+B (wrk) | h2load req/s | h2load errors | CPU s per 10k req A+B (h2load) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for name in order:
-        row = rows[name]
-        if row.get("skipped"):
-            out.append(f"| {row['label']} | skipped: {row['skipped']} |" + " — |" * 6)
-            continue
-        out.append("| " + " | ".join([
-            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p99"], 2), str(row["wrk_errors"]),
-            fmt(row["cpu_per_10k"], 3), fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
-            fmt(row["h2_cpu_per_10k"], 3),
-        ]) + " |")
-    out.append("")
+    out += pair_table(order, rows)
     a, b = rows.get("spoke", {}), rows.get("spoke-routes", {})
     if a and b and not a.get("skipped") and not b.get("skipped"):
         out += ["| goal | target | 1 route | 1,000 routes | cost | |", "|---|---|--:|--:|--:|---|"]
-        for label, key in (("CPU s per 10k req (wrk)", "cpu_per_10k"), ("CPU s per 10k req (h2load)", "h2_cpu_per_10k")):
-            x, y = a.get(key), b.get(key)
-            if x and y:
-                cost = 100 * (y / x - 1)
-                out.append(f"| {label} | ≤ 10% more | {fmt(x, 3)} | {fmt(y, 3)} | {cost:+.1f}% "
-                           f"| {'met' if cost <= 10 else '**not met**'} |")
-        for label, key in (("wrk req/s", "wrk_rps"), ("h2load req/s", "h2load_rps")):
+        out += goal_rows(a, b, "", CPU_KEYS, 10, more=True)
+        for label, key in RPS_KEYS:
             x, y = a.get(key), b.get(key)
             if x and y:
                 out.append(f"| {label} | (information) | {fmt(x, 0)} | {fmt(y, 0)} | {100 * (y / x - 1):+.1f}% | |")
@@ -932,20 +942,8 @@ def defaults_section(records: list[dict], meta: dict) -> list[str]:
         f"them. Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} runs of "
         f"{meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
         "",
-        "| target | wrk req/s | wrk p99 ms | wrk errors | CPU s per 10k req A+B (wrk) | h2load req/s | h2load errors | CPU s per 10k req A+B (h2load) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for name in order:
-        row = rows[name]
-        if row.get("skipped"):
-            out.append(f"| {row['label']} | skipped: {row['skipped']} |" + " — |" * 6)
-            continue
-        out.append("| " + " | ".join([
-            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p99"], 2), str(row["wrk_errors"]),
-            fmt(row["cpu_per_10k"], 3), fmt(row["h2load_rps"], 0), str(row["h2_errors"]),
-            fmt(row["h2_cpu_per_10k"], 3),
-        ]) + " |")
-    out.append("")
+    out += pair_table(order, rows)
     goals = (("spoke-defaults", "spoke", "out of the box vs tuned"),
              ("spoke-access", "spoke-defaults", "access log on vs off"))
     lines = []
@@ -953,18 +951,8 @@ def defaults_section(records: list[dict], meta: dict) -> list[str]:
         a, b = rows.get(ref, {}), rows.get(name, {})
         if not a or not b or a.get("skipped") or b.get("skipped"):
             continue
-        for label, key in (("wrk req/s", "wrk_rps"), ("h2load req/s", "h2load_rps")):
-            x, y = a.get(key), b.get(key)
-            if x and y:
-                cost = 100 * (1 - y / x)
-                lines.append(f"| {what}: {label} | ≤ 5% fewer | {fmt(x, 0)} | {fmt(y, 0)} | {cost:.1f}% "
-                             f"| {'met' if cost <= 5 else '**not met**'} |")
-        for label, key in (("CPU s per 10k req (wrk)", "cpu_per_10k"), ("CPU s per 10k req (h2load)", "h2_cpu_per_10k")):
-            x, y = a.get(key), b.get(key)
-            if x and y:
-                cost = 100 * (y / x - 1)
-                lines.append(f"| {what}: {label} | ≤ 5% more | {fmt(x, 3)} | {fmt(y, 3)} | {cost:+.1f}% "
-                             f"| {'met' if cost <= 5 else '**not met**'} |")
+        lines += goal_rows(a, b, f"{what}: ", RPS_KEYS, 5, more=False)
+        lines += goal_rows(a, b, f"{what}: ", CPU_KEYS, 5, more=True)
     if lines:
         out += ["| goal | target | reference | variant | cost | |", "|---|---|--:|--:|--:|---|"] + lines + [""]
     out += per_run_table(order, rows)

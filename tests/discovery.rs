@@ -97,20 +97,6 @@ fn dump(admin: u16) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The endpoint addresses of `cluster` in a config dump.
-fn endpoints(d: &Value, cluster: &str) -> Vec<String> {
-    d["clusters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == cluster)
-        .and_then(|c| c["endpoints"].as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["address"].as_str().map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn kubernetes_services_reach_the_sidecar_and_follow_changes() {
     let c = start_cluster();
@@ -132,7 +118,7 @@ fn kubernetes_services_reach_the_sidecar_and_follow_changes() {
         "{cluster}"
     );
     assert_eq!(
-        endpoints(&d, BACKEND_8080),
+        dump_endpoints(&d, BACKEND_8080),
         ["10.244.1.7:9090", "10.244.2.8:9090"]
     );
     let services = d["services"].as_array().unwrap();
@@ -164,7 +150,7 @@ fn kubernetes_services_reach_the_sidecar_and_follow_changes() {
     eps[1]["conditions"] = json!({ "ready": false, "serving": false, "terminating": false });
     set(eps.clone());
     wait_for("not-ready endpoint gone", Duration::from_secs(5), || {
-        endpoints(&dump(admin), BACKEND_8080) == ["10.244.1.7:9090"]
+        dump_endpoints(&dump(admin), BACKEND_8080) == ["10.244.1.7:9090"]
     });
     eps[1]["conditions"] = json!({ "ready": true, "serving": true, "terminating": false });
     let mut added = eps[0].clone();
@@ -176,14 +162,14 @@ fn kubernetes_services_reach_the_sidecar_and_follow_changes() {
     eps.as_array_mut().unwrap().push(added);
     set(eps.clone());
     wait_for("endpoint added", Duration::from_secs(5), || {
-        endpoints(&dump(admin), BACKEND_8080).len() == 3
+        dump_endpoints(&dump(admin), BACKEND_8080).len() == 3
     });
     eps[0]["conditions"] = json!({ "ready": false, "serving": true, "terminating": true });
     set(eps);
     wait_for(
         "terminating endpoint drained",
         Duration::from_secs(5),
-        || endpoints(&dump(admin), BACKEND_8080) == ["10.244.2.8:9090", "10.244.3.5:9090"],
+        || dump_endpoints(&dump(admin), BACKEND_8080) == ["10.244.2.8:9090", "10.244.3.5:9090"],
     );
 
     // A broken watch is resumed from the last resourceVersion it saw (as client-go does):
@@ -195,11 +181,11 @@ fn kubernetes_services_reach_the_sidecar_and_follow_changes() {
         .modify(Res::EndpointSlices, "default", "backend-x7k2p", |s| {
             s["endpoints"][1]["conditions"]["ready"] = json!(false);
         });
-    assert_eq!(endpoints(&dump(admin), BACKEND_8080).len(), 2);
+    assert_eq!(dump_endpoints(&dump(admin), BACKEND_8080).len(), 2);
     wait_for(
         "change after a broken watch",
         Duration::from_secs(10),
-        || endpoints(&dump(admin), BACKEND_8080) == ["10.244.3.5:9090"],
+        || dump_endpoints(&dump(admin), BACKEND_8080) == ["10.244.3.5:9090"],
     );
     assert_eq!(relists("endpointslices"), before);
     // Broken while the server lost its history: the resume gets 410, so a relist follows,
@@ -216,7 +202,7 @@ fn kubernetes_services_reach_the_sidecar_and_follow_changes() {
     wait_for(
         "change made during the relist",
         Duration::from_secs(10),
-        || endpoints(&dump(admin), BACKEND_8080).len() == 2,
+        || dump_endpoints(&dump(admin), BACKEND_8080).len() == 2,
     );
     // An open watch told `410 Expired`: the same.
     let before = relists("services");

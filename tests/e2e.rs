@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use kube_api::{KubeApi, Res};
 use objects::*;
 use serde_json::{json, Value};
+use support::dump_endpoints;
 use support::lab::{can_run, Lab};
 use support::mesh::{get, wait_for, Mesh};
 use support::prometheus::{self, Prometheus};
@@ -42,16 +43,7 @@ fn endpoints(lab: &Lab, ns: &str, cluster: &str) -> Vec<String> {
     let out = lab.client(ns, "http", "127.0.0.1", 15000, "/config_dump");
     let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     let d: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    d["clusters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == cluster)
-        .and_then(|c| c["endpoints"].as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["address"].as_str().map(str::to_string))
-        .collect()
+    dump_endpoints(&d, cluster)
 }
 
 /// A pod's sidecar metrics, fetched from the host over the bridge (as Prometheus does).

@@ -267,3 +267,17 @@ pub fn http_blocking_at(addr: SocketAddr, method: &str, path: &str) -> Option<(u
             .unwrap_or_default(),
     ))
 }
+
+/// The endpoint addresses of `cluster` in a proxy's `/config_dump` (JSON).
+pub fn dump_endpoints(d: &serde_json::Value, cluster: &str) -> Vec<String> {
+    d["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == cluster)
+        .and_then(|c| c["endpoints"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["address"].as_str().map(str::to_string))
+        .collect()
+}

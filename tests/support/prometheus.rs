@@ -45,6 +45,17 @@ pub fn find(dir: &Path) -> Option<Found> {
     first
 }
 
+/// Prometheus on `cfg`, serving on 127.0.0.1:`port`, its data in `data`; stderr is the
+/// caller's to set.
+fn command(bin: &Path, cfg: &Path, port: u16, data: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .stdout(Stdio::null());
+    c
+}
+
 /// Whether `bin` loads a config with a `kubernetes_sd_configs` block (`None`: no such
 /// program). Prometheus has no check mode of its own, so it is started on such a config
 /// with nothing to reach and asked to stop at once.
@@ -56,14 +67,7 @@ fn has_kubernetes_sd(bin: &Path, dir: &Path) -> Option<bool> {
     )
     .ok()?;
     let port = free_port();
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("prometheus-probe-data").display()
-        ))
-        .stdout(Stdio::null())
+    let child = command(bin, &cfg, port, &dir.join("prometheus-probe-data"))
         .stderr(Stdio::piped())
         .spawn()
         .ok()?;
@@ -108,14 +112,7 @@ impl Prometheus {
         std::fs::write(&cfg, config).unwrap();
         let log = dir.join("prometheus.log");
         let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prometheus-data").display()
-            ))
-            .stdout(Stdio::null())
+        let child = command(bin, &cfg, port, &dir.join("prometheus-data"))
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
