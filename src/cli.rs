@@ -96,9 +96,14 @@ pub struct InjectArgs {
 /// webhook, so both inject the same pod the same way.
 #[derive(Debug, Args)]
 pub struct SidecarArgs {
-    /// Image of the injected proxy and of its init step.
+    /// Image of the injected proxy (the distroless runtime image).
     #[arg(long, env = "SPOKE_IMAGE", default_value = "spoke:latest")]
     pub image: String,
+    /// Image of the injected init step, `spoke redirect` with iptables (default: --image
+    /// with `-init` added to its repository name, e.g. reg.example/spoke-init:1.2; required
+    /// when --image is pinned by digest).
+    #[arg(long, env = "SPOKE_INIT_IMAGE", value_name = "IMAGE")]
+    pub init_image: Option<String>,
     /// The control plane's address as the injected sidecars dial it.
     #[arg(
         long,

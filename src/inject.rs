@@ -1,10 +1,12 @@
 //! `spoke inject`: adds the sidecar to Kubernetes manifests offline, and the same change
 //! for the control plane's admission webhook. A YAML stream of any number of documents
 //! (and `kind: List`) goes in; each Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet,
-//! Job and CronJob gets the proxy and its `spoke redirect` init step (`sidecar`), at the
-//! pod template of its kind (`kinds`); everything else comes out exactly as it went in
-//! (`stream`). The whole output is built in memory, so bad input writes nothing.
+//! Job and CronJob gets the proxy and its `spoke redirect` init step (`sidecar`; the step
+//! runs its own image, `image`), at the pod template of its kind (`kinds`); everything else
+//! comes out exactly as it went in (`stream`). The whole output is built in memory, so bad
+//! input writes nothing.
 
+pub mod image;
 pub mod kinds;
 pub mod patch;
 pub mod sidecar;
@@ -17,8 +19,10 @@ use value::Value;
 /// What the injected parts are made of (flags of `spoke inject` and `spoke control`).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The image of both the proxy and the init step.
+    /// The proxy's image (the distroless runtime image).
     pub image: String,
+    /// The init step's image (`spoke redirect` needs iptables): see `image::init_image`.
+    pub init_image: String,
     /// The control plane's address as the sidecars dial it.
     pub control: String,
     /// A regular container instead of a native sidecar (clusters before 1.29).

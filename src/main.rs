@@ -295,12 +295,16 @@ async fn control(args: ControlArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn inject_options(args: &SidecarArgs) -> spoke::inject::Options {
-    spoke::inject::Options {
+/// What `spoke inject` and the webhook inject; an error when no init image can be derived.
+fn inject_options(args: &SidecarArgs) -> Result<spoke::inject::Options, String> {
+    let init_image = spoke::inject::image::init_image(&args.image, args.init_image.as_deref())
+        .map_err(|e| e.to_string())?;
+    Ok(spoke::inject::Options {
         image: args.image.clone(),
+        init_image,
         control: args.control_address.clone(),
         classic: args.classic,
-    }
+    })
 }
 
 /// `spoke inject`: the whole output is built first, so bad input writes nothing to stdout.
@@ -322,7 +326,14 @@ fn inject(args: &InjectArgs) -> ExitCode {
         eprintln!("error: cannot read {name}: {e}");
         return ExitCode::from(2);
     }
-    match spoke::inject::inject_yaml(&text, &inject_options(&args.sidecar)) {
+    let opts = match inject_options(&args.sidecar) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match spoke::inject::inject_yaml(&text, &opts) {
         Ok(out) => {
             for n in &out.notes {
                 eprintln!("{n}");
@@ -350,12 +361,12 @@ async fn webhook(args: &ControlArgs) -> Result<Option<tokio::task::JoinHandle<()
         tracing::info!("injection webhook off (no --webhook-cert and --webhook-key)");
         return Ok(None);
     };
+    let opts = inject_options(&args.sidecar).map_err(|e| (2, e))?;
     let tls = spoke::control::webhook::tls_config(cert, key).map_err(|e| (2, e))?;
     let listener = tokio::net::TcpListener::bind(args.webhook_listen)
         .await
         .map_err(|e| (1, format!("cannot bind {}: {e}", args.webhook_listen)))?;
     tracing::info!(listen = %args.webhook_listen, "injection webhook serving");
-    let opts = inject_options(&args.sidecar);
     Ok(Some(tokio::spawn(spoke::control::webhook::serve(
         listener, tls, opts,
     ))))

@@ -1,7 +1,8 @@
 //! What `deploy/` ships is valid: `deploy/validate.sh` (every manifest and the injected
 //! example app against the Kubernetes schemas in strict mode, the Prometheus config with
 //! promtool), the mesh ConfigMap as `spoke control` would load it, and the manifests
-//! agreeing with the code (webhook path, injected annotation the scrape config keeps).
+//! agreeing with the code (webhook path, injected annotation the scrape config keeps, the
+//! images the webhook injects).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -97,6 +98,19 @@ fn manifests_agree_with_the_code() {
         .find(|p| p["port"] == 443)
         .unwrap();
     assert_eq!(port["targetPort"], 15017);
+    // The webhook injects the control plane's own (distroless) image as the proxy, and the
+    // init image `spoke inject` would derive from it for the init step.
+    let deploy = control.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let env = |name: &str| {
+        let vars = container["env"].as_array().unwrap();
+        let var = vars.iter().find(|e| e["name"] == name);
+        var.unwrap_or_else(|| panic!("no {name}"))["value"].clone()
+    };
+    assert_eq!(env("SPOKE_IMAGE"), container["image"]);
+    let image = container["image"].as_str().unwrap();
+    let init = spoke::inject::image::derive_init(image).unwrap();
+    assert_eq!(env("SPOKE_INIT_IMAGE"), init.as_str());
     // The scrape config keeps pods by the annotation injection sets.
     let prom = read("deploy/prometheus/prometheus.yml");
     assert!(prom.contains("__meta_kubernetes_pod_annotation_spoke_dev_status"));

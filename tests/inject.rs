@@ -125,7 +125,9 @@ fn the_proxy_and_init_step_are_locked_down_as_specified() {
     let after = docs(&ok(&[], WORKLOADS));
     let spec = &template(by_kind(&after, "Deployment"))["spec"];
     let init = &spec["initContainers"][0];
-    assert_eq!(init["image"], "spoke:latest");
+    // The proxy runs the distroless image; the init step its -init sibling with iptables.
+    assert_eq!(init["image"], "spoke-init:latest");
+    assert_eq!(spec["initContainers"][1]["image"], "spoke:latest");
     let args: Vec<&str> = init["args"]
         .as_array()
         .unwrap()
@@ -400,6 +402,117 @@ fn reads_stdin_dash_or_a_file() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("image: reg.example/spoke:env"));
+}
+
+/// The images of the injected proxy and init step of a one-Pod manifest.
+fn images(args: &[&str], envs: &[(&str, &str)]) -> (String, String) {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: { name: p }\nspec: { containers: [ { name: a, image: x } ] }\n";
+    let dir = TempDir::new("inject-images");
+    let file = dir.0.join("pod.yaml");
+    std::fs::write(&file, pod).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spoke"))
+        .args(["inject", "-f", file.to_str().unwrap()])
+        .args(args)
+        .env_remove("SPOKE_IMAGE")
+        .env_remove("SPOKE_INIT_IMAGE")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {err}");
+    let spec = &docs(&String::from_utf8(out.stdout).unwrap())[0]["spec"];
+    let image = |c: &Json| c["image"].as_str().unwrap().to_string();
+    let (init, proxy) = (&spec["initContainers"][0], &spec["initContainers"][1]);
+    assert_eq!(
+        (init["name"].as_str(), proxy["name"].as_str()),
+        (Some("spoke-init"), Some("spoke-proxy"))
+    );
+    (image(proxy), image(init))
+}
+
+#[test]
+fn the_init_step_runs_the_init_image_derived_from_the_proxy_image_by_default() {
+    for (image, init) in [
+        ("spoke:latest", "spoke-init:latest"),
+        ("spoke", "spoke-init"),
+        (
+            "reg.example/mesh/spoke:1.2",
+            "reg.example/mesh/spoke-init:1.2",
+        ),
+        ("reg.example:5000/spoke", "reg.example:5000/spoke-init"),
+        (
+            "reg.example:5000/mesh/spoke:1.2",
+            "reg.example:5000/mesh/spoke-init:1.2",
+        ),
+    ] {
+        assert_eq!(
+            images(&["--image", image], &[]),
+            (image.into(), init.into())
+        );
+        assert_eq!(
+            images(&[], &[("SPOKE_IMAGE", image)]),
+            (image.into(), init.into())
+        );
+    }
+    // The classic form too: the init step is the same container.
+    let (code, out, err) = inject(
+        &["--classic", "--image", "reg.example:5000/spoke:2"],
+        WORKLOADS,
+    );
+    assert_eq!(code, 0, "{err}");
+    let all = docs(&out);
+    for kind in KINDS {
+        let spec = &template(by_kind(&all, kind))["spec"];
+        let init = names(&spec["initContainers"])
+            .iter()
+            .position(|n| n == "spoke-init")
+            .unwrap();
+        assert_eq!(
+            spec["initContainers"][init]["image"], "reg.example:5000/spoke-init:2",
+            "{kind}"
+        );
+        assert_eq!(
+            spec["containers"][0]["image"], "reg.example:5000/spoke:2",
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn an_explicit_init_image_is_used_as_given() {
+    let (pinned, init) = (
+        "reg.example/spoke@sha256:0123456789abcdef",
+        "other.example:5000/tools/redirect@sha256:fedcba9876543210",
+    );
+    assert_eq!(
+        images(&["--image", pinned, "--init-image", init], &[]),
+        (pinned.into(), init.into())
+    );
+    assert_eq!(
+        images(
+            &[],
+            &[("SPOKE_IMAGE", "spoke:1"), ("SPOKE_INIT_IMAGE", "mine:7")]
+        ),
+        ("spoke:1".into(), "mine:7".into())
+    );
+    // Re-injecting with other images changes nothing: an injected object is left alone.
+    let once = ok(&["--init-image", "a:1"], WORKLOADS);
+    assert_eq!(ok(&["--init-image", "b:2", "--image", "c:3"], &once), once);
+}
+
+#[test]
+fn a_digest_pinned_image_without_an_init_image_is_refused_and_nothing_written() {
+    for image in [
+        "spoke@sha256:0123456789abcdef",
+        "reg.example:5000/spoke:1.2@sha256:0123456789abcdef",
+    ] {
+        let (code, out, err) = inject(&["--image", image], WORKLOADS);
+        assert_eq!((code, out.as_str()), (2, ""), "{image}");
+        assert!(
+            err.contains("pinned by digest") && err.contains("--init-image"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

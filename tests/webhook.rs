@@ -205,25 +205,47 @@ async fn a_pod_is_patched_into_exactly_what_spoke_inject_makes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_injects_with_the_control_planes_sidecar_flags() {
-    let hook = start(&[
-        "--classic",
-        "--image",
-        "reg.example/spoke:9",
-        "--control-address",
-        "cp:15010",
-    ]);
-    let review = within(hook.review(POD_REVIEW)).await;
-    let pod: Json = serde_json::from_str::<Json>(POD_REVIEW).unwrap()["request"]["object"].clone();
-    let patched = apply(&review["response"], &pod);
     let args = [
         "--classic",
         "--image",
         "reg.example/spoke:9",
+        "--init-image",
+        "reg.example:5000/redirect:9",
         "--control-address",
         "cp:15010",
     ];
+    let hook = start(&args);
+    let review = within(hook.review(POD_REVIEW)).await;
+    let pod: Json = serde_json::from_str::<Json>(POD_REVIEW).unwrap()["request"]["object"].clone();
+    let patched = apply(&review["response"], &pod);
     assert_eq!(patched, spoke_inject(&pod, &args));
-    assert_eq!(patched["spec"]["containers"][0]["name"], "spoke-proxy");
+    let proxy = &patched["spec"]["containers"][0];
+    assert_eq!(proxy["name"], "spoke-proxy");
+    assert_eq!(proxy["image"], "reg.example/spoke:9");
+    let init = patched["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "spoke-init")
+        .unwrap();
+    assert_eq!(init["image"], "reg.example:5000/redirect:9");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_derives_the_init_image_as_spoke_inject_does() {
+    let args = ["--image", "reg.example:5000/mesh/spoke:9"];
+    let hook = start(&args);
+    let review = within(hook.review(POD_REVIEW)).await;
+    let pod: Json = serde_json::from_str::<Json>(POD_REVIEW).unwrap()["request"]["object"].clone();
+    let patched = apply(&review["response"], &pod);
+    assert_eq!(patched, spoke_inject(&pod, &args));
+    let init = &patched["spec"]["initContainers"];
+    let init = init
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "spoke-init");
+    assert_eq!(init.unwrap()["image"], "reg.example:5000/mesh/spoke-init:9");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -311,4 +333,33 @@ fn the_webhook_is_off_without_a_certificate_and_a_half_pair_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--webhook-key"), "{err}");
+}
+
+#[test]
+fn a_webhook_with_a_digest_pinned_image_and_no_init_image_does_not_start() {
+    let mesh = Mesh::new();
+    let (cp, cs) = (free_port(), free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_spoke"))
+        .args([
+            "control",
+            "--config-dir",
+            mesh.mesh.to_str().unwrap(),
+            "--ca",
+        ])
+        .arg(&mesh.ca)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{cp}"),
+            "--stats",
+            &format!("127.0.0.1:{cs}"),
+        ])
+        .args(["--webhook-cert", "/nonexistent/cert.pem"])
+        .args(["--webhook-key", "/nonexistent/key.pem"])
+        .args(["--image", "reg.example/spoke@sha256:0123456789abcdef"])
+        .env_remove("SPOKE_INIT_IMAGE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--init-image"), "{err}");
 }

@@ -155,7 +155,8 @@ fn mount(name: &str, path: &str) -> Value {
 }
 
 /// The init step: `spoke redirect` as root with NET_ADMIN and NET_RAW, the only part of an
-/// injected pod with privileges; it exits once the rules are in.
+/// injected pod with privileges; it exits once the rules are in. It runs the init image,
+/// which has iptables (the proxy's distroless image has none).
 pub fn init_container(opts: &Options, annotations: Option<&Value>) -> Value {
     let mut args = vec![
         "redirect".to_string(),
@@ -190,7 +191,7 @@ pub fn init_container(opts: &Options, annotations: Option<&Value>) -> Value {
     }
     obj([
         ("name", s(INIT_NAME)),
-        ("image", s(&opts.image)),
+        ("image", s(&opts.init_image)),
         (
             "args",
             Value::Seq(args.into_iter().map(Value::String).collect()),
