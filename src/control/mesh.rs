@@ -162,12 +162,19 @@ fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
 /// What one workload receives: the shared clusters, routes and services, plus its own
 /// inbound policy.
 pub fn workload_view(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
+    raw::File {
+        clusters: mesh.clusters.clone(),
+        ..workload_rest(mesh, id)
+    }
+}
+
+/// A workload's view without the clusters: the body of its `mesh` resource.
+pub fn workload_rest(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
     let inbound = id
         .and_then(|id| mesh.workloads.iter().find(|w| w.identity == id.as_str()))
         .map(|w| w.inbound.clone())
         .unwrap_or_default();
     raw::File {
-        clusters: mesh.clusters.clone(),
         routes: mesh.routes.clone(),
         services: mesh.services.clone(),
         inbound,

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::mesh;
+use super::resources::Resources;
 use super::review::TokenReviewer;
 use super::token::TokenKey;
 use crate::ca::Ca;
@@ -23,6 +24,8 @@ use crate::metrics::ControlMetrics;
 pub struct Mesh {
     pub version: u64,
     pub raw: raw::File,
+    /// The incremental stream's resources of this version.
+    pub resources: Resources,
 }
 
 impl Mesh {
@@ -94,6 +97,7 @@ impl State {
         let (tx, _) = watch::channel(Arc::new(Mesh {
             version: 0,
             raw: raw::File::default(),
+            resources: Resources::default(),
         }));
         let state = Arc::new(State {
             mesh: tx,
@@ -198,9 +202,14 @@ impl State {
         } else {
             tracing::info!(version, "mesh config changed; pushing");
         }
+        let prev = current
+            .is_loaded()
+            .then_some((&current.raw, &current.resources));
+        let resources = Resources::build(&merged, prev, version);
         self.mesh.send_replace(Arc::new(Mesh {
             version,
             raw: merged,
+            resources,
         }));
     }
 
