@@ -68,6 +68,8 @@ pub struct State {
     pub metrics: ControlMetrics,
     pub(super) next_stream: AtomicU64,
     sources: Mutex<Sources>,
+    /// The directory's files as last parsed.
+    parsed: Mutex<mesh::ParseCache>,
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -113,6 +115,7 @@ impl State {
                 kube: kubernetes.then_some(None),
                 ..Sources::default()
             }),
+            parsed: Mutex::default(),
         });
         state.publish();
         state
@@ -125,7 +128,8 @@ impl State {
         if !had && mesh::files(dir).is_ok_and(|f| f.is_empty()) {
             return;
         }
-        match mesh::load_dir(dir) {
+        let loaded = mesh::load_dir_cached(dir, &mut lock(&self.parsed));
+        match loaded {
             Ok(raw) => {
                 let mut s = lock(&self.sources);
                 s.dir_error = None;
@@ -168,12 +172,17 @@ impl State {
     /// Kubernetes ones of the same cluster name or VIP: an operator's file is the override.
     pub fn publish(&self) {
         let mut s = lock(&self.sources);
-        let merged = match (&s.dir, &s.kube) {
+        let (merged, checked) = match (&s.dir, &s.kube) {
             (_, Some(None)) | (None, None) => return,
-            (Some(d), None) => d.clone(),
-            (d, Some(Some(k))) => merge(d.clone().unwrap_or_default(), k),
+            // The directory alone was validated as it was loaded.
+            (Some(d), None) => (d.clone(), true),
+            (d, Some(Some(k))) => (merge(d.clone().unwrap_or_default(), k), false),
         };
-        if let Err(errors) = config::validate(&merged) {
+        if let Err(errors) = if checked {
+            Ok(())
+        } else {
+            config::validate(&merged).map(drop)
+        } {
             self.metrics
                 .config_loads
                 .with_label_values(&["rejected"])
