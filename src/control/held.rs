@@ -135,3 +135,98 @@ impl Held {
         self.clusters.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::pb::ads::{Any, Resource};
+
+    fn cluster(name: &str, addr: &str) -> Resource {
+        let c = raw::Cluster {
+            name: name.into(),
+            endpoints: vec![raw::Endpoint {
+                address: addr.into(),
+                weight: None,
+                priority: None,
+            }],
+            ..Default::default()
+        };
+        Resource {
+            version: addr.into(),
+            resource: Some(Any {
+                type_url: CLUSTER_TYPE_URL.into(),
+                value: serde_json::to_vec(&c).unwrap(),
+            }),
+            name: format!("{CLUSTER_PREFIX}{name}"),
+            aliases: vec![],
+        }
+    }
+
+    fn mesh() -> Resource {
+        Resource {
+            version: "m".into(),
+            resource: Some(Any {
+                type_url: MESH_TYPE_URL.into(),
+                value: b"{}".to_vec(),
+            }),
+            name: MESH_RESOURCE.into(),
+            aliases: vec![],
+        }
+    }
+
+    fn push(resources: Vec<Resource>, removed: &[&str]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            resources,
+            removed_resources: removed.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn names(f: &raw::File) -> Vec<(&str, &str)> {
+        f.clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.endpoints[0].address.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn pushes_stage_onto_what_is_held_and_commit_only_when_told() {
+        let mut held = Held::default();
+        let first = push(vec![cluster("a", "1"), cluster("b", "2")], &[]);
+        assert!(
+            held.stage(&first).is_err(),
+            "a first push needs the mesh resource"
+        );
+        let first = push(vec![cluster("a", "1"), cluster("b", "2"), mesh()], &[]);
+        let staged = held.stage(&first).unwrap();
+        held.commit(staged);
+        assert_eq!(held.versions().len(), 3);
+
+        let next = push(vec![cluster("b", "3"), cluster("c", "4")], &["cluster/a"]);
+        let staged = held.stage(&next).unwrap();
+        assert_eq!(names(&held.remote(&staged)), [("b", "3"), ("c", "4")]);
+        // Not committed: a refused push leaves the held set as it was.
+        assert_eq!(
+            names(&held.remote(&Staged::default())),
+            [("a", "1"), ("b", "2")]
+        );
+        held.commit(staged);
+        assert_eq!(
+            names(&held.remote(&Staged::default())),
+            [("b", "3"), ("c", "4")]
+        );
+        assert_eq!(held.versions()["cluster/b"], "3");
+    }
+
+    #[test]
+    fn resources_that_are_not_understood_refuse_the_push() {
+        let held = Held::default();
+        let mut wrong = cluster("a", "1");
+        wrong.name = "cluster/b".into();
+        assert!(held.stage(&push(vec![wrong, mesh()], &[])).is_err());
+        let mut odd = mesh();
+        odd.name = "other".into();
+        assert!(held.stage(&push(vec![odd], &[])).is_err());
+        assert!(held.stage(&push(vec![mesh()], &["mesh"])).is_err());
+    }
+}
