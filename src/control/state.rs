@@ -195,7 +195,8 @@ impl State {
             return;
         }
         s.merge_error = None;
-        drop(s);
+        // `s` stays locked to the end: two publishes at once must not make two meshes of
+        // the same version (a stream at that version would never get the second).
         let current = self.mesh.borrow().clone();
         if current.is_loaded() && current.raw == merged {
             return;
