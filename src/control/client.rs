@@ -133,7 +133,12 @@ impl Client {
 
     /// Validates the remote config (everything the stream defines) against the local
     /// file; `Ok` holds the snapshot to swap in.
-    fn build(&self, remote: raw::File, version: &str) -> Result<Snapshot, String> {
+    fn build(
+        &self,
+        remote: raw::File,
+        version: &str,
+        unchanged: impl Fn(&str) -> bool,
+    ) -> Result<Snapshot, String> {
         let merged = mesh::merge_local(&self.local, remote);
         let cfg = config::validate(&merged).map_err(|errs| {
             errs.iter()
@@ -159,7 +164,13 @@ impl Client {
                 .collect::<Vec<_>>()
                 .join("; "));
         }
-        Ok(Snapshot::new(cfg, version.to_string()))
+        let prev = self.shared.snapshot.load();
+        Ok(Snapshot::reusing(
+            cfg,
+            version.to_string(),
+            Some(&prev),
+            unchanged,
+        ))
     }
 
     /// Stages an incremental push onto `held`, validates the result and swaps it in; the
@@ -169,7 +180,9 @@ impl Client {
             return Err(format!("unexpected type_url {:?}", resp.type_url));
         }
         let staged = held.stage(resp)?;
-        let snapshot = self.build(held.remote(&staged), &resp.system_version_info)?;
+        let snapshot = self.build(held.remote(&staged), &resp.system_version_info, |c| {
+            held.unchanged(&staged, c)
+        })?;
         self.shared.store(snapshot);
         let n = staged.len();
         held.commit(staged);

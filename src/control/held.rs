@@ -130,6 +130,14 @@ impl Held {
         }
     }
 
+    /// Whether cluster `name` is held and `staged` leaves it as it is: its snapshot state
+    /// can be kept.
+    pub fn unchanged(&self, staged: &Staged, name: &str) -> bool {
+        self.clusters.contains_key(name)
+            && !staged.clusters.contains_key(name)
+            && !staged.removed.iter().any(|r| r == name)
+    }
+
     /// Held clusters.
     pub fn cluster_count(&self) -> usize {
         self.clusters.len()
