@@ -1181,7 +1181,7 @@ def scale_section(records: list[dict], meta: dict) -> list[str]:
     ]
 
     def row(label, target, value, ok, digits=1):
-        mark = "" if value is None else (" ✓" if ok(value) else " ✗")
+        mark = "" if value is None or not target else (" ✓" if ok(value) else " ✗")
         out.append(f"| {label} | {target} | {fmt(value, digits)}{mark} |")
 
     row("change-to-ACK p50, ms (all streams)", "", ack.get("p50"), lambda v: True)
