@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "routes", "defaults", "tracing", "lb", "control", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "routes", "defaults", "tracing", "lb", "control", "scale", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -1268,6 +1268,70 @@ def control_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === scale ===
+
+
+def scale_section(records: list[dict], meta: dict) -> list[str]:
+    run = next((r for r in records if r.get("kind") == "run"), {})
+    res = run.get("result") or {}
+    ack = res.get("ack_ms") or {}
+    side = res.get("sidecar_apply_ms") or {}
+    out = [
+        "## Control plane at scale (`bench/run.sh scale`)",
+        "",
+        f"Run {meta.get('date', '?')}. `spoke control` with a generated mesh of {run.get('services', '?')} "
+        f"Services x {run.get('endpoints', '?')} endpoints, a host route and a VIP each "
+        f"({fmt(mib(run.get('mesh_bytes', 0) / 1024 if run.get('mesh_bytes') else None))} MiB of YAML; "
+        "Service 0 in a file of its own), "
+        f"{res.get('clients', '?')} incremental discovery streams from `target/release/examples/control_scale` "
+        "(each its own TLS connection, ACKing every push) and one real `spoke proxy` sidecar "
+        "(`TOKIO_WORKER_THREADS=1`) fed by the same control plane. One endpoint of Service 0 flaps "
+        f"(removed, added back) {res.get('hz', '?')} times a second, {res.get('changes', '?')} changes in all. "
+        "Change-to-ACK: from the rename of the file to each stream sending its ACK; the sidecar's "
+        "from the rename to its admin `/server_info` showing the new version (polled every 2 ms). "
+        "CPU per change: the control plane's utime+stime over the flapping (file watch, parse, "
+        "publish, 101 pushes and ACKs) divided by the changes. Everything shares 2 cores with "
+        "the load client and other work on the machine, so the numbers are noisy.",
+        "",
+        "| measure | target | result |",
+        "|---|---|---|",
+    ]
+
+    def row(label, target, value, ok, digits=1):
+        mark = "" if value is None or not target else (" ✓" if ok(value) else " ✗")
+        out.append(f"| {label} | {target} | {fmt(value, digits)}{mark} |")
+
+    row("change-to-ACK p50, ms (all streams)", "", ack.get("p50"), lambda v: True)
+    row("change-to-ACK p99, ms (all streams)", "≤ 100", ack.get("p99"), lambda v: v <= 100)
+    row("change-to-ACK max, ms", "", ack.get("max"), lambda v: True)
+    row("sidecar change-to-apply p50, ms", "", side.get("p50"), lambda v: True)
+    row("sidecar change-to-apply p99, ms", "≤ 100", side.get("p99"), lambda v: v <= 100)
+    row("control plane CPU per change, ms", "≤ 10", res.get("control_cpu_ms_per_change"), lambda v: v <= 10)
+    row("bytes per stream per change", "≤ 10,240", res.get("bytes_per_client_per_change"), lambda v: v <= 10240, 0)
+    row("bytes of the first (full) push per stream", "", res.get("initial_bytes_per_client"), lambda v: True, 0)
+    row("control plane RSS idle (1 sidecar), MiB", "", mib(run.get("control_idle_rss_kib")), lambda v: True)
+    row("control plane RSS after the flapping, MiB", "", mib(res.get("control_rss_kib")), lambda v: True)
+    row("sidecar RSS before the flapping, MiB", "≤ 20", mib(res.get("sidecar_rss_kib_start")), lambda v: v <= 20)
+    row("sidecar RSS after the flapping, MiB", "≤ 20, flat", mib(res.get("sidecar_rss_kib_end")), lambda v: v <= 20)
+    row("changes a stream missed", "0", res.get("missed"), lambda v: v == 0, 0)
+    if res.get("error"):
+        out.append(f"\nThe load client failed: {res['error']}")
+    out += [
+        "",
+        f"Control plane counters at the end: {run.get('pushes_total')} pushes, "
+        f"{run.get('push_bytes_total')} bytes, {run.get('resources_sent_total')} resources.",
+        "",
+        "```",
+        f"{run.get('control_cmd', '')}",
+        f"{run.get('sidecar_cmd', '')}",
+        f"{run.get('load_cmd', '')}",
+        "```",
+        "",
+    ]
+    out += foreign_notes([dict(r, kind="idle") if r.get("kind") == "run" else r for r in records], meta)
+    return out
+
+
 # === startup ===
 
 
@@ -1410,6 +1474,8 @@ def main() -> None:
             sections += lb_section(records, meta)
         elif scenario == "control":
             sections += control_section(records, meta)
+        elif scenario == "scale":
+            sections += scale_section(records, meta)
         elif scenario == "startup":
             sections += startup_section(records, meta)
     args.results.write_text("\n".join(header(newest) + sections).rstrip() + "\n")

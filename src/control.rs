@@ -8,8 +8,11 @@
 pub mod ads;
 pub mod certify;
 pub mod client;
+pub mod delta;
 pub mod discovery;
+pub mod held;
 pub mod mesh;
+pub mod resources;
 pub mod review;
 pub mod serve;
 pub mod server_stats;

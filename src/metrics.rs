@@ -454,6 +454,10 @@ pub struct ControlMetrics {
     /// The mesh config version being served.
     pub mesh_version: IntGauge,
     pub pushes: prometheus::IntCounter,
+    /// Encoded size of every push (protobuf message, before gRPC framing and TLS).
+    pub push_bytes: prometheus::IntCounter,
+    /// Resources sent or removed by pushes (a whole-config push counts one).
+    pub resources_sent: prometheus::IntCounter,
     pub acks: prometheus::IntCounter,
     pub nacks: prometheus::IntCounter,
     /// `{result}` applied | rejected: mesh config directory loads.
@@ -516,6 +520,16 @@ impl ControlMetrics {
                 &r,
                 "spoke_control_pushes_total",
                 "config pushes sent to sidecars",
+            ),
+            push_bytes: plain_counter(
+                &r,
+                "spoke_control_push_bytes_total",
+                "bytes of config pushes sent to sidecars (encoded messages)",
+            ),
+            resources_sent: plain_counter(
+                &r,
+                "spoke_control_resources_sent_total",
+                "resources sent or removed by config pushes",
             ),
             acks: plain_counter(&r, "spoke_control_acks_total", "pushes sidecars accepted"),
             nacks: plain_counter(&r, "spoke_control_nacks_total", "pushes sidecars rejected"),

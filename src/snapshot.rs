@@ -162,10 +162,28 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn new(config: Config, version: String) -> Self {
+        Self::reusing(config, version, None, |_| false)
+    }
+
+    /// A snapshot that shares `prev`'s state of every cluster `unchanged` names (an
+    /// incremental push knows which clusters it did not touch): nothing is rebuilt for
+    /// them, and their runtime state is the one they already have.
+    pub fn reusing(
+        config: Config,
+        version: String,
+        prev: Option<&Snapshot>,
+        unchanged: impl Fn(&str) -> bool,
+    ) -> Self {
         let clusters = config
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Arc::new(ClusterState::new(c.clone()))))
+            .map(|c| {
+                let kept = prev
+                    .filter(|_| unchanged(&c.name))
+                    .and_then(|p| p.clusters.get(&c.name).cloned());
+                let state = kept.unwrap_or_else(|| Arc::new(ClusterState::new(c.clone())));
+                (c.name.clone(), state)
+            })
             .collect();
         let inbound = config
             .inbound

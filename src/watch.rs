@@ -35,6 +35,17 @@ pub fn dir_of(file: &Path) -> PathBuf {
         .to_path_buf()
 }
 
+/// Whether an event can mean new content. Opening, reading and closing a file unwritten
+/// cannot; and the callback reads the files itself, so counting those would call it again
+/// and again for ever.
+fn changes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(a) => matches!(a, AccessKind::Close(AccessMode::Write)),
+        _ => true,
+    }
+}
+
 // === impl Watch ===
 
 impl Watch {
@@ -45,7 +56,7 @@ impl Watch {
         // Kept alive for as long as this task runs; dropping it stops the notifications.
         let mut watcher = match notify::recommended_watcher(
             move |r: notify::Result<notify::Event>| {
-                if r.is_ok() {
+                if r.is_ok_and(|e| changes(&e.kind)) {
                     let _ = tx.try_send(());
                 }
             },
@@ -91,6 +102,32 @@ mod tests {
             dir_of(Path::new("/etc/spoke/cert.pem")),
             PathBuf::from("/etc/spoke")
         );
+    }
+
+    #[tokio::test]
+    async fn reading_the_files_does_not_call_back() {
+        let dir = std::env::temp_dir().join(format!("spoke-watch-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), "x").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let file = dir.join("a.yaml");
+        let watch = Watch {
+            dirs: [dir.clone()].into(),
+            poll: Duration::from_secs(3600),
+            settle: Duration::from_millis(10),
+            what: "test",
+        };
+        // The callback reads the file, as every real one does.
+        let task = tokio::spawn(watch.run(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            let _ = std::fs::read_to_string(&file);
+        }));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = calls.load(Ordering::SeqCst);
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(n, 1, "only the call at start");
     }
 
     #[tokio::test]

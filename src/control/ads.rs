@@ -1,6 +1,8 @@
-//! The discovery service (xDS ADS): one stream per sidecar, authenticated by its token
+//! The discovery service (xDS ADS), state-of-the-world flavour: one stream per client, authenticated by its token
 //! (bootstrap or, with Kubernetes, ServiceAccount); the full current mesh on connect, every new version after, ACK/NACK and stale
-//! nonces handled as in xDS, and the sidecar's row in `/status` kept up to date.
+//! nonces handled as in xDS, and the sidecar's row in `/status` kept up to date. Each push is
+//! the whole config as one resource; sidecars use the incremental stream (`delta`) instead,
+//! this one stays for xDS tooling and older sidecars.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::mesh;
 use super::pb::ads::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use super::pb::ads::{Any, DiscoveryRequest, DiscoveryResponse};
+use super::pb::ads::{Any, DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
 use super::state::{lock, unix_now, Mesh, SidecarStatus, State};
 use super::CONFIG_TYPE_URL;
 use crate::config::Identity;
@@ -47,6 +49,14 @@ type ResponseStream =
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
     type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = super::delta::DeltaStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        super::delta::start(self.0.clone(), req).await
+    }
 
     async fn stream_aggregated_resources(
         &self,
@@ -176,6 +186,11 @@ async fn send(
         s.sent_version = Some(resp.version_info.clone());
     }
     state.metrics.pushes.inc();
+    state
+        .metrics
+        .push_bytes
+        .inc_by(prost::Message::encoded_len(&resp) as u64);
+    state.metrics.resources_sent.inc_by(1);
     tx.send(Ok(resp))
         .await
         .map_err(|_| Status::cancelled("stream closed"))?;

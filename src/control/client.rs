@@ -1,8 +1,8 @@
 //! The sidecar's side of the control plane: fetch a workload certificate (a key made here,
 //! a CSR and the bootstrap token; renewed at 70% of its lifetime, the old one kept while
-//! renewal fails), and follow the discovery stream: validate each push against the local
-//! file, apply it with one snapshot swap and ACK, or NACK it and keep serving the last good
-//! one. Reconnects with jittered backoff; `/ready` waits for the first good snapshot.
+//! renewal fails), and follow the incremental discovery stream: stage each push onto the
+//! held resources (`held`), validate the result against the local file, apply it with one
+//! snapshot swap and ACK, or NACK it and keep serving the last good one. Reconnects with jittered backoff; `/ready` waits for the first good snapshot.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +11,10 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::held::Held;
 use super::mesh;
 use super::pb::ads::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use super::pb::ads::{DiscoveryRequest, DiscoveryResponse, Node, Status as PbStatus};
+use super::pb::ads::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as PbStatus};
 use super::pb::identity::identity_client::IdentityClient;
 use super::pb::identity::CertifyRequest;
 use super::CONFIG_TYPE_URL;
@@ -130,16 +131,14 @@ impl Client {
         }
     }
 
-    /// Validates a push against the local file; `Ok` holds the snapshot to swap in.
-    fn build(&self, resp: &DiscoveryResponse) -> Result<Snapshot, String> {
-        if resp.type_url != CONFIG_TYPE_URL {
-            return Err(format!("unexpected type_url {:?}", resp.type_url));
-        }
-        let [res] = resp.resources.as_slice() else {
-            return Err(format!("expected 1 resource, got {}", resp.resources.len()));
-        };
-        let remote: raw::File = serde_json::from_slice(&res.value)
-            .map_err(|e| format!("resource does not parse: {e}"))?;
+    /// Validates the remote config (everything the stream defines) against the local
+    /// file; `Ok` holds the snapshot to swap in.
+    fn build(
+        &self,
+        remote: raw::File,
+        version: &str,
+        unchanged: impl Fn(&str) -> bool,
+    ) -> Result<Snapshot, String> {
         let merged = mesh::merge_local(&self.local, remote);
         let cfg = config::validate(&merged).map_err(|errs| {
             errs.iter()
@@ -165,24 +164,45 @@ impl Client {
                 .collect::<Vec<_>>()
                 .join("; "));
         }
-        Ok(Snapshot::new(cfg, resp.version_info.clone()))
+        let prev = self.shared.snapshot.load();
+        Ok(Snapshot::reusing(
+            cfg,
+            version.to_string(),
+            Some(&prev),
+            unchanged,
+        ))
     }
 
-    /// One discovery stream, until it breaks.
-    async fn stream(&self, last_good: &mut String) -> Result<(), String> {
+    /// Stages an incremental push onto `held`, validates the result and swaps it in; the
+    /// error is the NACK's message.
+    fn apply(&self, held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<usize, String> {
+        if resp.type_url != CONFIG_TYPE_URL {
+            return Err(format!("unexpected type_url {:?}", resp.type_url));
+        }
+        let staged = held.stage(resp)?;
+        let snapshot = self.build(held.remote(&staged), &resp.system_version_info, |c| {
+            held.unchanged(&staged, c)
+        })?;
+        self.shared.store(snapshot);
+        let n = staged.len();
+        held.commit(staged);
+        Ok(n)
+    }
+
+    /// One incremental discovery stream, until it breaks. It opens with the resources
+    /// `held` already has, so the control plane sends only what differs.
+    async fn stream(&self, held: &mut Held) -> Result<(), String> {
         let channel = self.channel().await?;
         let (tx, rx) = mpsc::channel(4);
         let node = Some(Node {
             id: self.node_id.clone(),
             cluster: String::new(),
         });
-        let first = DiscoveryRequest {
-            version_info: last_good.clone(),
+        let first = DeltaDiscoveryRequest {
             node: node.clone(),
-            resource_names: vec![],
             type_url: CONFIG_TYPE_URL.into(),
-            response_nonce: String::new(),
-            error_detail: None,
+            initial_resource_versions: held.versions(),
+            ..Default::default()
         };
         tx.send(first).await.map_err(|e| e.to_string())?;
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
@@ -194,58 +214,49 @@ impl Client {
                 .map_err(|_| "token is not a valid header value".to_string())?,
         );
         let mut stream = AggregatedDiscoveryServiceClient::new(channel)
-            .stream_aggregated_resources(req)
+            .delta_aggregated_resources(req)
             .await
             .map_err(|s| format!("stream refused: {}", s.message()))?
             .into_inner();
         self.shared.metrics.control_connected.set(1);
-        tracing::info!(address = %self.control.address, "control stream connected");
+        tracing::info!(address = %self.control.address, held = held.cluster_count(), "control stream connected");
         let metrics = &self.shared.metrics;
         while let Some(resp) = stream
             .message()
             .await
             .map_err(|s| s.message().to_string())?
         {
-            let reply = match self.build(&resp) {
-                Ok(snapshot) => {
-                    tracing::info!(version = %resp.version_info, "config applied");
-                    self.shared
-                        .record_update("applied", &resp.version_info, None);
-                    self.shared.store(snapshot);
+            let version = &resp.system_version_info;
+            let error_detail = match self.apply(held, &resp) {
+                Ok(n) => {
+                    tracing::info!(version = %version, resources = n, "config applied");
+                    self.shared.record_update("applied", version, None);
                     metrics.config_updates.with_label_values(&["applied"]).inc();
-                    *last_good = resp.version_info.clone();
                     self.have_config
                         .store(true, std::sync::atomic::Ordering::Release);
                     self.update_readiness();
-                    DiscoveryRequest {
-                        version_info: resp.version_info.clone(),
-                        node: node.clone(),
-                        resource_names: vec![],
-                        type_url: CONFIG_TYPE_URL.into(),
-                        response_nonce: resp.nonce.clone(),
-                        error_detail: None,
-                    }
+                    None
                 }
                 Err(e) => {
-                    tracing::warn!(version = %resp.version_info, error = %e, "config rejected (NACK); keeping the last good one");
+                    tracing::warn!(version = %version, error = %e, "config rejected (NACK); keeping the last good one");
                     self.shared
-                        .record_update("rejected", &resp.version_info, Some(e.clone()));
+                        .record_update("rejected", version, Some(e.clone()));
                     metrics
                         .config_updates
                         .with_label_values(&["rejected"])
                         .inc();
-                    DiscoveryRequest {
-                        version_info: last_good.clone(),
-                        node: node.clone(),
-                        resource_names: vec![],
-                        type_url: CONFIG_TYPE_URL.into(),
-                        response_nonce: resp.nonce.clone(),
-                        error_detail: Some(PbStatus {
-                            code: 3,
-                            message: e,
-                        }),
-                    }
+                    Some(PbStatus {
+                        code: 3,
+                        message: e,
+                    })
                 }
+            };
+            let reply = DeltaDiscoveryRequest {
+                node: node.clone(),
+                type_url: CONFIG_TYPE_URL.into(),
+                response_nonce: resp.nonce.clone(),
+                error_detail,
+                ..Default::default()
             };
             if tx.send(reply).await.is_err() {
                 break;
@@ -256,10 +267,10 @@ impl Client {
 
     async fn discovery(self: Arc<Self>) {
         let mut backoff = BACKOFF_MIN;
-        let mut last_good = String::new();
+        let mut held = Held::default();
         loop {
             let started = std::time::Instant::now();
-            let r = self.stream(&mut last_good).await;
+            let r = self.stream(&mut held).await;
             self.shared.metrics.control_connected.set(0);
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = BACKOFF_MIN;

@@ -136,6 +136,62 @@ pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<Diagnostic>> {
     }
 }
 
+/// Parsed mesh files by path, each reused while its text is unchanged: a change to one
+/// small file (one Service's endpoints) does not re-parse a large one beside it.
+#[derive(Default)]
+pub struct ParseCache {
+    files: HashMap<std::path::PathBuf, (u64, raw::File)>,
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// `load_dir`, parsing only the files whose text changed since the last call with `cache`.
+/// Errors are placed by a full `load_dir` (the slow path runs only on a broken config).
+pub fn load_dir_cached(dir: &Path, cache: &mut ParseCache) -> Result<raw::File, Vec<Diagnostic>> {
+    let names = files(dir).map_err(|e| vec![Diagnostic::whole(&dir.display().to_string(), e)])?;
+    cache.files.retain(|p, _| names.contains(p));
+    let mut merged = raw::File::default();
+    for p in &names {
+        let Ok(text) = std::fs::read_to_string(p) else {
+            return load_dir(dir);
+        };
+        let hash = text_hash(&text);
+        let f = match cache.files.get(p) {
+            Some((h, f)) if *h == hash => f,
+            _ => match config::parse_located(&text) {
+                Ok((f, _)) if check_mesh_only(&f).is_empty() => {
+                    &cache
+                        .files
+                        .entry(p.clone())
+                        .insert_entry((hash, f))
+                        .into_mut()
+                        .1
+                }
+                _ => return load_dir(dir),
+            },
+        };
+        merged.clusters.extend(f.clusters.iter().cloned());
+        merged.routes.extend(f.routes.iter().cloned());
+        merged.services.extend(f.services.iter().cloned());
+        merged.workloads.extend(f.workloads.iter().cloned());
+        if f.default_policy.is_some() {
+            merged.default_policy = f.default_policy;
+        }
+        if f.tracing.is_some() {
+            merged.tracing = f.tracing.clone();
+        }
+    }
+    match config::validate(&merged) {
+        Ok(_) => Ok(merged),
+        Err(_) => load_dir(dir),
+    }
+}
+
 /// A mesh config holds only what the control plane distributes.
 fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
     let mut out = Vec::new();
@@ -162,12 +218,19 @@ fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
 /// What one workload receives: the shared clusters, routes and services, plus its own
 /// inbound policy.
 pub fn workload_view(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
+    raw::File {
+        clusters: mesh.clusters.clone(),
+        ..workload_rest(mesh, id)
+    }
+}
+
+/// A workload's view without the clusters: the body of its `mesh` resource.
+pub fn workload_rest(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
     let inbound = id
         .and_then(|id| mesh.workloads.iter().find(|w| w.identity == id.as_str()))
         .map(|w| w.inbound.clone())
         .unwrap_or_default();
     raw::File {
-        clusters: mesh.clusters.clone(),
         routes: mesh.routes.clone(),
         services: mesh.services.clone(),
         inbound,

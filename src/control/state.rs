@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::mesh;
+use super::resources::Resources;
 use super::review::TokenReviewer;
 use super::token::TokenKey;
 use crate::ca::Ca;
@@ -23,6 +24,8 @@ use crate::metrics::ControlMetrics;
 pub struct Mesh {
     pub version: u64,
     pub raw: raw::File,
+    /// The incremental stream's resources of this version.
+    pub resources: Resources,
 }
 
 impl Mesh {
@@ -65,6 +68,8 @@ pub struct State {
     pub metrics: ControlMetrics,
     pub(super) next_stream: AtomicU64,
     sources: Mutex<Sources>,
+    /// The directory's files as last parsed.
+    parsed: Mutex<mesh::ParseCache>,
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -94,6 +99,7 @@ impl State {
         let (tx, _) = watch::channel(Arc::new(Mesh {
             version: 0,
             raw: raw::File::default(),
+            resources: Resources::default(),
         }));
         let state = Arc::new(State {
             mesh: tx,
@@ -109,6 +115,7 @@ impl State {
                 kube: kubernetes.then_some(None),
                 ..Sources::default()
             }),
+            parsed: Mutex::default(),
         });
         state.publish();
         state
@@ -121,7 +128,8 @@ impl State {
         if !had && mesh::files(dir).is_ok_and(|f| f.is_empty()) {
             return;
         }
-        match mesh::load_dir(dir) {
+        let loaded = mesh::load_dir_cached(dir, &mut lock(&self.parsed));
+        match loaded {
             Ok(raw) => {
                 let mut s = lock(&self.sources);
                 s.dir_error = None;
@@ -164,12 +172,17 @@ impl State {
     /// Kubernetes ones of the same cluster name or VIP: an operator's file is the override.
     pub fn publish(&self) {
         let mut s = lock(&self.sources);
-        let merged = match (&s.dir, &s.kube) {
+        let (merged, checked) = match (&s.dir, &s.kube) {
             (_, Some(None)) | (None, None) => return,
-            (Some(d), None) => d.clone(),
-            (d, Some(Some(k))) => merge(d.clone().unwrap_or_default(), k),
+            // The directory alone was validated as it was loaded.
+            (Some(d), None) => (d.clone(), true),
+            (d, Some(Some(k))) => (merge(d.clone().unwrap_or_default(), k), false),
         };
-        if let Err(errors) = config::validate(&merged) {
+        if let Err(errors) = if checked {
+            Ok(())
+        } else {
+            config::validate(&merged).map(drop)
+        } {
             self.metrics
                 .config_loads
                 .with_label_values(&["rejected"])
@@ -182,7 +195,8 @@ impl State {
             return;
         }
         s.merge_error = None;
-        drop(s);
+        // `s` stays locked to the end: two publishes at once must not make two meshes of
+        // the same version (a stream at that version would never get the second).
         let current = self.mesh.borrow().clone();
         if current.is_loaded() && current.raw == merged {
             return;
@@ -198,9 +212,14 @@ impl State {
         } else {
             tracing::info!(version, "mesh config changed; pushing");
         }
+        let prev = current
+            .is_loaded()
+            .then_some((&current.raw, &current.resources));
+        let resources = Resources::build(&merged, prev, version);
         self.mesh.send_replace(Arc::new(Mesh {
             version,
             raw: merged,
+            resources,
         }));
     }
 
