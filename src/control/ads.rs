@@ -43,8 +43,34 @@ fn response(mesh: &Mesh, id: Option<&Identity>) -> DiscoveryResponse {
 /// The discovery service.
 pub struct Ads(pub Arc<State>);
 
-type ResponseStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+/// A discovery stream's responses: tonic reads them from a channel the stream's task writes.
+pub(super) type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+type ResponseStream = Stream<DiscoveryResponse>;
+
+/// Runs one discovery stream on a task of its own (`serve` gets the stream's id and the
+/// sending half), counted in the sidecars gauge while it lives and dropped from `/status`
+/// when it ends, whichever kind of stream it is.
+pub(super) fn spawn_stream<T, F, Fut>(state: Arc<State>, kind: &'static str, serve: F) -> Stream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<State>, u64, mpsc::Sender<Result<T, Status>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    let id = state
+        .next_stream
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::spawn(async move {
+        state.metrics.sidecars.inc();
+        if let Err(e) = serve(state.clone(), id, tx).await {
+            tracing::debug!(error = %e, kind, "discovery stream ended");
+        }
+        lock(&state.sidecars).remove(&id);
+        state.metrics.sidecars.dec();
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
@@ -72,18 +98,13 @@ impl AggregatedDiscoveryService for Ads {
             None => return Err(Status::unauthenticated("a bearer token is required")),
         };
         let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(4);
-        let id = state
-            .next_stream
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(async move {
-            if let Err(e) = serve_stream(&state, id, identity, &mut inbound, tx).await {
-                tracing::debug!(error = %e, "discovery stream ended");
-            }
-            lock(&state.sidecars).remove(&id);
-            state.metrics.sidecars.dec();
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(spawn_stream(
+            state,
+            "state of the world",
+            move |state, id, tx| async move {
+                serve_stream(&state, id, identity, &mut inbound, tx).await
+            },
+        )))
     }
 }
 
@@ -94,7 +115,6 @@ async fn serve_stream(
     inbound: &mut Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) -> Result<(), Status> {
-    state.metrics.sidecars.inc();
     let mut mesh_rx = state.mesh.subscribe();
     // The first request names the node and the type it wants.
     let Some(first) = inbound.message().await? else {

@@ -7,12 +7,10 @@
 //! version is not sent again; the next mesh version is sent against the ACKed set.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::ads::{Any, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
@@ -22,8 +20,7 @@ use super::CONFIG_TYPE_URL;
 use crate::config::Identity;
 
 /// The response stream of `DeltaAggregatedResources`.
-pub type DeltaStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+pub type DeltaStream = super::ads::Stream<DeltaDiscoveryResponse>;
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
@@ -60,19 +57,11 @@ pub async fn start(
         .await
         .map_err(|e| e.status())?;
     let mut inbound = req.into_inner();
-    let (tx, rx) = mpsc::channel(4);
-    let id = state
-        .next_stream
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tokio::spawn(async move {
-        state.metrics.sidecars.inc();
-        if let Err(e) = serve(&state, id, identity, &mut inbound, tx).await {
-            tracing::debug!(error = %e, "incremental discovery stream ended");
-        }
-        lock(&state.sidecars).remove(&id);
-        state.metrics.sidecars.dec();
-    });
-    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    Ok(Response::new(super::ads::spawn_stream(
+        state,
+        "incremental",
+        move |state, id, tx| async move { serve(&state, id, identity, &mut inbound, tx).await },
+    )))
 }
 
 async fn serve(
