@@ -309,8 +309,8 @@ async fn malformed_requests_are_400_with_a_clear_message() {
     assert!(wrong.is_err(), "{wrong:?}");
 }
 
-#[test]
-fn the_webhook_is_off_without_a_certificate_and_a_half_pair_is_refused() {
+/// `spoke control` on a fresh mesh with `args` added, expected to refuse to start: its stderr.
+fn control_refused(args: &[&str]) -> String {
     let mesh = Mesh::new();
     let (cp, cs) = (free_port(), free_port());
     let out = Command::new(env!("CARGO_BIN_EXE_spoke"))
@@ -327,39 +327,29 @@ fn the_webhook_is_off_without_a_certificate_and_a_half_pair_is_refused() {
             "--stats",
             &format!("127.0.0.1:{cs}"),
         ])
-        .args(["--webhook-cert", "/nonexistent/cert.pem"])
+        .args(args)
+        .env_remove("SPOKE_INIT_IMAGE")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_webhook_is_off_without_a_certificate_and_a_half_pair_is_refused() {
+    let err = control_refused(&["--webhook-cert", "/nonexistent/cert.pem"]);
     assert!(err.contains("--webhook-key"), "{err}");
 }
 
 #[test]
 fn a_webhook_with_a_digest_pinned_image_and_no_init_image_does_not_start() {
-    let mesh = Mesh::new();
-    let (cp, cs) = (free_port(), free_port());
-    let out = Command::new(env!("CARGO_BIN_EXE_spoke"))
-        .args([
-            "control",
-            "--config-dir",
-            mesh.mesh.to_str().unwrap(),
-            "--ca",
-        ])
-        .arg(&mesh.ca)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{cp}"),
-            "--stats",
-            &format!("127.0.0.1:{cs}"),
-        ])
-        .args(["--webhook-cert", "/nonexistent/cert.pem"])
-        .args(["--webhook-key", "/nonexistent/key.pem"])
-        .args(["--image", "reg.example/spoke@sha256:0123456789abcdef"])
-        .env_remove("SPOKE_INIT_IMAGE")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = control_refused(&[
+        "--webhook-cert",
+        "/nonexistent/cert.pem",
+        "--webhook-key",
+        "/nonexistent/key.pem",
+        "--image",
+        "reg.example/spoke@sha256:0123456789abcdef",
+    ]);
     assert!(err.contains("--init-image"), "{err}");
 }
