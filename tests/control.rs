@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,16 +14,6 @@ use support::http::*;
 use support::mesh::*;
 use support::pki::{BACKEND, WEB};
 use support::*;
-
-/// One TCP round trip through the proxy; the upstream answers with its name.
-fn who(port: u16) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.shutdown(std::net::Shutdown::Write).ok()?;
-    let mut b = String::new();
-    s.read_to_string(&mut b).ok()?;
-    Some(b)
-}
 
 fn backend_at(addr: std::net::SocketAddr) -> String {
     format!("clusters: [ {{ name: backend, endpoints: [ {{ address: \"{addr}\" }} ] }} ]\n")

@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::time::Duration;
 
 use prost::Message;
@@ -128,15 +127,6 @@ impl Raw {
 
 fn names(resp: &DeltaDiscoveryResponse) -> Vec<&str> {
     resp.resources.iter().map(|r| r.name.as_str()).collect()
-}
-
-fn who(port: u16) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.shutdown(std::net::Shutdown::Write).ok()?;
-    let mut b = String::new();
-    s.read_to_string(&mut b).ok()?;
-    Some(b)
 }
 
 fn control_metric(stats: u16, name: &str) -> f64 {
