@@ -7,13 +7,16 @@
 //! unless it names `access` itself.
 //!
 //! Lines are written by a thread of their own (`tracing-appender`'s non-blocking writer over
-//! a buffered stderr), so a worker never waits on a slow log pipe and a burst of access lines
-//! costs the request path one channel send each; the writer thread drains what is queued and
-//! writes it in one go. Beyond `QUEUED_LINES` waiting lines, new ones are dropped rather than
-//! stalling traffic.
+//! a buffered stderr), so a worker never waits on a slow log pipe; the writer thread drains
+//! what is queued and writes it in one go. Beyond `QUEUED_LINES` waiting lines, new ones are
+//! dropped rather than stalling traffic. Access events, the one kind with a line per request,
+//! skip the generic formatter and the per-line hand-off: see [`access`].
+
+mod access;
 
 use std::sync::Arc;
 
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 
 /// Changes the live log filter. Cheap to clone; absent when logging was not set up by us
@@ -21,8 +24,15 @@ use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 #[derive(Clone)]
 pub struct LogHandle {
     set: Arc<SetFilter>,
-    /// Keeps the writer thread alive; the last clone dropped flushes what is queued.
-    _writer: Arc<tracing_appender::non_blocking::WorkerGuard>,
+    /// Keeps the writer threads alive; the last clone dropped flushes what is queued.
+    _writers: Arc<Writers>,
+}
+
+/// Dropped in field order: the access flusher hands its last lines to the stderr writer
+/// before that one flushes and ends.
+struct Writers {
+    _access: access::AccessLog,
+    _stderr: tracing_appender::non_blocking::WorkerGuard,
 }
 
 /// Log lines waiting for the writer thread at most.
@@ -86,14 +96,19 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
             WRITE_BUF,
             std::io::stderr(),
         ));
-    let registry = Registry::default().with(filter);
+    let (access_log, access_layer) =
+        access::AccessLog::start(writer.clone(), format == LogFormat::Json)
+            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+    let not_access = || filter_fn(|m| m.target() != access::TARGET);
+    let registry = Registry::default().with(filter).with(access_layer);
     let result = match format {
         LogFormat::Plain => registry
             .with(
                 fmt::layer()
                     .with_writer(writer)
                     .with_target(true)
-                    .with_ansi(use_colour()),
+                    .with_ansi(use_colour())
+                    .with_filter(not_access()),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -103,7 +118,8 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_ansi(false)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .with_filter(not_access()),
             )
             .try_init(),
     };
@@ -113,6 +129,9 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
             let new = access_filter(f)?;
             handle.reload(new).map_err(|e| e.to_string())
         }),
-        _writer: Arc::new(guard),
+        _writers: Arc::new(Writers {
+            _access: access_log,
+            _stderr: guard,
+        }),
     })
 }
