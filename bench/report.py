@@ -89,6 +89,12 @@ def tcp_rows(records: list[dict]) -> tuple[list[str], dict[str, dict]]:
             [100 * r["proxy_cpu_s"] / r["wall_s"] for r in row["iperf"]
              if r.get("proxy_cpu_s") is not None and r.get("bps") and r.get("wall_s")]
         )
+        # iperf3's own client + server CPU, per Gbit/s carried: what the proxy's read and
+        # write sizes cost the endpoints, fair across rows of different throughput.
+        eps = [r for r in row["iperf"] if isinstance(r.get("endpoint_cpu"), dict) and r.get("bps")]
+        row["ep_cpu"] = median([r["endpoint_cpu"]["client"] + r["endpoint_cpu"]["server"] for r in eps])
+        row["ep_cpu_gbps"] = median(
+            [(r["endpoint_cpu"]["client"] + r["endpoint_cpu"]["server"]) / (r["bps"] / 1e9) for r in eps])
         ok = [r for r in row["connrate"] if isinstance(r.get("result"), dict)]
         row["cps"] = median([r["result"]["rate"] for r in ok])
         row["cpu_cr"] = median(
@@ -119,15 +125,16 @@ def tcp_section(records: list[dict], meta: dict) -> list[str]:
         "lower for RSS).",
         "",
         "| target | threads | throughput Gbit/s | conns/s | idle RSS MiB | loaded RSS MiB | peak RSS MiB "
-        "| CPU % (iperf) | CPU % (conns) | throughput vs Envoy | conns/s vs Envoy | loaded RSS vs Envoy |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| CPU % (iperf) | CPU % (conns) | iperf3 client+server CPU % | same per Gbit/s "
+        "| throughput vs Envoy | conns/s vs Envoy | loaded RSS vs Envoy |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     skipped = []
     for name in order:
         row = rows[name]
         if row.get("skipped"):
             skipped.append(f"- `{row['label']}` skipped: {row['skipped']}")
-            out.append(f"| {row['label']} | — | skipped | skipped | — | — | — | — | — | — | — | — |")
+            out.append(f"| {row['label']} | — | skipped | skipped |" + " — |" * 10)
             continue
         ref = rows.get(ENVOY_REF.get(name, "envoy"), {})
         direct = name == "direct"
@@ -142,12 +149,31 @@ def tcp_section(records: list[dict], meta: dict) -> list[str]:
                 "—" if direct else fmt(row["peak"]),
                 "—" if direct else fmt(row["cpu_tp"], 0),
                 "—" if direct else fmt(row["cpu_cr"], 0),
+                fmt(row["ep_cpu"], 0),
+                fmt(row["ep_cpu_gbps"], 1),
                 ratio(row["gbps"], ref.get("gbps")),
                 ratio(row["cps"], ref.get("cps")),
                 "—" if direct else ratio(row["loaded"], ref.get("loaded")),
             ]) + " |"
         )
     out.append("")
+    sp, en = rows.get("spoke", {}), rows.get("envoy", {})
+    if sp.get("gbps") and en.get("gbps"):
+        tp = sp["gbps"] / en["gbps"]
+        out += [
+            "Targets (performance issue, goal 4): `spoke` (1 worker) vs `envoy` (--concurrency 1).",
+            "",
+            "| goal | target | spoke | envoy | ratio | |",
+            "|---|---|--:|--:|--:|---|",
+            f"| iperf3 throughput, Gbit/s | ≥ 1.2× Envoy | {fmt(sp['gbps'], 2)} | {fmt(en['gbps'], 2)} "
+            f"| {tp:.2f}× | {'met' if tp >= 1.2 else '**not met**'} |",
+        ]
+        if sp.get("ep_cpu_gbps") and en.get("ep_cpu_gbps"):
+            r = sp["ep_cpu_gbps"] / en["ep_cpu_gbps"]
+            out.append(
+                f"| iperf3's own CPU (client+server) per Gbit/s | ≤ 1.0× Envoy | {fmt(sp['ep_cpu_gbps'], 1)} "
+                f"| {fmt(en['ep_cpu_gbps'], 1)} | {r:.2f}× | {'met' if r <= 1.0 else '**not met**'} |")
+        out.append("")
     out.append(
         "On a 2-core machine the direct conns/s figure is bound by the kernel's loopback TCP "
         "set-up and tear-down (the C client spends almost all its time in the kernel, and more "
@@ -267,6 +293,12 @@ def mtls_rows(records: list[dict]) -> tuple[list[str], dict[str, dict]]:
         # CPU seconds per GB moved: comparable across rows with different throughput
         row["cpu_per_gb"] = median([r["proxy_cpu_s"] / (r["bps"] * r["wall_s"] / 8e9) for r in ok_ip
                                     if r.get("proxy_cpu_s") is not None and r.get("wall_s")])
+        # iperf3's own client + server CPU, per Gbit/s carried: what the proxy's read and
+        # write sizes cost the endpoints, fair across rows of different throughput.
+        eps = [r for r in row["iperf"] if isinstance(r.get("endpoint_cpu"), dict) and r.get("bps")]
+        row["ep_cpu"] = median([r["endpoint_cpu"]["client"] + r["endpoint_cpu"]["server"] for r in eps])
+        row["ep_cpu_gbps"] = median(
+            [(r["endpoint_cpu"]["client"] + r["endpoint_cpu"]["server"]) / (r["bps"] / 1e9) for r in eps])
         ok = [r for r in row["connrate"] if isinstance(r.get("result"), dict)]
         row["cps"] = median([r["result"]["rate"] for r in ok])
         row["cpu_cr_pct"] = median([100 * r["proxy_cpu_s"] / r["result"]["seconds"] for r in ok

@@ -580,6 +580,17 @@ rss_sum() { # PID... -> summed VmRSS in KiB, or null
     echo "$sum"
 }
 
+iperf_endpoint_cpu() { # FILE -> json:{client,server}: iperf3's own CPU in % of one core, or null
+    python3 - "$1" <<'EOF'
+import json, sys
+try:
+    c = json.load(open(sys.argv[1]))["end"]["cpu_utilization_percent"]
+    print("json:" + json.dumps({"client": c["host_total"], "server": c["remote_total"]}))
+except Exception:
+    print("null")
+EOF
+}
+
 measure_throughput() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=iperf records
     local scen=$1 name=$2 port=$3 i file bps c0 t0 t1 rss err f0 other
     shift 3
@@ -600,6 +611,7 @@ measure_throughput() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=iperf
         if [[ $bps == error:* ]]; then err=${bps#error: } bps=null; fi
         json_obj scenario "$scen" kind iperf target "$name" run "$i" bps "$bps" error "$err" \
             proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" wall_s "$(calc "$t1 - $t0")" \
+            endpoint_cpu "$(iperf_endpoint_cpu "$file")" \
             rss_kib "$rss" other_cpu_s "$other" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
         if [[ $bps == null ]]; then
             log "  $name iperf run $i: FAILED ($err)"

@@ -97,8 +97,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
             std::io::stderr(),
         ));
     let (access_log, access_layer) =
-        access::AccessLog::start(writer.clone(), format == LogFormat::Json)
-            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+        access::AccessLog::new(writer.clone(), format == LogFormat::Json);
     let not_access = || filter_fn(|m| m.target() != access::TARGET);
     let registry = Registry::default().with(filter).with(access_layer);
     let result = match format {

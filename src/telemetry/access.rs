@@ -49,14 +49,25 @@ pub struct AccessLayer {
 /// Stops the flusher after a last flush when dropped.
 pub struct AccessLog {
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+type Out = Box<dyn Write + Send>;
 
 struct Shared {
     slots: Mutex<Vec<Arc<Slot>>>,
     state: Mutex<State>,
     wake: Condvar,
     dropped: AtomicU64,
+    /// The flusher starts with the first line: a proxy without access logging never has
+    /// the thread (nor its stack and malloc arena).
+    flusher: Mutex<Flusher>,
+}
+
+enum Flusher {
+    NotStarted(Out),
+    Running(std::thread::JoinHandle<()>),
+    /// Could not start, or stopped: lines are dropped and counted.
+    Gone,
 }
 
 #[derive(Default)]
@@ -90,28 +101,42 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AccessLog {
-    /// Starts the flusher writing to `out`; returns the guard and the layer to install.
-    pub fn start(
-        out: impl Write + Send + 'static,
-        json: bool,
-    ) -> std::io::Result<(AccessLog, AccessLayer)> {
+    /// The guard and the layer to install; lines go to `out` (started on the first line).
+    pub fn new(out: impl Write + Send + 'static, json: bool) -> (AccessLog, AccessLayer) {
         let shared = Arc::new(Shared {
             slots: Mutex::new(Vec::new()),
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             dropped: AtomicU64::new(0),
+            flusher: Mutex::new(Flusher::NotStarted(Box::new(out))),
         });
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("spoke-access".into())
-            .spawn(move || flusher(&s, out))?;
-        Ok((
+        (
             AccessLog {
                 shared: shared.clone(),
-                thread: Some(thread),
             },
             AccessLayer { shared, json },
-        ))
+        )
+    }
+}
+
+impl Shared {
+    /// Starts the flusher if it is not running yet; false if it cannot run.
+    fn ensure_flusher(self: &Arc<Self>) -> bool {
+        let mut f = lock(&self.flusher);
+        match std::mem::replace(&mut *f, Flusher::Gone) {
+            Flusher::NotStarted(out) => {
+                let s = self.clone();
+                match std::thread::Builder::new()
+                    .name("spoke-access".into())
+                    .spawn(move || flusher(&s, out))
+                {
+                    Ok(t) => *f = Flusher::Running(t),
+                    Err(e) => tracing::error!(error = %e, "cannot start the access log writer"),
+                }
+            }
+            other => *f = other,
+        }
+        matches!(*f, Flusher::Running(_))
     }
 }
 
@@ -119,13 +144,14 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         lock(&self.shared.state).stop = true;
         self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
+        let f = std::mem::replace(&mut *lock(&self.shared.flusher), Flusher::Gone);
+        if let Flusher::Running(t) = f {
             let _ = t.join();
         }
     }
 }
 
-fn flusher(shared: &Shared, mut out: impl Write) {
+fn flusher(shared: &Shared, mut out: Out) {
     let mut spare = Vec::new();
     let mut state = lock(&shared.state);
     loop {
@@ -227,6 +253,12 @@ impl<S: Subscriber> Layer<S> for AccessLayer {
             }
             drop(buf);
             if was_empty {
+                if !self.shared.ensure_flusher() {
+                    // Nobody will write it: take the line back.
+                    lock(&slot.buf).clear();
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 lock(&self.shared.state).dirty = true;
                 self.shared.wake.notify_one();
             }
@@ -466,7 +498,7 @@ mod tests {
 
     fn lines(json: bool, emit: impl FnOnce()) -> String {
         let sink = Sink::default();
-        let (guard, layer) = AccessLog::start(sink.clone(), json).unwrap();
+        let (guard, layer) = AccessLog::new(sink.clone(), json);
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, emit);
         drop(guard);
@@ -558,7 +590,7 @@ mod tests {
     #[test]
     fn a_line_arrives_without_waiting_for_more() {
         let sink = Sink::default();
-        let (_guard, layer) = AccessLog::start(sink.clone(), false).unwrap();
+        let (_guard, layer) = AccessLog::new(sink.clone(), false);
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: "access", "one");
