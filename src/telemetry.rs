@@ -6,13 +6,12 @@
 //! switched by the config's `access_log`, not by the level: the filter lets them through
 //! unless it names `access` itself.
 //!
-//! Lines are written by a thread of their own (`tracing-appender`'s non-blocking writer over
-//! a buffered stderr), so a worker never waits on a slow log pipe; the writer thread drains
-//! what is queued and writes it in one go. Beyond `QUEUED_LINES` waiting lines, new ones are
-//! dropped rather than stalling traffic. Access events, the one kind with a line per request,
-//! skip the generic formatter and the per-line hand-off: see [`access`].
+//! Lines are written to stderr by a thread of their own, in batches (see [`lines`]), so a
+//! worker never waits on a slow log pipe. Access events, the one kind with a line per
+//! request, skip the generic formatter: see [`access`].
 
 mod access;
+mod lines;
 
 use std::sync::Arc;
 
@@ -24,21 +23,9 @@ use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 #[derive(Clone)]
 pub struct LogHandle {
     set: Arc<SetFilter>,
-    /// Keeps the writer threads alive; the last clone dropped flushes what is queued.
-    _writers: Arc<Writers>,
+    /// Writes what is queued when the last clone is dropped.
+    _lines: Arc<lines::LinesGuard>,
 }
-
-/// Dropped in field order: the access flusher hands its last lines to the stderr writer
-/// before that one flushes and ends.
-struct Writers {
-    _access: access::AccessLog,
-    _stderr: tracing_appender::non_blocking::WorkerGuard,
-}
-
-/// Log lines waiting for the writer thread at most.
-const QUEUED_LINES: usize = 64 * 1024;
-/// The writer thread's buffer: one `write(2)` per this many bytes at most.
-const WRITE_BUF: usize = 64 * 1024;
 
 type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 
@@ -88,16 +75,8 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
     };
     let filter = access_filter(&initial)?;
     let (filter, handle) = reload::Layer::new(filter);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(QUEUED_LINES)
-        .thread_name("spoke-log")
-        .finish(std::io::BufWriter::with_capacity(
-            WRITE_BUF,
-            std::io::stderr(),
-        ));
-    let (access_log, access_layer) =
-        access::AccessLog::new(writer.clone(), format == LogFormat::Json);
+    let (writer, guard) = lines::Lines::new(std::io::stderr());
+    let access_layer = access::AccessLayer::new(writer.clone(), format == LogFormat::Json);
     let not_access = || filter_fn(|m| m.target() != access::TARGET);
     let registry = Registry::default().with(filter).with(access_layer);
     let result = match format {
@@ -128,9 +107,6 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
             let new = access_filter(f)?;
             handle.reload(new).map_err(|e| e.to_string())
         }),
-        _writers: Arc::new(Writers {
-            _access: access_log,
-            _stderr: guard,
-        }),
+        _lines: Arc::new(guard),
     })
 }
