@@ -1,0 +1,202 @@
+//! What makes a mesh change cost what it touches: the directory's files parsed once per
+//! text (`ParseCache`), every cluster validated once per content and then shared by `Arc`
+//! (`ClusterCache`), and the merged rest of the mesh (routes, services, workloads) rebuilt
+//! and re-checked only when a file's rest or the set of cluster names changed. One endpoint
+//! flapping in a small file then re-parses that file and validates that one cluster; the
+//! large file beside it is compared byte for byte and nothing else.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::mesh::{self, MeshConfig};
+use crate::config::{self, raw, ConfigError, Diagnostic};
+
+/// Clusters that passed `config::validate_cluster`, by name. A cluster equal to the one
+/// held here is not validated again and is replaced by the held `Arc`, so later stages
+/// (the resources' encodings) see an unchanged cluster as the same pointer.
+#[derive(Default)]
+pub struct ClusterCache {
+    valid: HashMap<String, Arc<raw::Cluster>>,
+    /// How many clusters have been validated: what tests watch.
+    validations: u64,
+}
+
+// === impl ClusterCache ===
+
+impl ClusterCache {
+    /// `c` as a shared, validated cluster.
+    pub fn check(&mut self, c: raw::Cluster) -> Result<Arc<raw::Cluster>, Vec<ConfigError>> {
+        if let Some(held) = self.valid.get(&c.name).filter(|h| ***h == c) {
+            return Ok(held.clone());
+        }
+        self.validations += 1;
+        config::validate_cluster(&c)?;
+        let c = Arc::new(c);
+        self.valid.insert(c.name.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// An already shared cluster: the same pointer as the held one is known valid.
+    pub fn check_shared(
+        &mut self,
+        c: &Arc<raw::Cluster>,
+    ) -> Result<Arc<raw::Cluster>, Vec<ConfigError>> {
+        match self.valid.get(&c.name) {
+            Some(held) if Arc::ptr_eq(held, c) || **held == **c => Ok(held.clone()),
+            _ => {
+                self.validations += 1;
+                config::validate_cluster(c)?;
+                self.valid.insert(c.name.clone(), c.clone());
+                Ok(c.clone())
+            }
+        }
+    }
+
+    /// Forgets clusters no longer in use, so the cache does not grow with churn.
+    pub fn retain(&mut self, keep: &HashSet<&str>) {
+        self.valid.retain(|n, _| keep.contains(n.as_str()));
+    }
+
+    pub fn validations(&self) -> u64 {
+        self.validations
+    }
+}
+
+/// One file as last parsed: its text, its clusters (validated) and the rest of it.
+struct Parsed {
+    text: String,
+    clusters: Vec<Arc<raw::Cluster>>,
+    rest: Arc<raw::File>,
+}
+
+/// The directory's files as last parsed, the cluster cache, and the last merged rest with
+/// what it was merged from.
+#[derive(Default)]
+pub struct ParseCache {
+    files: HashMap<PathBuf, Parsed>,
+    pub clusters: ClusterCache,
+    /// The rests merged last (one per file, in order), the merge, and the cluster names it
+    /// was checked against.
+    merged: Option<(Vec<Arc<raw::File>>, Arc<raw::File>, Vec<String>)>,
+    /// Files parsed (their text changed): what tests watch.
+    parses: u64,
+}
+
+impl ParseCache {
+    pub fn parses(&self) -> u64 {
+        self.parses
+    }
+
+    /// Parses `text` unless it is the text `path` had; `None` when it does not parse, is
+    /// not a mesh file or holds an invalid cluster.
+    fn file(
+        &mut self,
+        path: &Path,
+        text: String,
+    ) -> Option<(Vec<Arc<raw::Cluster>>, Arc<raw::File>)> {
+        if let Some(p) = self.files.get(path).filter(|p| p.text == text) {
+            return Some((p.clusters.clone(), p.rest.clone()));
+        }
+        self.parses += 1;
+        let (mut f, _) = config::parse_located(&text).ok()?;
+        if !mesh::check_mesh_only(&f).is_empty() {
+            return None;
+        }
+        let clusters = std::mem::take(&mut f.clusters)
+            .into_iter()
+            .map(|c| self.clusters.check(c).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let rest = match self.files.get(path) {
+            Some(p) if *p.rest == f => p.rest.clone(),
+            _ => Arc::new(f),
+        };
+        self.files.insert(
+            path.to_path_buf(),
+            Parsed {
+                text,
+                clusters: clusters.clone(),
+                rest: rest.clone(),
+            },
+        );
+        Some((clusters, rest))
+    }
+
+    /// The merged rest of `rests` (in file order), checked against `names`; reused when
+    /// neither changed since the last call.
+    fn rest(
+        &mut self,
+        rests: Vec<Arc<raw::File>>,
+        names: &HashSet<&str>,
+        order: &[&str],
+    ) -> Option<Arc<raw::File>> {
+        if let Some((last, merged, last_names)) = &self.merged {
+            let same_rests = last.len() == rests.len()
+                && last.iter().zip(&rests).all(|(a, b)| Arc::ptr_eq(a, b));
+            let same_names = last_names.len() == order.len()
+                && last_names.iter().zip(order).all(|(a, b)| a == b);
+            if same_rests && same_names {
+                return Some(merged.clone());
+            }
+        }
+        let mut merged = raw::File::default();
+        for f in &rests {
+            merged.routes.extend(f.routes.iter().cloned());
+            merged.services.extend(f.services.iter().cloned());
+            merged.workloads.extend(f.workloads.iter().cloned());
+            if f.default_policy.is_some() {
+                merged.default_policy = f.default_policy;
+            }
+            if f.tracing.is_some() {
+                merged.tracing = f.tracing.clone();
+            }
+        }
+        config::validate_without_clusters(&merged, names).ok()?;
+        let merged = Arc::new(merged);
+        self.merged = Some((
+            rests,
+            merged.clone(),
+            order.iter().map(|n| n.to_string()).collect(),
+        ));
+        Some(merged)
+    }
+}
+
+/// `mesh::load_dir`, parsing only the files whose text changed since the last call with
+/// `cache`, validating only clusters that changed, and re-checking routes, services and
+/// workloads only when they or the cluster names changed. Errors are placed by a full
+/// `load_dir` (the slow path runs only on a broken config).
+pub fn load_dir_cached(dir: &Path, cache: &mut ParseCache) -> Result<MeshConfig, Vec<Diagnostic>> {
+    let names =
+        mesh::files(dir).map_err(|e| vec![Diagnostic::whole(&dir.display().to_string(), e)])?;
+    cache.files.retain(|p, _| names.contains(p));
+    let mut clusters = Vec::new();
+    let mut rests = Vec::with_capacity(names.len());
+    for p in &names {
+        let Ok(text) = std::fs::read_to_string(p) else {
+            return slow(dir);
+        };
+        let Some((c, rest)) = cache.file(p, text) else {
+            return slow(dir);
+        };
+        clusters.extend(c);
+        rests.push(rest);
+    }
+    let order: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    let unique: HashSet<&str> = order.iter().copied().collect();
+    if unique.len() != order.len() {
+        return slow(dir);
+    }
+    let Some(rest) = cache.rest(rests, &unique, &order) else {
+        return slow(dir);
+    };
+    cache.clusters.retain(&unique);
+    Ok(MeshConfig { clusters, rest })
+}
+
+fn slow(dir: &Path) -> Result<MeshConfig, Vec<Diagnostic>> {
+    mesh::load_dir(dir).map(MeshConfig::from_raw)
+}
+
+#[cfg(test)]
+mod tests;
