@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use super::mesh::{self, MeshConfig};
 use crate::config::{self, raw, ConfigError, Diagnostic};
@@ -66,8 +67,55 @@ impl ClusterCache {
 /// One file as last parsed: its text, its clusters (validated) and the rest of it.
 struct Parsed {
     text: String,
+    /// What the file's metadata said when `text` was read, and when that was.
+    stamp: Option<Stamp>,
+    read_at: SystemTime,
     clusters: Vec<Arc<raw::Cluster>>,
     rest: Arc<raw::File>,
+}
+
+/// What tells a file's content changed without reading it: a rewrite changes its size or
+/// modification time, a replacement (rename over it) its inode.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Stamp {
+    len: u64,
+    mtime: SystemTime,
+    dev: u64,
+    ino: u64,
+}
+
+/// A file modified this close to when it was read might be written again within the
+/// file system's timestamp granularity without its modification time moving; such a file
+/// is read again, as git does with "racily clean" entries.
+const RACY: Duration = Duration::from_secs(2);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        len: m.len(),
+        mtime: m.modified().ok()?,
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+// === impl Parsed ===
+
+impl Parsed {
+    /// Whether the file is known unchanged from its metadata alone.
+    fn fresh(&self, now: Option<Stamp>) -> bool {
+        match (self.stamp, now) {
+            (Some(was), Some(now)) => {
+                was == now
+                    && was
+                        .mtime
+                        .checked_add(RACY)
+                        .is_some_and(|t| t < self.read_at)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The directory's files as last parsed, the cluster cache, and the last merged rest with
@@ -79,13 +127,47 @@ pub struct ParseCache {
     /// The rests merged last (one per file, in order), the merge, and the cluster names it
     /// was checked against.
     merged: Option<(Vec<Arc<raw::File>>, Arc<raw::File>, Vec<String>)>,
+    /// The last mesh returned, with the files it was made of: when none changed it is
+    /// returned as it is.
+    last: Option<(Vec<PathBuf>, MeshConfig)>,
     /// Files parsed (their text changed): what tests watch.
     parses: u64,
+    /// Files read (their metadata did not show them unchanged): what tests watch.
+    reads: u64,
 }
 
 impl ParseCache {
     pub fn parses(&self) -> u64 {
         self.parses
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// The file's parse, read (and parsed) again only when it may have changed; `changed`
+    /// is set when it was parsed. `None` when it cannot be read or is refused (see `file`).
+    fn current(
+        &mut self,
+        path: &Path,
+        changed: &mut bool,
+    ) -> Option<(Vec<Arc<raw::Cluster>>, Arc<raw::File>)> {
+        let now = stamp(path);
+        if let Some(p) = self.files.get(path).filter(|p| p.fresh(now)) {
+            return Some((p.clusters.clone(), p.rest.clone()));
+        }
+        let read_at = SystemTime::now();
+        self.reads += 1;
+        let text = std::fs::read_to_string(path).ok()?;
+        let parses = self.parses;
+        let out = self.file(path, text)?;
+        *changed |= self.parses != parses;
+        if let Some(p) = self.files.get_mut(path) {
+            // The metadata seen before the read: a write during it shows as a change next time.
+            p.stamp = now;
+            p.read_at = read_at;
+        }
+        Some(out)
     }
 
     /// Parses `text` unless it is the text `path` had; `None` when it does not parse, is
@@ -115,6 +197,8 @@ impl ParseCache {
             path.to_path_buf(),
             Parsed {
                 text,
+                stamp: None,
+                read_at: SystemTime::UNIX_EPOCH,
                 clusters: clusters.clone(),
                 rest: rest.clone(),
             },
@@ -172,15 +256,17 @@ pub fn load_dir_cached(dir: &Path, cache: &mut ParseCache) -> Result<MeshConfig,
     cache.files.retain(|p, _| names.contains(p));
     let mut clusters = Vec::new();
     let mut rests = Vec::with_capacity(names.len());
+    let mut changed = false;
     for p in &names {
-        let Ok(text) = std::fs::read_to_string(p) else {
-            return slow(dir);
-        };
-        let Some((c, rest)) = cache.file(p, text) else {
+        let Some((c, rest)) = cache.current(p, &mut changed) else {
             return slow(dir);
         };
         clusters.extend(c);
         rests.push(rest);
+    }
+    match &cache.last {
+        Some((files, last)) if !changed && *files == names => return Ok(last.clone()),
+        _ => cache.last = None,
     }
     let order: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     let unique: HashSet<&str> = order.iter().copied().collect();
@@ -191,7 +277,9 @@ pub fn load_dir_cached(dir: &Path, cache: &mut ParseCache) -> Result<MeshConfig,
         return slow(dir);
     };
     cache.clusters.retain(&unique);
-    Ok(MeshConfig { clusters, rest })
+    let mesh = MeshConfig { clusters, rest };
+    cache.last = Some((names, mesh.clone()));
+    Ok(mesh)
 }
 
 fn slow(dir: &Path) -> Result<MeshConfig, Vec<Diagnostic>> {

@@ -55,8 +55,8 @@ struct Entry {
 /// The resources of one mesh version.
 #[derive(Default)]
 pub struct Resources {
-    /// By cluster name.
-    clusters: HashMap<String, Entry>,
+    /// By cluster name (shared with the previous version's map: no string is copied).
+    clusters: HashMap<Arc<str>, Entry>,
     change: Option<Change>,
     /// Clusters encoded for this version (the others were taken from the previous one).
     encoded: usize,
@@ -108,20 +108,26 @@ impl Resources {
         let old = prev.map_or(&empty, |(_, r)| &r.clusters);
         let mut clusters = HashMap::with_capacity(mesh.clusters.len());
         let mut changed = Vec::new();
+        // Clusters of `old` that this version has too: when all are, nothing was removed.
+        let mut kept = 0;
         for c in &mesh.clusters {
-            let encoded = match old.get(&c.name) {
-                Some(e) if Arc::ptr_eq(&e.source, c) || e.source == *c => e.encoded.clone(),
-                _ => {
+            let (key, encoded) = match old.get_key_value(c.name.as_str()) {
+                Some((k, e)) if Arc::ptr_eq(&e.source, c) || e.source == *c => {
+                    kept += 1;
+                    (k.clone(), e.encoded.clone())
+                }
+                found => {
+                    kept += usize::from(found.is_some());
                     let e = encode_cluster(c);
                     changed.push(e.clone());
-                    e
+                    (Arc::from(c.name.as_str()), e)
                 }
             };
             let entry = Entry {
                 source: c.clone(),
                 encoded,
             };
-            clusters.insert(c.name.clone(), entry);
+            clusters.insert(key, entry);
         }
         let encoded = changed.len();
         let Some((prev_mesh, prev_res)) = prev else {
@@ -131,12 +137,14 @@ impl Resources {
                 ..Default::default()
             };
         };
-        let removed = prev_res
-            .clusters
-            .iter()
-            .filter(|(n, _)| !clusters.contains_key(*n))
-            .map(|(_, e)| e.encoded.name.clone())
-            .collect();
+        let removed = if kept == old.len() {
+            Vec::new()
+        } else {
+            old.iter()
+                .filter(|(n, _)| !clusters.contains_key(*n))
+                .map(|(_, e)| e.encoded.name.clone())
+                .collect()
+        };
         let views = if same_views(&prev_mesh.rest, &mesh.rest) {
             lock(&prev_res.views).clone()
         } else {

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 struct Dir(PathBuf);
 
@@ -11,6 +12,15 @@ impl Dir {
 
     fn write(&self, name: &str, text: &str) {
         std::fs::write(self.0.join(name), text).unwrap();
+    }
+
+    /// Dates the file's modification `ago` back, as a file written long before the read.
+    fn age(&self, name: &str, ago: std::time::Duration) {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(self.0.join(name))
+            .unwrap();
+        f.set_modified(SystemTime::now() - ago).unwrap();
     }
 }
 
@@ -116,4 +126,31 @@ fn broken_changes_are_refused_with_placed_errors_and_the_cache_recovers() {
     dir.write("10-flap.yaml", &flap("10.0.1.3:80"));
     let m = load_dir_cached(&dir.0, &mut cache).unwrap();
     assert_eq!(m.clusters[2].endpoints[0].address, "10.0.1.3:80");
+}
+
+#[test]
+fn a_file_known_unchanged_from_its_metadata_is_not_read() {
+    let dir = Dir::new();
+    dir.write("00-big.yaml", BIG);
+    dir.write("10-flap.yaml", &flap("10.0.1.1:80"));
+    dir.age("00-big.yaml", Duration::from_secs(60));
+    let mut cache = ParseCache::default();
+    load_dir_cached(&dir.0, &mut cache).unwrap();
+    assert_eq!(cache.reads(), 2);
+    // The big file is old: not read again. The small one was written just now, so it might
+    // change again without its time moving: read again (and not parsed, its text is the same).
+    load_dir_cached(&dir.0, &mut cache).unwrap();
+    assert_eq!((cache.reads(), cache.parses()), (3, 2));
+    // A rewrite of the same size (a new time) and a replacement (a new inode) are read.
+    dir.write("00-big.yaml", &BIG.replace("10.0.0.2", "10.0.0.3"));
+    dir.age("00-big.yaml", Duration::from_secs(30));
+    let m = load_dir_cached(&dir.0, &mut cache).unwrap();
+    assert_eq!(cache.parses(), 3);
+    assert_eq!(m.clusters[1].endpoints[0].address, "10.0.0.3:80");
+    let tmp = dir.0.join(".tmp");
+    std::fs::write(&tmp, BIG).unwrap();
+    std::fs::rename(&tmp, dir.0.join("00-big.yaml")).unwrap();
+    dir.age("00-big.yaml", Duration::from_secs(30));
+    let m = load_dir_cached(&dir.0, &mut cache).unwrap();
+    assert_eq!(m.clusters[1].endpoints[0].address, "10.0.0.2:80");
 }
