@@ -89,6 +89,20 @@ pub fn endpoint_addr(v: &str) -> Option<EndpointAddr> {
 
 /// Validates a whole file. `Err` holds every problem found.
 pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
+    let mut cfg = validate_parts(f)?;
+    cfg.raw = f.clone();
+    Ok(cfg)
+}
+
+/// `validate`, keeping `f` itself as the config's `raw` rather than a copy of it (a
+/// sidecar validating a pushed config of a thousand clusters would otherwise hold two).
+pub fn validate_owned(f: raw::File) -> Result<Config, Vec<ConfigError>> {
+    let mut cfg = validate_parts(&f)?;
+    cfg.raw = f;
+    Ok(cfg)
+}
+
+fn validate_parts(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
     let mut e = Errors::default();
     let clusters = super::cluster::clusters(&mut e, &f.clusters);
     let names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -117,7 +131,8 @@ pub fn validate_without_clusters(
     check(f, Errors::default(), Vec::new(), names)
 }
 
-/// Everything `validate` checks besides the clusters themselves.
+/// Everything `validate` checks besides the clusters themselves; the `Config`'s `raw` is
+/// left empty for the caller.
 fn check(
     f: &raw::File,
     mut e: Errors,
@@ -277,7 +292,7 @@ fn check(
             workloads,
             tracing,
             access_log,
-            raw: f.clone(),
+            raw: raw::File::default(),
         }),
         _ => Err(e.0),
     }
