@@ -118,15 +118,22 @@ impl Parsed {
     }
 }
 
+/// The merged rest of the files, as last checked.
+struct MergedRest {
+    /// What it was merged from: each file's rest, in order.
+    from: Vec<Arc<raw::File>>,
+    merged: Arc<raw::File>,
+    /// The cluster names it was checked against, in order.
+    names: Vec<String>,
+}
+
 /// The directory's files as last parsed, the cluster cache, and the last merged rest with
 /// what it was merged from.
 #[derive(Default)]
 pub struct ParseCache {
     files: HashMap<PathBuf, Parsed>,
     pub clusters: ClusterCache,
-    /// The rests merged last (one per file, in order), the merge, and the cluster names it
-    /// was checked against.
-    merged: Option<(Vec<Arc<raw::File>>, Arc<raw::File>, Vec<String>)>,
+    merged: Option<MergedRest>,
     /// The last mesh returned, with the files it was made of: when none changed it is
     /// returned as it is.
     last: Option<(Vec<PathBuf>, MeshConfig)>,
@@ -214,13 +221,13 @@ impl ParseCache {
         names: &HashSet<&str>,
         order: &[&str],
     ) -> Option<Arc<raw::File>> {
-        if let Some((last, merged, last_names)) = &self.merged {
-            let same_rests = last.len() == rests.len()
-                && last.iter().zip(&rests).all(|(a, b)| Arc::ptr_eq(a, b));
-            let same_names = last_names.len() == order.len()
-                && last_names.iter().zip(order).all(|(a, b)| a == b);
+        if let Some(last) = &self.merged {
+            let same_rests = last.from.len() == rests.len()
+                && last.from.iter().zip(&rests).all(|(a, b)| Arc::ptr_eq(a, b));
+            let same_names = last.names.len() == order.len()
+                && last.names.iter().zip(order).all(|(a, b)| a == b);
             if same_rests && same_names {
-                return Some(merged.clone());
+                return Some(last.merged.clone());
             }
         }
         let mut merged = raw::File::default();
@@ -237,11 +244,11 @@ impl ParseCache {
         }
         config::validate_without_clusters(&merged, names).ok()?;
         let merged = Arc::new(merged);
-        self.merged = Some((
-            rests,
-            merged.clone(),
-            order.iter().map(|n| n.to_string()).collect(),
-        ));
+        self.merged = Some(MergedRest {
+            from: rests,
+            merged: merged.clone(),
+            names: order.iter().map(|n| n.to_string()).collect(),
+        });
         Some(merged)
     }
 }
