@@ -19,7 +19,9 @@ use std::path::Path;
 
 pub use model::*;
 pub use routes::retry_on;
-pub use validate::{endpoint_addr, validate};
+pub use validate::{
+    endpoint_addr, validate, validate_cluster, validate_owned, validate_without_clusters,
+};
 pub use yaml::{Located, Positions};
 
 /// One problem in a config: where (`clusters[0].endpoints[1].address`) and what.

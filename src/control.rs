@@ -6,6 +6,7 @@
 //! (generated from `proto/` by build.rs).
 
 pub mod ads;
+pub mod cache;
 pub mod certify;
 pub mod client;
 pub mod delta;

@@ -6,9 +6,11 @@
 //!
 //! A metric exists only when its subject does: the certificate expiry gauge appears with the
 //! first certificate, the control gauge only on a proxy with `control:`. Counters alerts
-//! divide or `rate()` over (retries, TLS failures, denials, config updates) are created at 0
-//! for every label set the config makes known (`init_for`), so a query has a series before
-//! the first event.
+//! divide or `rate()` over (TLS failures, denials, config updates) are created at 0 for
+//! every label set the config makes known (`init_for`), so a query has a series before the
+//! first event. Retries per cluster are created at 0 by the cluster's first request
+//! (`first_request`), not per cluster up front: with a thousand pushed clusters that would
+//! be thousands of series (and megabytes) for clusters this workload never calls.
 
 use std::sync::Once;
 
@@ -366,16 +368,11 @@ impl Metrics {
     }
 
     /// Creates at 0 the counters a config makes known, so `rate()` and alerts have a series
-    /// before the first event: retries per cluster and reason, denials per inbound port,
-    /// TLS handshake failures when the proxy has (or will get) a certificate.
+    /// before the first event: denials per inbound port, TLS handshake failures when the
+    /// proxy has (or will get) a certificate.
     pub fn init_for(&self, cfg: &Config) {
         for result in ["applied", "rejected"] {
             self.config_updates.with_label_values(&[result]);
-        }
-        for c in &cfg.clusters {
-            for reason in RETRY_REASONS {
-                self.retries.with_label_values(&[c.name.as_str(), reason]);
-            }
         }
         let mut ports: Vec<u16> = cfg.inbound.iter().map(|p| p.port).collect();
         ports.extend(cfg.listeners.iter().filter_map(|l| match l.target {
@@ -422,6 +419,16 @@ impl Metrics {
                 self.cert_reloads.with_label_values(&[result]);
             }
         }
+    }
+
+    /// Creates at 0 the retry series of a cluster, once per cluster (its runtime state
+    /// outlives snapshots): called for each request, a load and a branch after the first.
+    pub fn first_request(&self, cluster: &str, runtime: &crate::balance::ClusterRuntime) {
+        runtime.series.get_or_init(|| {
+            for reason in RETRY_REASONS {
+                self.retries.with_label_values(&[cluster, reason]);
+            }
+        });
     }
 
     /// Marks `version` as the one being served (an info metric: one series set to 1).

@@ -24,6 +24,8 @@ pub struct ClusterRuntime {
     endpoints: Mutex<HashMap<EndpointAddr, Arc<EndpointState>>>,
     /// Endpoints a push removed, kept while requests to them may still be in flight.
     draining: Mutex<Vec<Arc<EndpointState>>>,
+    /// Whether the cluster's per-reason retry series exist (see `Metrics::first_request`).
+    pub series: std::sync::OnceLock<()>,
 }
 
 /// Which circuit breaker limit.

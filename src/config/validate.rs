@@ -89,8 +89,56 @@ pub fn endpoint_addr(v: &str) -> Option<EndpointAddr> {
 
 /// Validates a whole file. `Err` holds every problem found.
 pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
-    let mut e = Errors::default();
+    let mut cfg = validate_parts(f)?;
+    cfg.raw = f.clone();
+    Ok(cfg)
+}
 
+/// `validate`, keeping `f` itself as the config's `raw` rather than a copy of it (a
+/// sidecar validating a pushed config of a thousand clusters would otherwise hold two).
+pub fn validate_owned(f: raw::File) -> Result<Config, Vec<ConfigError>> {
+    let mut cfg = validate_parts(&f)?;
+    cfg.raw = f;
+    Ok(cfg)
+}
+
+fn validate_parts(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
+    let mut e = Errors::default();
+    let clusters = super::cluster::clusters(&mut e, &f.clusters);
+    let names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
+    check(f, e, clusters, &names)
+}
+
+/// Validates one cluster on its own, as `validate` checks each entry of `clusters:` (all
+/// but the uniqueness of its name, which takes the whole list). Callers that keep clusters
+/// apart (the control plane's per-cluster cache) check each one once, when it changes.
+pub fn validate_cluster(c: &raw::Cluster) -> Result<Cluster, Vec<ConfigError>> {
+    let mut e = Errors::default();
+    let mut out = super::cluster::clusters(&mut e, std::slice::from_ref(c));
+    match (out.pop(), e.0.is_empty()) {
+        (Some(c), true) => Ok(c),
+        _ => Err(e.0),
+    }
+}
+
+/// `validate` for a file whose clusters were each checked with `validate_cluster` and whose
+/// names are known to be unique: everything else in `f` is checked, its references against
+/// `names`; `f.clusters` is not looked at and the `Config` has no clusters.
+pub fn validate_without_clusters(
+    f: &raw::File,
+    names: &HashSet<&str>,
+) -> Result<Config, Vec<ConfigError>> {
+    check(f, Errors::default(), Vec::new(), names)
+}
+
+/// Everything `validate` checks besides the clusters themselves; the `Config`'s `raw` is
+/// left empty for the caller.
+fn check(
+    f: &raw::File,
+    mut e: Errors,
+    clusters: Vec<Cluster>,
+    cluster_names: &HashSet<&str>,
+) -> Result<Config, Vec<ConfigError>> {
     let node = match &f.node {
         None => Node::default(),
         Some(n) => Node {
@@ -170,8 +218,6 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
 
     let drain_timeout = e.duration("drain_timeout", &f.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
 
-    let clusters = super::cluster::clusters(&mut e, &f.clusters);
-    let cluster_names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
     // With a control plane, clusters arrive over the stream: a listener may name one the
     // file does not define (the pushed config is validated whole before it is applied).
     let dynamic = f.control.is_some();
@@ -246,7 +292,7 @@ pub fn validate(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
             workloads,
             tracing,
             access_log,
-            raw: f.clone(),
+            raw: raw::File::default(),
         }),
         _ => Err(e.0),
     }

@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::mesh;
 use super::pb::ads::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use super::pb::ads::{Any, DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
 use super::state::{lock, unix_now, Mesh, SidecarStatus, State};
@@ -27,7 +26,7 @@ pub(super) fn bearer<T>(req: &Request<T>) -> Option<String> {
 }
 
 fn response(mesh: &Mesh, id: Option<&Identity>) -> DiscoveryResponse {
-    let view = mesh::workload_view(&mesh.raw, id);
+    let view = mesh.config.workload_view(id);
     DiscoveryResponse {
         version_info: mesh.version.to_string(),
         resources: vec![Any {

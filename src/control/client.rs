@@ -140,7 +140,7 @@ impl Client {
         unchanged: impl Fn(&str) -> bool,
     ) -> Result<Snapshot, String> {
         let merged = mesh::merge_local(&self.local, remote);
-        let cfg = config::validate(&merged).map_err(|errs| {
+        let cfg = config::validate_owned(merged).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()

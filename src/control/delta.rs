@@ -148,7 +148,9 @@ impl Peer {
         if self.known_at == Some(mesh.version) || self.refused.is_some_and(|v| v >= mesh.version) {
             return Ok(());
         }
-        let view = mesh.resources.view(&mesh.raw, self.identity.as_ref());
+        let view = mesh
+            .resources
+            .view(&mesh.config.rest, self.identity.as_ref());
         let inc = mesh.resources.increment(&self.known, self.known_at, view);
         let resp = DeltaDiscoveryResponse {
             system_version_info: mesh.version.to_string(),

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::{self, raw, ConfigError, Diagnostic, Identity, Located, Positions};
 
@@ -136,64 +137,8 @@ pub fn load_dir(dir: &Path) -> Result<raw::File, Vec<Diagnostic>> {
     }
 }
 
-/// Parsed mesh files by path, each reused while its text is unchanged: a change to one
-/// small file (one Service's endpoints) does not re-parse a large one beside it.
-#[derive(Default)]
-pub struct ParseCache {
-    files: HashMap<std::path::PathBuf, (u64, raw::File)>,
-}
-
-fn text_hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-/// `load_dir`, parsing only the files whose text changed since the last call with `cache`.
-/// Errors are placed by a full `load_dir` (the slow path runs only on a broken config).
-pub fn load_dir_cached(dir: &Path, cache: &mut ParseCache) -> Result<raw::File, Vec<Diagnostic>> {
-    let names = files(dir).map_err(|e| vec![Diagnostic::whole(&dir.display().to_string(), e)])?;
-    cache.files.retain(|p, _| names.contains(p));
-    let mut merged = raw::File::default();
-    for p in &names {
-        let Ok(text) = std::fs::read_to_string(p) else {
-            return load_dir(dir);
-        };
-        let hash = text_hash(&text);
-        let f = match cache.files.get(p) {
-            Some((h, f)) if *h == hash => f,
-            _ => match config::parse_located(&text) {
-                Ok((f, _)) if check_mesh_only(&f).is_empty() => {
-                    &cache
-                        .files
-                        .entry(p.clone())
-                        .insert_entry((hash, f))
-                        .into_mut()
-                        .1
-                }
-                _ => return load_dir(dir),
-            },
-        };
-        merged.clusters.extend(f.clusters.iter().cloned());
-        merged.routes.extend(f.routes.iter().cloned());
-        merged.services.extend(f.services.iter().cloned());
-        merged.workloads.extend(f.workloads.iter().cloned());
-        if f.default_policy.is_some() {
-            merged.default_policy = f.default_policy;
-        }
-        if f.tracing.is_some() {
-            merged.tracing = f.tracing.clone();
-        }
-    }
-    match config::validate(&merged) {
-        Ok(_) => Ok(merged),
-        Err(_) => load_dir(dir),
-    }
-}
-
 /// A mesh config holds only what the control plane distributes.
-fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
+pub(super) fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
     let mut out = Vec::new();
     let mut no = |field: &str, present: bool| {
         if present {
@@ -215,6 +160,59 @@ fn check_mesh_only(f: &raw::File) -> Vec<ConfigError> {
     out
 }
 
+/// The merged mesh as the control plane holds it: each cluster shared by `Arc` (an
+/// unchanged cluster is the same pointer from one version to the next, so nothing about it
+/// is copied, compared or encoded again) and the rest of the mesh in one shared file.
+#[derive(Debug, Clone, Default)]
+pub struct MeshConfig {
+    /// In the order of the files (name order), Kubernetes' after them.
+    pub clusters: Vec<Arc<raw::Cluster>>,
+    /// Routes, services, workloads, default policy and tracing; its `clusters` is empty.
+    pub rest: Arc<raw::File>,
+}
+
+// === impl MeshConfig ===
+
+impl MeshConfig {
+    /// Splits a whole mesh file.
+    pub fn from_raw(mut f: raw::File) -> Self {
+        MeshConfig {
+            clusters: std::mem::take(&mut f.clusters)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+            rest: Arc::new(f),
+        }
+    }
+
+    /// The mesh as one file (every cluster copied).
+    pub fn to_raw(&self) -> raw::File {
+        raw::File {
+            clusters: self.clusters.iter().map(|c| (**c).clone()).collect(),
+            ..(*self.rest).clone()
+        }
+    }
+
+    /// `workload_view` of this mesh.
+    pub fn workload_view(&self, id: Option<&Identity>) -> raw::File {
+        raw::File {
+            clusters: self.clusters.iter().map(|c| (**c).clone()).collect(),
+            ..workload_rest(&self.rest, id)
+        }
+    }
+
+    /// Whether both hold the same mesh; shared parts compare by pointer before content.
+    pub fn same(&self, other: &MeshConfig) -> bool {
+        self.clusters.len() == other.clusters.len()
+            && self
+                .clusters
+                .iter()
+                .zip(&other.clusters)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+            && (Arc::ptr_eq(&self.rest, &other.rest) || self.rest == other.rest)
+    }
+}
+
 /// What one workload receives: the shared clusters, routes and services, plus its own
 /// inbound policy.
 pub fn workload_view(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
@@ -224,7 +222,8 @@ pub fn workload_view(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
     }
 }
 
-/// A workload's view without the clusters: the body of its `mesh` resource.
+/// A workload's view without the clusters: the body of its `mesh` resource (`mesh` is the
+/// mesh's rest; its clusters are not looked at).
 pub fn workload_rest(mesh: &raw::File, id: Option<&Identity>) -> raw::File {
     let inbound = id
         .and_then(|id| mesh.workloads.iter().find(|w| w.identity == id.as_str()))

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::mesh;
+use super::mesh::{self, MeshConfig};
 use super::state::lock;
 use crate::config::{raw, Identity};
 
@@ -46,11 +46,20 @@ struct Change {
     removed: Vec<String>,
 }
 
+/// One cluster's resource and the cluster it was encoded from.
+struct Entry {
+    source: Arc<raw::Cluster>,
+    encoded: Arc<Encoded>,
+}
+
 /// The resources of one mesh version.
 #[derive(Default)]
 pub struct Resources {
-    clusters: HashMap<String, Arc<Encoded>>,
+    /// By cluster name (shared with the previous version's map: no string is copied).
+    clusters: HashMap<Arc<str>, Entry>,
     change: Option<Change>,
+    /// Clusters encoded for this version (the others were taken from the previous one).
+    encoded: usize,
     /// Mesh resources by identity (`""` for none), built on first use.
     views: Mutex<HashMap<String, Arc<Encoded>>>,
 }
@@ -75,63 +84,68 @@ fn encode<T: serde::Serialize>(name: String, type_url: &'static str, value: &T) 
 }
 
 /// Whether two meshes give every workload the same mesh resource.
-fn same_views(a: &raw::File, b: &raw::File) -> bool {
-    a.routes == b.routes
-        && a.services == b.services
-        && a.workloads == b.workloads
-        && a.default_policy == b.default_policy
-        && a.tracing == b.tracing
+fn same_views(a: &Arc<raw::File>, b: &Arc<raw::File>) -> bool {
+    Arc::ptr_eq(a, b)
+        || (a.routes == b.routes
+            && a.services == b.services
+            && a.workloads == b.workloads
+            && a.default_policy == b.default_policy
+            && a.tracing == b.tracing)
+}
+
+fn encode_cluster(c: &raw::Cluster) -> Arc<Encoded> {
+    encode(format!("{CLUSTER_PREFIX}{}", c.name), CLUSTER_TYPE_URL, c)
 }
 
 // === impl Resources ===
 
 impl Resources {
-    /// The resources of `raw` (version `version`), reusing `prev`'s (version `version - 1`)
-    /// where their input is unchanged.
-    pub fn build(raw: &raw::File, prev: Option<(&raw::File, &Resources)>, version: u64) -> Self {
-        let Some((prev_raw, prev_res)) = prev else {
-            let clusters = raw
-                .clusters
-                .iter()
-                .map(|c| {
-                    let name = format!("{CLUSTER_PREFIX}{}", c.name);
-                    (name.clone(), encode(name, CLUSTER_TYPE_URL, c))
-                })
-                .collect();
+    /// The resources of `mesh` (version `version`), reusing `prev`'s (version
+    /// `version - 1`) where their input is unchanged: a cluster that is the same `Arc` (or
+    /// equal) keeps its encoding, and only the others are encoded.
+    pub fn build(mesh: &MeshConfig, prev: Option<(&MeshConfig, &Resources)>, version: u64) -> Self {
+        let empty = HashMap::new();
+        let old = prev.map_or(&empty, |(_, r)| &r.clusters);
+        let mut clusters = HashMap::with_capacity(mesh.clusters.len());
+        let mut changed = Vec::new();
+        // Clusters of `old` that this version has too: when all are, nothing was removed.
+        let mut kept = 0;
+        for c in &mesh.clusters {
+            let (key, encoded) = match old.get_key_value(c.name.as_str()) {
+                Some((k, e)) if Arc::ptr_eq(&e.source, c) || e.source == *c => {
+                    kept += 1;
+                    (k.clone(), e.encoded.clone())
+                }
+                found => {
+                    kept += usize::from(found.is_some());
+                    let e = encode_cluster(c);
+                    changed.push(e.clone());
+                    (Arc::from(c.name.as_str()), e)
+                }
+            };
+            let entry = Entry {
+                source: c.clone(),
+                encoded,
+            };
+            clusters.insert(key, entry);
+        }
+        let encoded = changed.len();
+        let Some((prev_mesh, prev_res)) = prev else {
             return Resources {
                 clusters,
+                encoded,
                 ..Default::default()
             };
         };
-        let old: HashMap<&str, &raw::Cluster> = prev_raw
-            .clusters
-            .iter()
-            .map(|c| (c.name.as_str(), c))
-            .collect();
-        let mut clusters = HashMap::with_capacity(raw.clusters.len());
-        let mut changed = Vec::new();
-        for c in &raw.clusters {
-            let name = format!("{CLUSTER_PREFIX}{}", c.name);
-            let kept = (old.get(c.name.as_str()) == Some(&c))
-                .then(|| prev_res.clusters.get(&name).cloned())
-                .flatten();
-            let e = match kept {
-                Some(e) => e,
-                None => {
-                    let e = encode(name.clone(), CLUSTER_TYPE_URL, c);
-                    changed.push(e.clone());
-                    e
-                }
-            };
-            clusters.insert(name, e);
-        }
-        let removed = prev_res
-            .clusters
-            .keys()
-            .filter(|n| !clusters.contains_key(*n))
-            .cloned()
-            .collect();
-        let views = if same_views(prev_raw, raw) {
+        let removed = if kept == old.len() {
+            Vec::new()
+        } else {
+            old.iter()
+                .filter(|(n, _)| !clusters.contains_key(*n))
+                .map(|(_, e)| e.encoded.name.clone())
+                .collect()
+        };
+        let views = if same_views(&prev_mesh.rest, &mesh.rest) {
             lock(&prev_res.views).clone()
         } else {
             HashMap::new()
@@ -143,16 +157,23 @@ impl Resources {
                 changed,
                 removed,
             }),
+            encoded,
             views: Mutex::new(views),
         }
     }
 
-    /// The cluster resources.
-    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Encoded>> {
-        self.clusters.values()
+    /// How many clusters this version encoded (the rest it shares with the previous one).
+    pub fn encoded(&self) -> usize {
+        self.encoded
     }
 
-    /// The mesh resource of the workload `id`, built once per identity and version.
+    /// The cluster resources.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Encoded>> {
+        self.clusters.values().map(|e| &e.encoded)
+    }
+
+    /// The mesh resource of the workload `id`, built once per identity and version from
+    /// the mesh's rest.
     pub fn view(&self, raw: &raw::File, id: Option<&Identity>) -> Arc<Encoded> {
         let key = id.map(|i| i.as_str().to_string()).unwrap_or_default();
         if let Some(e) = lock(&self.views).get(&key) {
@@ -180,7 +201,7 @@ impl Resources {
                 inc.removed.extend(c.removed.iter().cloned());
             }
             _ => {
-                for e in self.clusters.values() {
+                for e in self.clusters() {
                     if known.get(&e.name) != Some(&e.version) {
                         inc.resources.push(e.clone());
                     }
@@ -189,7 +210,8 @@ impl Resources {
                     known
                         .keys()
                         .filter(|n| {
-                            n.starts_with(CLUSTER_PREFIX) && !self.clusters.contains_key(*n)
+                            n.strip_prefix(CLUSTER_PREFIX)
+                                .is_some_and(|c| !self.clusters.contains_key(c))
                         })
                         .cloned(),
                 );
@@ -206,22 +228,23 @@ impl Resources {
 mod tests {
     use super::*;
 
-    fn mesh(eps: &[(&str, &str)]) -> raw::File {
-        raw::File {
-            clusters: eps
-                .iter()
-                .map(|(n, a)| raw::Cluster {
-                    name: n.to_string(),
-                    endpoints: vec![raw::Endpoint {
-                        address: a.to_string(),
-                        weight: None,
-                        priority: None,
-                    }],
-                    ..Default::default()
-                })
-                .collect(),
+    fn cluster(name: &str, addr: &str) -> raw::Cluster {
+        raw::Cluster {
+            name: name.to_string(),
+            endpoints: vec![raw::Endpoint {
+                address: addr.to_string(),
+                weight: None,
+                priority: None,
+            }],
             ..Default::default()
         }
+    }
+
+    fn mesh(eps: &[(&str, &str)]) -> MeshConfig {
+        MeshConfig::from_raw(raw::File {
+            clusters: eps.iter().map(|(n, a)| cluster(n, a)).collect(),
+            ..Default::default()
+        })
     }
 
     fn names(inc: &Increment) -> Vec<&str> {
@@ -238,7 +261,7 @@ mod tests {
             ("c", "10.0.0.3:80"),
         ]);
         let r1 = Resources::build(&m1, None, 1);
-        let v1 = r1.view(&m1, None);
+        let v1 = r1.view(&m1.rest, None);
         let full = r1.increment(&HashMap::new(), None, v1.clone());
         assert_eq!(
             names(&full),
@@ -252,12 +275,36 @@ mod tests {
 
         let m2 = mesh(&[("a", "10.0.0.1:80"), ("b", "10.0.0.9:80")]);
         let r2 = Resources::build(&m2, Some((&m1, &r1)), 2);
-        let v2 = r2.view(&m2, None);
+        let v2 = r2.view(&m2.rest, None);
         assert!(Arc::ptr_eq(&v1, &v2), "an unchanged view is reused");
         for at in [Some(1), None] {
             let inc = r2.increment(&known, at, v2.clone());
             assert_eq!(names(&inc), ["cluster/b"], "known_at {at:?}");
             assert_eq!(inc.removed, ["cluster/c"]);
         }
+    }
+
+    #[test]
+    fn only_a_changed_cluster_is_encoded_again() {
+        let m1 = mesh(&[("a", "10.0.0.1:80"), ("b", "10.0.0.2:80")]);
+        let r1 = Resources::build(&m1, None, 1);
+        assert_eq!(r1.encoded(), 2);
+        // The next version shares `a` (the same Arc) and has a new `b`.
+        let m2 = MeshConfig {
+            clusters: vec![
+                m1.clusters[0].clone(),
+                Arc::new(cluster("b", "10.0.0.9:80")),
+            ],
+            rest: m1.rest.clone(),
+        };
+        let r2 = Resources::build(&m2, Some((&m1, &r1)), 2);
+        assert_eq!(r2.encoded(), 1, "only b");
+        let enc = |r: &Resources, n: &str| r.clusters[n].encoded.clone();
+        assert!(Arc::ptr_eq(&enc(&r1, "a"), &enc(&r2, "a")));
+        assert_ne!(enc(&r1, "b").version, enc(&r2, "b").version);
+        // An equal cluster that is another Arc (a file re-parsed) is not encoded either.
+        let m3 = mesh(&[("a", "10.0.0.1:80"), ("b", "10.0.0.9:80")]);
+        let r3 = Resources::build(&m3, Some((&m2, &r2)), 3);
+        assert_eq!(r3.encoded(), 0);
     }
 }

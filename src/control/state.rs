@@ -9,12 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::mesh;
+use super::cache::{self, ClusterCache};
+use super::mesh::{self, MeshConfig};
 use super::resources::Resources;
 use super::review::TokenReviewer;
 use super::token::TokenKey;
 use crate::ca::Ca;
-use crate::config::{self, raw};
+use crate::config::{self, raw, ConfigError};
 use crate::metrics::ControlMetrics;
 
 /// One valid mesh config, numbered from 1. Version 0 is "nothing loaded yet": a control
@@ -23,7 +24,7 @@ use crate::metrics::ControlMetrics;
 /// to refuse.
 pub struct Mesh {
     pub version: u64,
-    pub raw: raw::File,
+    pub config: MeshConfig,
     /// The incremental stream's resources of this version.
     pub resources: Resources,
 }
@@ -49,11 +50,14 @@ pub struct SidecarStatus {
 #[derive(Default)]
 struct Sources {
     /// The directory's merged files; `None` while it has none.
-    dir: Option<raw::File>,
+    dir: Option<MeshConfig>,
     /// `Some(None)` with Kubernetes on but not listed yet; `None` with it off.
-    kube: Option<Option<raw::File>>,
+    kube: Option<Option<MeshConfig>>,
     dir_error: Option<Vec<String>>,
     merge_error: Option<Vec<String>>,
+    /// The clusters of the merged mesh as last validated (the directory's alone are
+    /// validated as they are loaded).
+    merged_clusters: ClusterCache,
 }
 
 /// The control plane's shared state.
@@ -69,7 +73,7 @@ pub struct State {
     pub(super) next_stream: AtomicU64,
     sources: Mutex<Sources>,
     /// The directory's files as last parsed.
-    parsed: Mutex<mesh::ParseCache>,
+    parsed: Mutex<cache::ParseCache>,
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -98,7 +102,7 @@ impl State {
     ) -> Arc<Self> {
         let (tx, _) = watch::channel(Arc::new(Mesh {
             version: 0,
-            raw: raw::File::default(),
+            config: MeshConfig::default(),
             resources: Resources::default(),
         }));
         let state = Arc::new(State {
@@ -111,7 +115,7 @@ impl State {
             metrics: ControlMetrics::with_kubernetes(kubernetes),
             next_stream: AtomicU64::new(1),
             sources: Mutex::new(Sources {
-                dir: initial,
+                dir: initial.map(MeshConfig::from_raw),
                 kube: kubernetes.then_some(None),
                 ..Sources::default()
             }),
@@ -128,15 +132,18 @@ impl State {
         if !had && mesh::files(dir).is_ok_and(|f| f.is_empty()) {
             return;
         }
-        let loaded = mesh::load_dir_cached(dir, &mut lock(&self.parsed));
+        let loaded = cache::load_dir_cached(dir, &mut lock(&self.parsed));
         match loaded {
-            Ok(raw) => {
+            Ok(loaded) => {
                 let mut s = lock(&self.sources);
                 s.dir_error = None;
-                if s.dir.as_ref() == Some(&raw) {
+                let same = s.dir.as_ref().is_some_and(|d| d.same(&loaded));
+                // Kept even when the same: the cache's shared clusters make the next
+                // comparison a pointer comparison.
+                s.dir = Some(loaded);
+                if same {
                     return;
                 }
-                s.dir = Some(raw);
             }
             Err(errors) => {
                 self.metrics
@@ -157,9 +164,10 @@ impl State {
     /// Replaces the Kubernetes view (clusters and services built from the cluster's
     /// Services and EndpointSlices) and publishes.
     pub fn set_kube(&self, view: raw::File) {
+        let view = MeshConfig::from_raw(view);
         {
             let mut s = lock(&self.sources);
-            if matches!(&s.kube, Some(Some(v)) if *v == view) {
+            if matches!(&s.kube, Some(Some(v)) if v.same(&view)) {
                 return;
             }
             s.kube = Some(Some(view));
@@ -171,34 +179,37 @@ impl State {
     /// from the current one, makes it the next version. Directory entries win over
     /// Kubernetes ones of the same cluster name or VIP: an operator's file is the override.
     pub fn publish(&self) {
-        let mut s = lock(&self.sources);
-        let (merged, checked) = match (&s.dir, &s.kube) {
+        let mut guard = lock(&self.sources);
+        let s = &mut *guard;
+        let merged = match (&s.dir, &s.kube) {
             (_, Some(None)) | (None, None) => return,
             // The directory alone was validated as it was loaded.
-            (Some(d), None) => (d.clone(), true),
-            (d, Some(Some(k))) => (merge(d.clone().unwrap_or_default(), k), false),
-        };
-        if let Err(errors) = if checked {
-            Ok(())
-        } else {
-            config::validate(&merged).map(drop)
-        } {
-            self.metrics
-                .config_loads
-                .with_label_values(&["rejected"])
-                .inc();
-            let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            for e in &errors {
-                tracing::warn!(error = %e, "merged mesh refused; keeping the last good version");
+            (Some(d), None) => Ok(d.clone()),
+            (d, Some(Some(k))) => {
+                let merged = merge(d.as_ref(), k);
+                check_merged(&mut s.merged_clusters, &merged).map(|()| merged)
             }
-            s.merge_error = Some(errors);
-            return;
-        }
+        };
+        let merged = match merged {
+            Ok(m) => m,
+            Err(errors) => {
+                self.metrics
+                    .config_loads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                for e in &errors {
+                    tracing::warn!(error = %e, "merged mesh refused; keeping the last good version");
+                }
+                s.merge_error = Some(errors);
+                return;
+            }
+        };
         s.merge_error = None;
         // `s` stays locked to the end: two publishes at once must not make two meshes of
         // the same version (a stream at that version would never get the second).
         let current = self.mesh.borrow().clone();
-        if current.is_loaded() && current.raw == merged {
+        if current.is_loaded() && current.config.same(&merged) {
             return;
         }
         let version = current.version + 1;
@@ -214,11 +225,11 @@ impl State {
         }
         let prev = current
             .is_loaded()
-            .then_some((&current.raw, &current.resources));
+            .then_some((&current.config, &current.resources));
         let resources = Resources::build(&merged, prev, version);
         self.mesh.send_replace(Arc::new(Mesh {
             version,
-            raw: merged,
+            config: merged,
             resources,
         }));
     }
@@ -249,24 +260,62 @@ impl State {
 }
 
 /// The directory's mesh with the Kubernetes clusters and services added, skipping those a
-/// file already defines.
-fn merge(mut dir: raw::File, kube: &raw::File) -> raw::File {
-    let names: HashSet<String> = dir.clusters.iter().map(|c| c.name.clone()).collect();
-    let vips: HashSet<String> = dir.services.iter().map(|s| s.vip.clone()).collect();
+/// file already defines. Clusters are shared, not copied.
+fn merge(dir: Option<&MeshConfig>, kube: &MeshConfig) -> MeshConfig {
+    let empty = MeshConfig::default();
+    let dir = dir.unwrap_or(&empty);
+    let names: HashSet<&str> = dir.clusters.iter().map(|c| c.name.as_str()).collect();
+    let mut clusters = dir.clusters.clone();
     for c in &kube.clusters {
-        if names.contains(&c.name) {
+        if names.contains(c.name.as_str()) {
             tracing::debug!(cluster = %c.name, "a mesh file defines this cluster; its Kubernetes one is ignored");
         } else {
-            dir.clusters.push(c.clone());
+            clusters.push(c.clone());
         }
     }
-    for s in &kube.services {
-        if !vips.contains(&s.vip) {
-            dir.services.push(s.clone());
+    let mut rest = (*dir.rest).clone();
+    let vips: HashSet<&str> = dir.rest.services.iter().map(|s| s.vip.as_str()).collect();
+    for s in &kube.rest.services {
+        if !vips.contains(s.vip.as_str()) {
+            rest.services.push(s.clone());
         }
     }
-    merge_protocols(&mut dir, kube);
-    dir
+    merge_protocols(&mut rest, &kube.rest);
+    MeshConfig {
+        clusters,
+        rest: Arc::new(rest),
+    }
+}
+
+/// Validates a merged mesh: each cluster once per content (`valid` remembers them), the
+/// names unique, everything else against those names. Paths are those of the merged list.
+fn check_merged(valid: &mut ClusterCache, m: &MeshConfig) -> Result<(), Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut names = HashSet::with_capacity(m.clusters.len());
+    for (i, c) in m.clusters.iter().enumerate() {
+        let at = |e: ConfigError| ConfigError {
+            path: e.path.replacen("clusters[0]", &format!("clusters[{i}]"), 1),
+            ..e
+        };
+        if let Err(es) = valid.check_shared(c) {
+            errors.extend(es.into_iter().map(at));
+        }
+        if !names.insert(c.name.as_str()) {
+            errors.push(ConfigError {
+                path: format!("clusters[{i}].name"),
+                message: format!("{:?} is defined twice", c.name),
+            });
+        }
+    }
+    if let Err(es) = config::validate_without_clusters(&m.rest, &names) {
+        errors.extend(es);
+    }
+    valid.retain(&names);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// The inbound protocols Kubernetes declares (opaque ports, see `discovery::view`): a file's
@@ -349,7 +398,7 @@ mod tests {
         let m = s.mesh.borrow().clone();
         assert_eq!(m.version, 1);
         let addrs: Vec<_> = m
-            .raw
+            .config
             .clusters
             .iter()
             .map(|c| (c.name.as_str(), c.endpoints[0].address.as_str()))
@@ -426,7 +475,14 @@ mod tests {
             ],
             ..Default::default()
         };
-        let m = merge(dir.clone(), &kube);
+        let merged = |dir: raw::File| {
+            merge(
+                Some(&MeshConfig::from_raw(dir)),
+                &MeshConfig::from_raw(kube.clone()),
+            )
+            .to_raw()
+        };
+        let m = merged(dir.clone());
         // A file's entry without a protocol takes it; one saying HTTP keeps its meaning.
         let a = &m.workloads[0].inbound;
         assert_eq!(a[0].protocol, Some(raw::Protocol::Opaque));
@@ -441,7 +497,7 @@ mod tests {
             default_policy: Some(raw::DefaultPolicy::Deny),
             ..dir
         };
-        let m = merge(deny, &kube);
+        let m = merged(deny);
         assert_eq!(m.workloads.len(), 2);
         assert_eq!(m.workloads[0].inbound.len(), 1);
         assert_eq!(

@@ -77,6 +77,7 @@ pub async fn attempt_loop(
     let cluster = t.cluster;
     let cfg = &cluster.config;
     let metrics = &shared.metrics;
+    metrics.first_request(&cfg.name, &cluster.runtime);
     let dial = Dial {
         timeout: cfg.connect_timeout,
         tls: shared.tls.as_deref(),
