@@ -4,10 +4,11 @@
 //!
 //! The request path calls four small hooks: `start` (in `forward::handle`: read the
 //! context, decide, write the next hop's context), `on_route` and `retried` (the route and
-//! each retry, sampled requests only), and `finish` (attributes, status, and a `try_send`
-//! into the exporter's bounded queue). A request that is not sampled costs a few header
-//! look-ups: no allocation, no lock. A full queue drops the span and counts it, so a slow
-//! or dead collector never delays or fails a request.
+//! each retry, sampled requests only), and `finish` (attributes and status, encoded straight
+//! into this worker thread's batch buffer, which the exporter takes whole). A request that
+//! is not sampled costs one pass over its header names: no allocation, no lock. A full
+//! buffer drops the span and counts it, so a slow or dead collector never delays or fails a
+//! request.
 
 pub mod collect;
 pub mod context;
@@ -15,12 +16,12 @@ pub mod export;
 pub mod span;
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use http::header::{HeaderMap, HeaderName};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::config::{Config, Direction, Route, Tracing};
 use crate::metrics::Metrics;
@@ -31,11 +32,20 @@ pub use span::Span;
 /// `x-spoke-trace: force` samples a request, when a meshed (mTLS-verified) peer sends it.
 pub const FORCE: HeaderName = HeaderName::from_static("x-spoke-trace");
 
-/// Finished spans waiting for the exporter; beyond this they are dropped.
+/// Finished spans one shard holds for the exporter; beyond this they are dropped.
 pub const QUEUE: usize = 2048;
 
-/// A finished span, encoded (see `wire`).
-pub type Encoded = Vec<u8>;
+/// The most a shard's buffer keeps allocated between batches (a batch's usual size is a
+/// few hundred KiB at most).
+const KEEP: usize = 1 << 20;
+
+/// Finished spans waiting for the exporter: encoded and framed as elements of
+/// `ScopeSpans.spans` (see `wire`), back to back.
+#[derive(Debug, Default)]
+pub struct Queued {
+    pub bytes: Vec<u8>,
+    pub spans: usize,
+}
 
 /// The tracer every listener shares (it lives in `proxy::Shared`).
 pub struct Tracer {
@@ -43,10 +53,18 @@ pub struct Tracer {
     /// The sampling ratio for new traces, as `f64` bits.
     ratio: AtomicU64,
     settings: ArcSwapOption<Tracing>,
-    tx: mpsc::Sender<Encoded>,
-    rx: Mutex<Option<mpsc::Receiver<Encoded>>>,
-    /// Wakes the exporter when a whole batch waits; otherwise it wakes once per flush
-    /// interval, not once per span.
+    /// Finished spans, a shard per worker thread. A span is written into its thread's
+    /// shard in place: the lock is one the exporter contends only when it swaps the
+    /// buffer out, once per batch. (A `Vec` per span sent through a channel cost an
+    /// allocation, a channel send and, on the exporter's thread, a copy and a free per
+    /// span.)
+    shards: Box<[Mutex<Queued>]>,
+    /// Whether an exporter has taken the shards.
+    exporting: AtomicBool,
+    /// Wakes the exporter when a shard gets its first span.
+    queued: Notify,
+    /// Wakes the exporter when a shard holds a whole batch; otherwise it waits for the
+    /// flush interval, not once per span.
     full: Notify,
     metrics: Arc<Metrics>,
 }
@@ -55,13 +73,18 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        // Twice the cores: threads pick a shard round-robin, and threads that are not
+        // workers (tests, blocking threads) should rarely land on a worker's shard.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let t = Tracer {
             enabled: AtomicBool::new(false),
             ratio: AtomicU64::new(0f64.to_bits()),
             settings: ArcSwapOption::empty(),
-            tx,
-            rx: Mutex::new(Some(rx)),
+            shards: (0..(2 * cores).clamp(2, 64))
+                .map(|_| Mutex::default())
+                .collect(),
+            exporting: AtomicBool::new(false),
+            queued: Notify::new(),
             full: Notify::new(),
             metrics,
         };
@@ -100,21 +123,62 @@ impl Tracer {
         r >= 1.0 || (r > 0.0 && fastrand::f64() < r)
     }
 
-    /// Queues a finished span; never waits. A full queue drops it and counts it.
-    pub fn send(&self, span: Encoded) {
-        if self.tx.try_send(span).is_err() {
+    /// Ends `span` and writes it into this thread's shard; never waits for the exporter.
+    /// A full shard (the exporter is behind) drops the span and counts it.
+    pub fn record(&self, span: &Span, outcome: &span::Outcome<'_>) {
+        let end_ns = span::now_ns();
+        let shard = &self.shards[shard_index(self.shards.len())];
+        let mut q = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.spans >= QUEUE {
+            drop(q);
             self.metrics.trace_spans_dropped.inc();
-        } else if QUEUE - self.tx.capacity() >= export::BATCH {
+            return;
+        }
+        span.encode(outcome, end_ns, &mut q.bytes);
+        q.spans += 1;
+        let n = q.spans;
+        drop(q);
+        if n == 1 {
+            self.queued.notify_one();
+        } else if n == export::BATCH {
             self.full.notify_one();
         }
     }
 
-    /// The exporter's end of the queue (once).
-    pub fn take_receiver(&self) -> Option<mpsc::Receiver<Encoded>> {
-        self.rx.lock().ok().and_then(|mut r| r.take())
+    /// Makes the caller the exporter: true once.
+    pub fn take_exporter(&self) -> bool {
+        !self.exporting.swap(true, Ordering::AcqRel)
     }
 
-    /// Resolves when a whole batch is queued (or was, since the last call).
+    /// The number of shards (the length `take` wants).
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Swaps every shard's spans into `into` (one `Queued` per shard, emptied first, so
+    /// both sides keep their buffers' capacity); returns how many spans it took.
+    pub fn take(&self, into: &mut [Queued]) -> usize {
+        let mut n = 0;
+        for (shard, q) in self.shards.iter().zip(into.iter_mut()) {
+            q.bytes.clear();
+            // A burst of huge spans (long paths) does not pin its memory for good.
+            q.bytes.shrink_to(KEEP);
+            q.spans = 0;
+            std::mem::swap(
+                &mut *shard.lock().unwrap_or_else(PoisonError::into_inner),
+                q,
+            );
+            n += q.spans;
+        }
+        n
+    }
+
+    /// Resolves once a span is queued (or was, since the last call).
+    pub async fn span_queued(&self) {
+        self.queued.notified().await
+    }
+
+    /// Resolves when a shard holds a whole batch (or did, since the last call).
     pub async fn batch_ready(&self) {
         self.full.notified().await
     }
@@ -132,6 +196,15 @@ impl std::fmt::Debug for Tracer {
     }
 }
 
+/// This thread's shard among `n`: threads are numbered as they first finish a span.
+fn shard_index(n: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i) % n
+}
+
 fn random_trace() -> [u8; 16] {
     let mut t = [0u8; 16];
     t[..8].copy_from_slice(&fastrand::u64(..).to_be_bytes());
@@ -142,7 +215,7 @@ fn random_trace() -> [u8; 16] {
 /// Reads the caller's context, decides whether the request is sampled and, if it is,
 /// writes the next hop's context into `headers` and returns its span. `x-spoke-trace` is
 /// always removed (tracing on or off); it counts only from a meshed peer.
-pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Box<Span>> {
+pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Span> {
     // Removed even with tracing off, so an app cannot force sampling at the next hop by
     // sending it through a sidecar that does not trace.
     let force = headers
@@ -183,7 +256,7 @@ pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Box<Span>> {
             .to_string(),
         _ => String::new(),
     };
-    Some(Box::new(Span {
+    Some(Span {
         trace,
         id,
         parent,
@@ -194,7 +267,7 @@ pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Box<Span>> {
         start_ns: span::now_ns(),
         route: None,
         events: Vec::new(),
-    }))
+    })
 }
 
 /// Names the route a sampled request took (`routes[2]`, or `default` for the listener's
@@ -241,7 +314,7 @@ pub fn finish(conn: &ConnCtx, info: &mut Info, status: u16, error: Option<&'stat
         retries: info.retries,
         error,
     };
-    conn.listener.shared.tracer.send(span.finish(&outcome));
+    conn.listener.shared.tracer.record(&span, &outcome);
 }
 
 #[cfg(test)]

@@ -77,11 +77,36 @@ fn decode<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     (out != [0u8; N]).then_some(out)
 }
 
-fn encode(bytes: &[u8], out: &mut Vec<u8>) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize]);
-        out.push(DIGITS[(b & 15) as usize]);
+/// A header value being built on the stack: the longest is a single `b3` header
+/// (32 + 1 + 16 + 2 + 1 + 16 bytes). Only the finished value is copied to the heap.
+struct Text {
+    buf: [u8; 72],
+    len: usize,
+}
+
+impl Text {
+    fn new() -> Self {
+        Text {
+            buf: [0; 72],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, s: &[u8]) {
+        let end = (self.len + s.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&s[..end - self.len]);
+        self.len = end;
+    }
+
+    fn hex(&mut self, bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            self.push(&[DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]]);
+        }
+    }
+
+    fn value(&self) -> Option<HeaderValue> {
+        HeaderValue::from_bytes(&self.buf[..self.len]).ok()
     }
 }
 
@@ -195,27 +220,38 @@ fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
 /// Reads the caller's context: `traceparent` first, then `b3`, then `x-b3-*`. A
 /// malformed header is passed over as if it were absent.
 pub fn extract(h: &HeaderMap) -> Option<Incoming> {
-    if let Some(c) = h
-        .get(TRACEPARENT)
-        .and_then(|v| parse_traceparent(v.as_bytes()))
-    {
-        return Some(c);
+    // One pass over the names the request has: most requests carry no context, and a
+    // look-up per possible name (five of them) would hash each name only to miss.
+    let (mut w3c, mut single, mut multi) = (false, false, false);
+    for name in h.keys() {
+        match name.as_str() {
+            "traceparent" => w3c = true,
+            "b3" => single = true,
+            "x-b3-traceid" | "x-b3-sampled" | "x-b3-flags" => multi = true,
+            _ => {}
+        }
     }
-    if let Some(c) = h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())) {
-        return Some(c);
+    if w3c {
+        if let Some(c) = h
+            .get(TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes()))
+        {
+            return Some(c);
+        }
     }
-    if h.contains_key(B3_TRACE_ID) || h.contains_key(B3_SAMPLED) || h.contains_key(B3_FLAGS) {
+    if single {
+        if let Some(c) = h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())) {
+            return Some(c);
+        }
+    }
+    if multi {
         return parse_b3_multi(h);
     }
     None
 }
 
-fn value(bytes: Vec<u8>) -> Option<HeaderValue> {
-    HeaderValue::from_bytes(&bytes).ok()
-}
-
-fn trace_hex(trace: &[u8; 16], short: bool, out: &mut Vec<u8>) {
-    encode(if short { &trace[8..] } else { trace }, out);
+fn trace_hex(trace: &[u8; 16], short: bool, out: &mut Text) {
+    out.hex(if short { &trace[8..] } else { trace });
 }
 
 /// Writes the sampled context for the next hop in `format`: this hop's span as parent.
@@ -229,44 +265,44 @@ pub fn inject(
 ) {
     match format {
         Format::W3c => {
-            let mut v = Vec::with_capacity(55);
-            v.extend_from_slice(b"00-");
-            encode(trace, &mut v);
-            v.push(b'-');
-            encode(span, &mut v);
-            v.extend_from_slice(b"-01");
-            if let Some(v) = value(v) {
+            let mut v = Text::new();
+            v.push(b"00-");
+            v.hex(trace);
+            v.push(b"-");
+            v.hex(span);
+            v.push(b"-01");
+            if let Some(v) = v.value() {
                 h.insert(TRACEPARENT, v);
             }
         }
         Format::B3Single => {
-            let mut v = Vec::with_capacity(68);
+            let mut v = Text::new();
             trace_hex(trace, short, &mut v);
-            v.push(b'-');
-            encode(span, &mut v);
-            v.extend_from_slice(b"-1");
+            v.push(b"-");
+            v.hex(span);
+            v.push(b"-1");
             if let Some(p) = parent {
-                v.push(b'-');
-                encode(p, &mut v);
+                v.push(b"-");
+                v.hex(p);
             }
-            if let Some(v) = value(v) {
+            if let Some(v) = v.value() {
                 h.insert(B3, v);
             }
         }
         Format::B3Multi => {
-            let mut t = Vec::with_capacity(32);
+            let mut t = Text::new();
             trace_hex(trace, short, &mut t);
-            let mut s = Vec::with_capacity(16);
-            encode(span, &mut s);
-            if let (Some(t), Some(s)) = (value(t), value(s)) {
+            let mut s = Text::new();
+            s.hex(span);
+            if let (Some(t), Some(s)) = (t.value(), s.value()) {
                 h.insert(B3_TRACE_ID, t);
                 h.insert(B3_SPAN_ID, s);
             }
             match parent {
                 Some(p) => {
-                    let mut v = Vec::with_capacity(16);
-                    encode(p, &mut v);
-                    if let Some(v) = value(v) {
+                    let mut v = Text::new();
+                    v.hex(p);
+                    if let Some(v) = v.value() {
                         h.insert(B3_PARENT, v);
                     }
                 }

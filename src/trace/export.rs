@@ -1,8 +1,9 @@
-//! The OTLP exporter: one task off the request path that drains the tracer's bounded
-//! queue in batches (up to `BATCH` spans, or whatever arrived within `FLUSH`) and sends
-//! each batch to the collector over gRPC (`TraceService/Export`, tonic) or HTTP
-//! (`POST /v1/traces`, protobuf body, hyper). Spans arrive encoded, so a batch is their
-//! bytes behind one request head (`wire`); the task wakes once per batch, not per span.
+//! The OTLP exporter: one task off the request path that takes the tracer's shards whole
+//! (once a shard holds `BATCH` spans, or `FLUSH` after the first span) and sends them to
+//! the collector over gRPC (`TraceService/Export`, tonic) or HTTP (`POST /v1/traces`,
+//! protobuf body, hyper), at most `BATCH` spans per call. Spans arrive encoded and
+//! framed, so a request is their bytes behind one request head (`wire`); the task wakes
+//! once per batch, not per span.
 //! The collector's address and protocol are read from the current settings for every
 //! batch, so a new snapshot redirects the export. A failed or timed-out export drops its
 //! batch and counts the spans; requests never wait.
@@ -16,11 +17,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use super::{wire, Encoded};
-use crate::config::{Collector, CollectorProtocol, Tracing};
+use super::{wire, Queued};
+use crate::config::{Collector, CollectorProtocol};
 use crate::proxy::Shared;
 
 /// Spans per export call at most.
@@ -31,10 +31,10 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 
 /// Starts the exporter of `shared`'s tracer (a no-op if one already runs).
 pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
-    let rx = shared.tracer.take_receiver();
+    let first = shared.tracer.take_exporter();
     tokio::spawn(async move {
-        if let Some(rx) = rx {
-            run(shared, rx).await
+        if first {
+            run(shared).await
         }
     })
 }
@@ -57,56 +57,92 @@ enum ExportError {
     Http(String),
 }
 
-/// Takes what is queued, up to a whole batch, without waiting.
-fn drain(rx: &mut mpsc::Receiver<Encoded>, batch: &mut Vec<Encoded>) {
-    while batch.len() < BATCH {
-        match rx.try_recv() {
-            Ok(s) => batch.push(s),
-            Err(_) => return,
+/// Spans taken from the tracer's shards, sent in requests of at most `BATCH` spans.
+struct Taken {
+    shards: Vec<Queued>,
+    /// Per shard: the bytes already sent.
+    at: Vec<usize>,
+    /// Per shard, for the request being built: spans and bytes it takes.
+    cut: Vec<(usize, usize)>,
+}
+
+// === impl Taken ===
+
+impl Taken {
+    fn new(shards: usize) -> Self {
+        Taken {
+            shards: (0..shards).map(|_| Queued::default()).collect(),
+            at: vec![0; shards],
+            cut: vec![(0, 0); shards],
         }
+    }
+
+    /// Takes what the tracer holds; returns how many spans.
+    fn take(&mut self, tracer: &super::Tracer) -> usize {
+        self.at.iter_mut().for_each(|a| *a = 0);
+        tracer.take(&mut self.shards)
+    }
+
+    /// The next `ExportTraceServiceRequest` (this sidecar's resource, Spoke's scope, up to
+    /// `BATCH` spans), written into `buf` and split off it, and its number of spans.
+    fn next_request(&mut self, buf: &mut BytesMut, service: &str) -> Option<(Bytes, u64)> {
+        let (mut room, mut spans_len) = (BATCH, 0);
+        for ((q, at), cut) in self.shards.iter_mut().zip(&self.at).zip(&mut self.cut) {
+            let n = q.spans.min(room);
+            let len = if n == q.spans {
+                q.bytes.len() - at
+            } else {
+                wire::framed_spans_len(&q.bytes[*at..], n)
+            };
+            *cut = (n, len);
+            room -= n;
+            spans_len += len;
+        }
+        if room == BATCH {
+            return None;
+        }
+        buf.clear();
+        buf.reserve(spans_len + 64 + service.len());
+        wire::put_request_head(buf, service, spans_len);
+        for ((q, at), (n, len)) in self.shards.iter_mut().zip(&mut self.at).zip(&self.cut) {
+            buf.put_slice(&q.bytes[*at..*at + len]);
+            *at += len;
+            q.spans -= n;
+        }
+        Some((buf.split().freeze(), (BATCH - room) as u64))
     }
 }
 
-async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Encoded>) {
+async fn run(shared: Arc<Shared>) {
     let tracer = &shared.tracer;
     let mut current: Option<(Collector, Transport)> = None;
     let mut failing = false;
-    let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH);
+    let mut taken = Taken::new(tracer.shards());
     // One request body buffer for the life of the exporter: a batch's body is split off it
     // and, once the transport has dropped it, the next batch reclaims the same allocation.
     // (A fresh ~200 KiB buffer per batch made glibc consolidate its free lists on every
     // free, a few % of the proxy's CPU at sampling 1.)
     let mut body_buf = BytesMut::new();
     loop {
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + FLUSH;
-        loop {
-            drain(&mut rx, &mut batch);
-            if batch.len() >= BATCH || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = tracer.batch_ready() => {}
-            }
+        tracer.span_queued().await;
+        tokio::select! {
+            _ = tokio::time::sleep(FLUSH) => {}
+            _ = tracer.batch_ready() => {}
         }
-        let n = batch.len() as u64;
+        let total = taken.take(tracer) as u64;
+        if total == 0 {
+            continue;
+        }
         let Some(settings) = tracer.settings() else {
-            tracer.metrics().trace_spans_dropped.inc_by(n);
-            batch.clear();
+            tracer.metrics().trace_spans_dropped.inc_by(total);
             continue;
         };
-        let body = request(&mut body_buf, &settings, &batch);
-        batch.clear();
         if current.as_ref().map(|(c, _)| c) != Some(&settings.collector) {
             current = match transport(&settings.collector) {
                 Ok(t) => Some((settings.collector.clone(), t)),
                 Err(e) => {
                     tracing::warn!(collector = %settings.collector.address, error = %e, "trace export failed");
-                    tracer.metrics().trace_spans_dropped.inc_by(n);
+                    tracer.metrics().trace_spans_dropped.inc_by(total);
                     continue;
                 }
             };
@@ -114,24 +150,26 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Encoded>) {
         let Some((collector, t)) = current.as_mut() else {
             continue;
         };
-        let sent = tokio::time::timeout(collector.timeout, send(t, body)).await;
-        match sent.unwrap_or(Err(ExportError::Timeout)) {
-            Ok(rejected) => {
-                let rejected = rejected.min(n);
-                tracer.metrics().trace_spans_exported.inc_by(n - rejected);
-                tracer.metrics().trace_spans_dropped.inc_by(rejected);
-                if failing {
-                    tracing::info!(collector = %collector.address, "trace export recovered");
-                    failing = false;
+        while let Some((body, n)) = taken.next_request(&mut body_buf, &settings.service_name) {
+            let sent = tokio::time::timeout(collector.timeout, send(t, body)).await;
+            match sent.unwrap_or(Err(ExportError::Timeout)) {
+                Ok(rejected) => {
+                    let rejected = rejected.min(n);
+                    tracer.metrics().trace_spans_exported.inc_by(n - rejected);
+                    tracer.metrics().trace_spans_dropped.inc_by(rejected);
+                    if failing {
+                        tracing::info!(collector = %collector.address, "trace export recovered");
+                        failing = false;
+                    }
                 }
-            }
-            Err(e) => {
-                tracer.metrics().trace_spans_dropped.inc_by(n);
-                if failing {
-                    tracing::debug!(collector = %collector.address, error = %e, spans = n, "trace export failed");
-                } else {
-                    tracing::warn!(collector = %collector.address, error = %e, spans = n, "trace export failed; spans are dropped until it recovers");
-                    failing = true;
+                Err(e) => {
+                    tracer.metrics().trace_spans_dropped.inc_by(n);
+                    if failing {
+                        tracing::debug!(collector = %collector.address, error = %e, spans = n, "trace export failed");
+                    } else {
+                        tracing::warn!(collector = %collector.address, error = %e, spans = n, "trace export failed; spans are dropped until it recovers");
+                        failing = true;
+                    }
                 }
             }
         }
@@ -158,20 +196,6 @@ fn transport(c: &Collector) -> Result<Transport, ExportError> {
             Ok(Transport::Http(Box::new(client), uri))
         }
     }
-}
-
-/// One batch as an `ExportTraceServiceRequest` (this sidecar's resource, Spoke's scope,
-/// the spans' bytes), written into `buf` and split off it.
-fn request(buf: &mut BytesMut, settings: &Tracing, spans: &[Encoded]) -> Bytes {
-    let service = settings.service_name.as_str();
-    let spans_len: usize = spans.iter().map(|s| wire::framed_span_len(s)).sum();
-    buf.clear();
-    buf.reserve(spans_len + 64 + service.len());
-    wire::put_request_head(buf, service, spans_len);
-    for s in spans {
-        wire::frame_span(buf, s);
-    }
-    buf.split().freeze()
 }
 
 /// Sends one request; `Ok` holds the number of spans the collector rejected.
@@ -252,6 +276,7 @@ impl Decoder for Raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Tracing;
 
     fn settings() -> Tracing {
         let cfg = crate::config::from_yaml(
@@ -261,23 +286,74 @@ mod tests {
         cfg.tracing.expect("tracing")
     }
 
+    /// `Taken` over shards holding `counts[i]` spans each: span `k` of shard `i` has
+    /// name `i.k`, padded with `k % 300` spaces (sizes vary, some frames take a
+    /// two-byte length).
+    fn taken(counts: &[usize]) -> Taken {
+        let mut t = Taken::new(counts.len());
+        for (i, (q, &n)) in t.shards.iter_mut().zip(counts).enumerate() {
+            for k in 0..n {
+                let name = format!("{i}.{k}{}", " ".repeat(k % 300));
+                let mut span = Vec::new();
+                wire::put_bytes(&mut span, 5, name.as_bytes());
+                wire::put_span_frame(&mut q.bytes, span.len());
+                q.bytes.extend_from_slice(&span);
+            }
+            q.spans = n;
+        }
+        t
+    }
+
     #[test]
     fn the_next_batch_reuses_the_body_buffer_once_the_last_is_sent() {
         let s = settings();
-        let spans: Vec<Encoded> = (0..300).map(|i| vec![i as u8; 400]).collect();
         let mut buf = BytesMut::new();
-        let first = request(&mut buf, &s, &spans);
+        let mut req = || {
+            taken(&[300])
+                .next_request(&mut buf, &s.service_name)
+                .expect("a request")
+                .0
+        };
+        let first = req();
         let at = first.as_ptr();
         // Still held (in flight): the next batch cannot have that memory.
-        let second = request(&mut buf, &s, &spans);
+        let second = req();
         assert_ne!(second.as_ptr(), at);
         assert_eq!(first, second);
         drop((first, second));
         // Both sent and dropped: the buffer is taken back, not allocated again.
-        let third = request(&mut buf, &s, &spans);
+        let third = req();
         let reused = third.as_ptr();
         drop(third);
-        let fourth = request(&mut buf, &s, &spans);
+        let fourth = req();
         assert_eq!(fourth.as_ptr(), reused);
+    }
+
+    #[test]
+    fn shards_go_out_in_requests_of_at_most_a_batch_every_span_once() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+        let s = settings();
+        let mut buf = BytesMut::new();
+        let counts = [400, 0, 700, 5];
+        let mut t = taken(&counts);
+        let mut sizes = Vec::new();
+        let mut names = Vec::new();
+        while let Some((body, n)) = t.next_request(&mut buf, &s.service_name) {
+            let r = ExportTraceServiceRequest::decode(&body[..]).expect("decodes");
+            let spans = &r.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(spans.len() as u64, n);
+            names.extend(spans.iter().map(|s| s.name.trim_end().to_string()));
+            sizes.push(n);
+        }
+        assert_eq!(sizes, vec![512, 512, 81]);
+        let want: Vec<String> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| (0..n).map(move |k| format!("{i}.{k}")))
+            .collect();
+        assert_eq!(names, want);
+        assert!(t.shards.iter().all(|q| q.spans == 0));
+        assert!(t.next_request(&mut buf, &s.service_name).is_none());
     }
 }

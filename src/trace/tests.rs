@@ -30,13 +30,76 @@ fn ratio_zero_and_one() {
     assert!(text.contains("spoke_trace_spans_exported_total 0"));
 }
 
+fn span() -> Span {
+    Span {
+        trace: [7; 16],
+        id: [1, 2, 3, 4, 5, 6, 7, 8],
+        parent: Some([9; 8]),
+        format: Format::W3c,
+        short: false,
+        state: "vendor=x".into(),
+        server: false,
+        start_ns: 1_000,
+        route: Some(span::RouteName::Index(3)),
+        events: Vec::new(),
+    }
+}
+
+fn outcome<'a>(status: u16, error: Option<&'static str>) -> span::Outcome<'a> {
+    span::Outcome {
+        method: "POST",
+        path: "/api/x",
+        authority: "backend:8080",
+        status,
+        peer: std::net::SocketAddr::from(([10, 1, 2, 3], 4242)),
+        cluster: "backend",
+        endpoint: Some(std::net::SocketAddr::from(([10, 0, 0, 7], 8080))),
+        peer_id: Some("spiffe://cluster.local/ns/default/sa/backend"),
+        retries: 0,
+        error,
+    }
+}
+
 #[test]
-fn a_full_queue_drops_and_counts() {
+fn a_full_shard_drops_and_counts() {
     let t = tracer(&format!("tracing: {{ sampling: 1.0, {COLLECTOR} }}\n"));
     for _ in 0..QUEUE + 10 {
-        t.send(Default::default());
+        t.record(&span(), &outcome(200, None));
     }
     assert_eq!(t.metrics().trace_spans_dropped.get(), 10);
+    // Taken by the exporter, the shard has room again.
+    let mut taken: Vec<Queued> = (0..t.shards()).map(|_| Queued::default()).collect();
+    assert_eq!(t.take(&mut taken), QUEUE);
+    t.record(&span(), &outcome(200, None));
+    assert_eq!(t.metrics().trace_spans_dropped.get(), 10);
+    assert_eq!(t.take(&mut taken), 1);
+}
+
+#[test]
+fn spans_from_many_threads_are_all_taken_once() {
+    let t = Arc::new(tracer(&format!(
+        "tracing: {{ sampling: 1.0, {COLLECTOR} }}\n"
+    )));
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    t.record(&span(), &outcome(200, None));
+                }
+            })
+        })
+        .collect();
+    let mut taken: Vec<Queued> = (0..t.shards()).map(|_| Queued::default()).collect();
+    let mut n = 0;
+    for th in threads {
+        n += t.take(&mut taken);
+        th.join()
+            .unwrap_or_else(|_| panic!("a recording thread panicked"));
+    }
+    n += t.take(&mut taken);
+    assert_eq!(n, 600);
+    assert_eq!(t.metrics().trace_spans_dropped.get(), 0);
 }
 
 #[test]
@@ -73,18 +136,7 @@ fn a_finished_span_decodes_with_the_published_types() {
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     use prost::Message;
 
-    let mut s = Span {
-        trace: [7; 16],
-        id: [1, 2, 3, 4, 5, 6, 7, 8],
-        parent: Some([9; 8]),
-        format: Format::W3c,
-        short: false,
-        state: "vendor=x".into(),
-        server: false,
-        start_ns: 1_000,
-        route: Some(span::RouteName::Index(3)),
-        events: Vec::new(),
-    };
+    let mut s = span();
     let ep: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap_or_else(|e| panic!("{e}"));
     s.retry(1, "status", Some(ep));
     let outcome = span::Outcome {
@@ -99,10 +151,11 @@ fn a_finished_span_decodes_with_the_published_types() {
         retries: 1,
         error: None,
     };
-    let bytes = s.finish(&outcome);
+    let mut framed = Vec::new();
+    s.encode(&outcome, span::now_ns(), &mut framed);
     let mut req = Vec::new();
-    wire::put_request_head(&mut req, "web", wire::framed_span_len(&bytes));
-    wire::frame_span(&mut req, &bytes);
+    wire::put_request_head(&mut req, "web", framed.len());
+    req.extend_from_slice(&framed);
     let r = ExportTraceServiceRequest::decode(&req[..]).unwrap_or_else(|e| panic!("{e}"));
     let rs = &r.resource_spans[0];
     let scope = &rs.scope_spans[0];
@@ -152,5 +205,65 @@ fn a_finished_span_decodes_with_the_published_types() {
         Some("10.0.0.7:8080")
     );
     // The batch of one decodes back to the same bytes: nothing the types do not know.
+    assert_eq!(r.encode_to_vec().len(), req.len());
+}
+
+#[test]
+fn every_shape_of_span_encodes_to_its_summed_size_and_decodes() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let long = "/".repeat(20_000);
+    let v6: std::net::SocketAddr = "[2001:db8::7]:8080"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut framed = Vec::new();
+    let mut n = 0;
+    for status in [200, 503] {
+        for error in [None, Some("connect_refused")] {
+            for parent in [None, Some([9; 8])] {
+                for retries in 0..3 {
+                    let mut s = span();
+                    s.parent = parent;
+                    s.state = if retries == 1 {
+                        String::new()
+                    } else {
+                        "a=b".into()
+                    };
+                    s.route = [None, Some(span::RouteName::Default)][retries % 2];
+                    for i in 0..retries {
+                        s.retry(i as u32, "status", [None, Some(v6)][i % 2]);
+                    }
+                    let mut o = outcome(status, error);
+                    if retries == 2 {
+                        o.path = &long;
+                        o.peer = v6;
+                        o.authority = "";
+                        o.endpoint = None;
+                        o.peer_id = None;
+                    }
+                    // `encode` checks its summed size against what it wrote (debug builds).
+                    s.encode(&o, span::now_ns(), &mut framed);
+                    n += 1;
+                }
+            }
+        }
+    }
+    let mut req = Vec::new();
+    wire::put_request_head(&mut req, "web", framed.len());
+    req.extend_from_slice(&framed);
+    let r = ExportTraceServiceRequest::decode(&req[..]).unwrap_or_else(|e| panic!("{e}"));
+    let spans = &r.resource_spans[0].scope_spans[0].spans;
+    assert_eq!(spans.len(), n);
+    assert!(spans
+        .iter()
+        .any(|s| s.events.len() == 2 && s.attributes.len() < 10));
+    for s in spans {
+        let a = |k: &str| collect::text(&s.attributes, k);
+        let failed =
+            a("http.response.status_code").as_deref() == Some("503") || a("spoke.error").is_some();
+        let code = s.status.as_ref().map(|st| st.code);
+        assert_eq!(code, Some(if failed { 2 } else { 0 }), "{s:?}");
+    }
     assert_eq!(r.encode_to_vec().len(), req.len());
 }

@@ -72,6 +72,8 @@ pub fn put_fixed32(buf: &mut impl BufMut, field: u32, v: u32) {
 #[derive(Clone, Copy)]
 pub enum Val<'a> {
     Str(&'a str),
+    /// Text already known to be UTF-8 (a `Small`): not checked again.
+    Text(&'a [u8]),
     Int(i64),
 }
 
@@ -80,6 +82,7 @@ impl Val<'_> {
     fn len(self) -> usize {
         match self {
             Val::Str(s) => field_len(s.len()),
+            Val::Text(s) => field_len(s.len()),
             Val::Int(i) => 1 + varint_len(i as u64),
         }
     }
@@ -97,29 +100,112 @@ pub fn put_kv(buf: &mut impl BufMut, field: u32, key: &str, v: Val<'_>) {
     put_len(buf, 2, v.len());
     match v {
         Val::Str(s) => put_bytes(buf, 1, s.as_bytes()),
+        Val::Text(s) => put_bytes(buf, 1, s),
         Val::Int(i) => put_uint(buf, 3, i as u64),
     }
 }
 
-/// Short text (an address, `routes[3]`) formatted on the stack.
+/// Short text (an address, `routes[3]`) written on the stack. The common values (IPv4
+/// addresses, ports, indexes) are written digit by digit: `core::fmt` machinery cost
+/// about as much as encoding the rest of a span.
 pub struct Small {
     buf: [u8; 64],
     len: usize,
 }
 
 impl Small {
-    pub fn new(args: std::fmt::Arguments<'_>) -> Self {
-        let mut s = Small {
+    pub fn new() -> Self {
+        Small {
             buf: [0; 64],
             len: 0,
-        };
+        }
+    }
+
+    /// Text through `core::fmt` (what has no fast form here, such as IPv6).
+    pub fn fmt(args: std::fmt::Arguments<'_>) -> Self {
+        let mut s = Small::new();
         // Longer text (never for the values used here) is cut, not a failure.
         let _ = s.write_fmt(args);
         s
     }
 
+    /// An IP address as `Display` writes it.
+    pub fn ip(ip: std::net::IpAddr) -> Self {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                let mut s = Small::new();
+                s.push_ipv4(v4);
+                s
+            }
+            std::net::IpAddr::V6(v6) => Small::fmt(format_args!("{v6}")),
+        }
+    }
+
+    /// A socket address as `Display` writes it (`1.2.3.4:80`, `[::1]:80`).
+    pub fn socket(addr: std::net::SocketAddr) -> Self {
+        match addr {
+            std::net::SocketAddr::V4(a) => {
+                let mut s = Small::new();
+                s.push_ipv4(*a.ip());
+                s.push_ascii(b":");
+                s.push_u64(u64::from(a.port()));
+                s
+            }
+            std::net::SocketAddr::V6(a) => Small::fmt(format_args!("{a}")),
+        }
+    }
+
+    pub fn push_str(&mut self, s: &str) {
+        // Cut at the end of the buffer rather than fail (see `fmt`).
+        let _ = std::fmt::Write::write_str(self, s);
+    }
+
+    /// ASCII only, so the text stays UTF-8 (all-or-nothing, as `write_str`).
+    fn push_ascii(&mut self, s: &[u8]) {
+        if s.is_ascii() && s.len() <= self.buf.len() - self.len {
+            self.buf[self.len..self.len + s.len()].copy_from_slice(s);
+            self.len += s.len();
+        }
+    }
+
+    /// A number in decimal.
+    pub fn push_u64(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push_ascii(&digits[i..]);
+    }
+
+    fn push_ipv4(&mut self, ip: std::net::Ipv4Addr) {
+        for (i, o) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push_ascii(b".");
+            }
+            self.push_u64(u64::from(o));
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    /// The text's bytes (always UTF-8: only whole `str`s and ASCII are written), for an
+    /// attribute value without checking them again.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Default for Small {
+    fn default() -> Self {
+        Small::new()
     }
 }
 
@@ -154,13 +240,38 @@ pub fn put_request_head(buf: &mut impl BufMut, service: &str, spans_len: usize) 
 }
 
 /// The size of one encoded span as an element of `ScopeSpans.spans`.
-pub fn framed_span_len(span: &[u8]) -> usize {
-    field_len(span.len())
+pub fn framed_span_len(span_len: usize) -> usize {
+    field_len(span_len)
 }
 
-/// Appends one encoded span as an element of `ScopeSpans.spans`.
-pub fn frame_span(buf: &mut impl BufMut, span: &[u8]) {
-    put_bytes(buf, 2, span);
+/// The frame (tag and length) of one encoded span of `span_len` bytes as an element of
+/// `ScopeSpans.spans`; the span's bytes follow.
+pub fn put_span_frame(buf: &mut impl BufMut, span_len: usize) {
+    put_len(buf, 2, span_len);
+}
+
+/// The byte length of the first `n` framed spans of `buf` (all of it if it holds fewer).
+pub fn framed_spans_len(buf: &[u8], n: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..n {
+        // The tag is one byte; then the length as a varint.
+        let mut i = at + 1;
+        let mut len = 0u64;
+        let mut shift = 0;
+        while let Some(b) = buf.get(i) {
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 || shift > 63 {
+                break;
+            }
+        }
+        at = i.saturating_add(len as usize);
+        if at >= buf.len() {
+            return buf.len();
+        }
+    }
+    at
 }
 
 #[cfg(test)]
@@ -214,6 +325,23 @@ mod tests {
     }
 
     #[test]
+    fn framed_spans_are_counted_off_by_their_lengths() {
+        let mut b = Vec::new();
+        for len in [3usize, 200, 0, 20_000] {
+            put_span_frame(&mut b, len);
+            b.extend(std::iter::repeat_n(7u8, len));
+        }
+        let one = 2 + 3;
+        let two = one + 3 + 200;
+        assert_eq!(framed_spans_len(&b, 0), 0);
+        assert_eq!(framed_spans_len(&b, 1), one);
+        assert_eq!(framed_spans_len(&b, 2), two);
+        assert_eq!(framed_spans_len(&b, 3), two + 2);
+        assert_eq!(framed_spans_len(&b, 4), b.len());
+        assert_eq!(framed_spans_len(&b, 9), b.len());
+    }
+
+    #[test]
     fn an_empty_request_decodes() {
         let mut b = Vec::new();
         put_request_head(&mut b, "web", 0);
@@ -228,13 +356,24 @@ mod tests {
     #[test]
     fn small_text_is_formatted_on_the_stack() {
         assert_eq!(
-            Small::new(format_args!("routes[{}]", 12)).as_str(),
+            Small::fmt(format_args!("routes[{}]", 12)).as_str(),
             "routes[12]"
         );
-        let ip: std::net::SocketAddr = "[2001:db8::1]:8080".parse().unwrap();
-        assert_eq!(
-            Small::new(format_args!("{ip}")).as_str(),
-            "[2001:db8::1]:8080"
-        );
+        for a in [
+            "[2001:db8::1]:8080",
+            "10.0.0.7:8080",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::ffff:1.2.3.4]:1",
+        ] {
+            let sa: std::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(Small::socket(sa).as_str(), sa.to_string());
+            assert_eq!(Small::ip(sa.ip()).as_str(), sa.ip().to_string());
+        }
+        let mut s = Small::new();
+        s.push_u64(0);
+        s.push_str(",");
+        s.push_u64(u64::MAX);
+        assert_eq!(s.as_str(), format!("0,{}", u64::MAX));
     }
 }

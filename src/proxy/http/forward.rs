@@ -64,7 +64,7 @@ pub struct Info {
     pub retries: u32,
     pub upstream_id: Option<Identity>,
     /// The request's span, when it is sampled.
-    pub trace: Option<Box<crate::trace::Span>>,
+    pub trace: Option<crate::trace::Span>,
     /// Why the upstream part failed (the last try's error), for the one failure event.
     pub error: Option<String>,
 }
