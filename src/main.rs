@@ -11,6 +11,12 @@ use spoke::cli::{
 };
 use spoke::{app, config, telemetry};
 
+/// jemalloc with a background thread that gives freed pages back to the system within about
+/// a second (see `.cargo/config.toml`): glibc's per-thread arenas kept a sidecar at 3-4x its
+/// idle size after a burst of connections had ended.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
