@@ -105,8 +105,13 @@ impl Text {
         }
     }
 
+    /// The header value, marked never-indexed for HTTP/2: a span id is new on every request,
+    /// so in the HPACK dynamic table it would only evict the headers that do repeat (and
+    /// cost both sides a table insert per request).
     fn value(&self) -> Option<HeaderValue> {
-        HeaderValue::from_bytes(&self.buf[..self.len]).ok()
+        let mut v = HeaderValue::from_bytes(&self.buf[..self.len]).ok()?;
+        v.set_sensitive(true);
+        Some(v)
     }
 }
 
