@@ -31,37 +31,10 @@ trap cleanup EXIT
 
 [[ -x $SPOKE_BIN ]] || die "$SPOKE_BIN not found (cargo build --release)"
 for t in h2o wrk; do command -v "$t" >/dev/null || die "$t not installed"; done
-A_LISTEN=$((BASE + 1)) A_ADMIN=$((BASE + 2)) A_READY=$((BASE + 3))
-B_LISTEN=$((BASE + 11)) B_ADMIN=$((BASE + 12)) B_READY=$((BASE + 13))
-UP=$((BASE + 15))
-
-# Certificates from spoke ca, as in the benchmark.
-"$SPOKE_BIN" ca init --out "$WORK/certs/ca" --force >/dev/null
-for id in web backend; do
-    "$SPOKE_BIN" ca issue --ca "$WORK/certs/ca" --id "spiffe://cluster.local/ns/default/sa/$id" \
-        --out "$WORK/certs/$id" --force >/dev/null
-done
-mkdir -p "$WORK/www" && printf 'ok\n' >"$WORK/www/index.html"
-sed -e "s|@UPSTREAM_PORT@|$UP|g" -e "s|@WWW@|$WORK/www|g" "$BENCH/h2o-upstream.conf.tmpl" >"$WORK/h2o.conf"
-sed -e "s|@ADMIN_PORT@|$A_ADMIN|g" -e "s|@READY_PORT@|$A_READY|g" -e "s|@CERTS@|$WORK/certs|g" \
-    -e "s|@LISTEN@|$A_LISTEN|g" -e "s|@B_LISTEN@|$B_LISTEN|g" -e "s|@LB@|least_request|g" \
-    "$BENCH/spoke-http-a.yaml.tmpl" >"$WORK/a.yaml"
-sed -e "s|@ADMIN_PORT@|$B_ADMIN|g" -e "s|@READY_PORT@|$B_READY|g" -e "s|@CERTS@|$WORK/certs|g" \
-    -e "s|@LISTEN@|$B_LISTEN|g" -e "s|@UPSTREAM_PORT@|$UP|g" \
-    "$BENCH/spoke-http-b.yaml.tmpl" >"$WORK/b.yaml"
-h2o -c "$WORK/h2o.conf" >"$WORK/h2o.log" 2>&1 &
-PIDS+=($!)
-TOKIO_WORKER_THREADS=1 "$SPOKE_BIN" proxy -c "$WORK/b.yaml" --log-level warn 2>"$WORK/b.log" &
-B=$!
-PIDS+=("$B")
-TOKIO_WORKER_THREADS=1 "$SPOKE_BIN" proxy -c "$WORK/a.yaml" --log-level warn 2>"$WORK/a.log" &
-A=$!
-PIDS+=("$A")
-for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:$A_LISTEN/" && break
-    sleep 0.1
-done
-curl -fs -o /dev/null "http://127.0.0.1:$A_LISTEN/" || die "chain not up: $(tail -3 "$WORK/a.log" "$WORK/b.log")"
+MODE=off
+# shellcheck source=bench/two-hop.sh
+source "$BENCH/two-hop.sh"
+start_chain
 
 rss() {
     local r

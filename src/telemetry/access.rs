@@ -64,7 +64,7 @@ impl<S: Subscriber> Layer<S> for AccessLayer {
                     buf.extend_from_slice(b"\",\"level\":\"");
                     buf.extend_from_slice(meta.level().as_str().as_bytes());
                     buf.push(b'"');
-                    event.record(&mut Json { buf });
+                    event.record(&mut Fields { buf, json: true });
                     buf.extend_from_slice(b",\"target\":");
                     json_str(buf, meta.target());
                     buf.extend_from_slice(b"}\n");
@@ -76,7 +76,7 @@ impl<S: Subscriber> Layer<S> for AccessLayer {
                     buf.push(b' ');
                     buf.extend_from_slice(meta.target().as_bytes());
                     buf.push(b':');
-                    event.record(&mut Plain { buf });
+                    event.record(&mut Fields { buf, json: false });
                     buf.push(b'\n');
                 }
             });
@@ -128,29 +128,40 @@ impl std::fmt::Write for Bytes<'_> {
     }
 }
 
-/// `field=value` pairs as the `fmt` layer writes them: strings quoted and escaped (Rust
-/// `Debug`), `Display`ed values and numbers bare, the message first without its name.
-struct Plain<'a> {
+/// The event's fields as the `fmt` layer writes them. Plain: ` field=value` pairs, strings
+/// quoted and escaped (Rust `Debug`), `Display`ed values and numbers bare, the message first
+/// without its name. JSON: `,"field":value` members of the flat object.
+struct Fields<'a> {
     buf: &'a mut Vec<u8>,
+    json: bool,
 }
 
-impl Plain<'_> {
-    fn name(&mut self, field: &Field) {
-        self.buf.push(b' ');
-        self.buf.extend_from_slice(field.name().as_bytes());
-        self.buf.push(b'=');
+impl Fields<'_> {
+    /// Writes the field's name; false for plain's message, which is written bare.
+    fn name(&mut self, field: &Field) -> bool {
+        if self.json {
+            self.buf.push(b',');
+            json_str(self.buf, field.name());
+            self.buf.push(b':');
+        } else {
+            self.buf.push(b' ');
+            if field.name() == "message" {
+                return false;
+            }
+            self.buf.extend_from_slice(field.name().as_bytes());
+            self.buf.push(b'=');
+        }
+        true
     }
 }
 
-impl Visit for Plain<'_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.buf.push(b' ');
+        if !self.name(field) {
             self.buf.extend_from_slice(value.as_bytes());
-            return;
-        }
-        self.name(field);
-        if value
+        } else if self.json {
+            json_str(self.buf, value);
+        } else if value
             .bytes()
             .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
         {
@@ -180,56 +191,11 @@ impl Visit for Plain<'_> {
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.buf.push(b' ');
-        } else {
-            self.name(field);
-        }
-        let _ = write!(Bytes(self.buf), "{value:?}");
-    }
-}
-
-/// `,"field":value` members of the flat JSON object.
-struct Json<'a> {
-    buf: &'a mut Vec<u8>,
-}
-
-impl Json<'_> {
-    fn name(&mut self, field: &Field) {
-        self.buf.push(b',');
-        json_str(self.buf, field.name());
-        self.buf.push(b':');
-    }
-}
-
-impl Visit for Json<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        json_str(self.buf, value);
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.name(field);
-        self.buf
-            .extend_from_slice(if value { b"true" } else { b"false" });
-    }
-
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.name(field);
-        if value.is_finite() {
+        if !self.json {
+            let _ = write!(Bytes(self.buf), "{value:?}");
+        } else if value.is_finite() {
             let _ = write!(Bytes(self.buf), "{value}");
         } else {
             self.buf.extend_from_slice(b"null");
@@ -238,9 +204,12 @@ impl Visit for Json<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.name(field);
-        // Formatted first, then escaped: Display output may hold any character.
         let start = self.buf.len();
         let _ = write!(Bytes(self.buf), "{value:?}");
+        if !self.json {
+            return;
+        }
+        // Formatted first, then escaped: Display output may hold any character.
         if self.buf[start..]
             .iter()
             .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
