@@ -17,23 +17,10 @@ CONNS=${BURST_CONNS:-1000}
 BURST_SECONDS=${BURST_SECONDS:-5}
 SETTLE=${BURST_SETTLE:-5}
 BASE=${BURST_BASE:-19420}
-WORK=$(mktemp -d)
-PIDS=()
-
-die() { echo "burst-rss.sh: $*" >&2; exit 1; }
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-[[ -x $SPOKE_BIN ]] || die "$SPOKE_BIN not found (cargo build --release)"
-for t in h2o wrk; do command -v "$t" >/dev/null || die "$t not installed"; done
-MODE=off
 # shellcheck source=bench/two-hop.sh
 source "$BENCH/two-hop.sh"
+for t in h2o wrk; do command -v "$t" >/dev/null || die "$t not installed"; done
+MODE=off
 start_chain
 
 rss() {

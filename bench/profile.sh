@@ -28,19 +28,8 @@ LOAD=${PROFILE_LOAD:-wrk}
 SECONDS_=${PROFILE_SECONDS:-8}
 BASE=${PROFILE_BASE:-19400}
 OUTDIR=$BENCH/profiles
-WORK=$(mktemp -d)
-PIDS=()
-
-die() { echo "profile.sh: $*" >&2; exit 1; }
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-[[ -x $SPOKE_BIN ]] || die "$SPOKE_BIN not found (cargo build --release)"
+# shellcheck source=bench/two-hop.sh
+source "$BENCH/two-hop.sh"
 for t in perf h2o "$LOAD"; do command -v "$t" >/dev/null || die "$t not installed"; done
 case $MODE in off | access | trace1) ;; *) die "unknown mode $MODE" ;; esac
 export PATH=$BENCH/.tools/bin:$PATH
@@ -48,8 +37,6 @@ if ! command -v inferno-flamegraph >/dev/null; then
     cargo install inferno --locked --root "$BENCH/.tools" >&2 || die "cannot install inferno"
 fi
 
-# shellcheck source=bench/two-hop.sh
-source "$BENCH/two-hop.sh"
 start_chain
 
 if [[ $LOAD == wrk ]]; then

@@ -1,8 +1,23 @@
 # Sourced by bench/profile.sh and bench/burst-rss.sh: the two-hop HTTP chain on 127.0.0.1 --
 # Spoke A (outbound, plaintext listener) -> HTTP/2 over mTLS -> Spoke B (inbound) -> h2o,
 # one worker each, certificates from spoke ca. Expects ROOT, BENCH, SPOKE_BIN, BASE (a block
-# of 20 ports), MODE (off | access | trace1), WORK (a scratch directory), PIDS (an array the
-# caller's cleanup kills) and die(). Sets A, B (PIDs) and A_LISTEN.
+# of 20 ports) and, for start_chain, MODE (off | access | trace1). Sourcing it makes the
+# scratch directory WORK and the PIDS list that the exit trap stops (by PID) and removes.
+# start_chain sets A, B (PIDs) and A_LISTEN.
+
+WORK=$(mktemp -d)
+PIDS=()
+
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[[ -x $SPOKE_BIN ]] || die "$SPOKE_BIN not found (cargo build --release)"
 
 start_chain() {
     A_LISTEN=$((BASE + 1)) A_ADMIN=$((BASE + 2)) A_READY=$((BASE + 3))
