@@ -94,33 +94,18 @@ fn broken_changes_are_refused_with_placed_errors_and_the_cache_recovers() {
 
     // An invalid endpoint: the error names the file and the line.
     dir.write("10-flap.yaml", &flap("not an address"));
-    let errs = load_dir_cached(&dir.0, &mut cache).unwrap_err();
-    let text = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = refused(&dir, &mut cache);
     assert!(text.contains("10-flap.yaml:1:"), "{text}");
     assert!(text.contains("is not host:port"), "{text}");
 
     // A route to a cluster that is gone: the rest is checked again when names change.
     dir.write("10-flap.yaml", "clusters: []\n");
-    let errs = load_dir_cached(&dir.0, &mut cache).unwrap_err();
-    let text = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = refused(&dir, &mut cache);
     assert!(text.contains("cluster \"f\" is not defined"), "{text}");
 
     // The same name in two files.
     dir.write("10-flap.yaml", "clusters: [ { name: a }, { name: f } ]\n");
-    let errs = load_dir_cached(&dir.0, &mut cache).unwrap_err();
-    let text = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = refused(&dir, &mut cache);
     assert!(text.contains("defined twice"), "{text}");
 
     dir.write("10-flap.yaml", &flap("10.0.1.3:80"));
@@ -153,4 +138,14 @@ fn a_file_known_unchanged_from_its_metadata_is_not_read() {
     dir.age("00-big.yaml", Duration::from_secs(30));
     let m = load_dir_cached(&dir.0, &mut cache).unwrap();
     assert_eq!(m.clusters[1].endpoints[0].address, "10.0.0.2:80");
+}
+
+/// The errors a load of `dir` is refused with, one per line.
+fn refused(dir: &Dir, cache: &mut ParseCache) -> String {
+    load_dir_cached(&dir.0, cache)
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
