@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -107,20 +107,21 @@ impl Lines {
 
     /// Lets `write` append one or more whole lines to this thread's buffer.
     pub fn append(&self, write: impl FnOnce(&mut Vec<u8>)) {
-        let slot = SLOT.with(|s| {
+        SLOT.with(|s| {
             let mut s = s.borrow_mut();
-            match &*s {
-                Some((owner, slot)) if std::ptr::eq(owner.as_ptr(), Arc::as_ptr(&self.shared)) => {
-                    slot.clone()
-                }
-                _ => {
-                    let slot = Arc::new(Slot::default());
-                    lock(&self.shared.slots).push(slot.clone());
-                    *s = Some((Arc::downgrade(&self.shared), slot.clone()));
-                    slot
-                }
+            let mine = matches!(&*s, Some((owner, _)) if std::ptr::eq(owner.as_ptr(), Arc::as_ptr(&self.shared)));
+            if !mine {
+                let slot = Arc::new(Slot::default());
+                lock(&self.shared.slots).push(slot.clone());
+                *s = Some((Arc::downgrade(&self.shared), slot));
+            }
+            if let Some((_, slot)) = &*s {
+                self.append_to(slot, write);
             }
         });
+    }
+
+    fn append_to(&self, slot: &Slot, write: impl FnOnce(&mut Vec<u8>)) {
         let mut buf = lock(&slot.buf);
         if buf.len() >= MAX_WAITING {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -203,19 +204,10 @@ impl Drop for LinesGuard {
             return;
         }
         // Bounded: a stderr nobody reads must not keep the process from exiting.
-        let deadline = Instant::now() + LAST_WRITE;
-        while !state.stopped {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            state = self
-                .shared
-                .wake
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let _ = self
+            .shared
+            .wake
+            .wait_timeout_while(state, LAST_WRITE, |s| !s.stopped);
     }
 }
 
@@ -223,22 +215,16 @@ fn flusher(shared: &Shared, mut out: Out) {
     let mut spare = Vec::new();
     let mut state = lock(&shared.state);
     loop {
-        while !state.dirty && !state.stop {
-            state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
+        state = shared
+            .wake
+            .wait_while(state, |s| !s.dirty && !s.stop)
+            .unwrap_or_else(|e| e.into_inner());
         // Gather: lines of the next FLUSH go out in the same write.
-        let deadline = Instant::now() + FLUSH;
-        while !state.stop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = shared
-                .wake
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        state = shared
+            .wake
+            .wait_timeout_while(state, FLUSH, |s| !s.stop)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
         state.dirty = false;
         let stop = state.stop;
         drop(state);
@@ -282,6 +268,7 @@ fn flusher(shared: &Shared, mut out: Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// A writer the test can read back, or block (a stuck pipe).
     #[derive(Clone, Default)]
