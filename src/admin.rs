@@ -7,7 +7,7 @@
 
 mod info;
 
-mod clusters;
+pub(crate) mod clusters;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -118,9 +118,22 @@ fn ready(state: &AdminState) -> Resp {
     }
 }
 
+/// One scrape at a time: each fills `spoke_endpoints` from the current snapshot and empties
+/// it again once rendered.
+static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn metrics(state: &AdminState) -> Resp {
-    clusters::refresh_gauges(&state.shared.snapshot.load(), &state.shared.metrics);
-    let mut r = text(StatusCode::OK, state.shared.metrics.render());
+    let m = &state.shared.metrics;
+    let body = {
+        let _one = SCRAPE.lock().unwrap_or_else(|p| p.into_inner());
+        clusters::refresh_gauges(&state.shared.snapshot.load(), m);
+        let body = m.render();
+        // Four series per cluster: a sidecar pushed a thousand clusters would keep 2 MiB
+        // of them between scrapes for nothing.
+        m.endpoints.reset();
+        body
+    };
+    let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

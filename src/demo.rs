@@ -394,7 +394,7 @@ async fn demo(dir: &Path, stop_after: Option<Duration>) -> anyhow::Result<()> {
         .cluster("catalog")
         .map(|cl| {
             let now = crate::balance::now_ms();
-            cl.endpoints
+            cl.endpoints()
                 .iter()
                 .map(|e| {
                     let st = match e.ejected_for(now) {

@@ -38,7 +38,7 @@ pub struct Shared {
     /// Upstream HTTP connections; outlives snapshots so swaps keep warm connections.
     pub pool: http::pool::Pool,
     /// Endpoint and cluster runtime state; outlives snapshots like the pool.
-    pub registry: crate::balance::Registry,
+    pub registry: Arc<crate::balance::Registry>,
     /// Receives every inbound authorization decision (the demo prints them).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<AuthzEvent>>,
     /// Trace sampling and the span queue to the OTLP exporter.
@@ -76,7 +76,7 @@ pub struct AuthzEvent {
 
 impl Shared {
     pub fn new(mut snapshot: Snapshot, metrics: Arc<Metrics>, tls: Option<Arc<CertStore>>) -> Self {
-        let registry = crate::balance::Registry::default();
+        let registry = Arc::new(crate::balance::Registry::default());
         snapshot.adopt(&registry);
         let tracer = crate::trace::Tracer::new(&snapshot.config, metrics.clone());
         metrics.init_for(&snapshot.config);

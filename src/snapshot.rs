@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::authz::PortPolicy;
 use crate::balance::endpoint::Verdict;
@@ -20,21 +20,36 @@ use crate::proxy::http::route::RouteIndex;
 /// The latency a failed attempt counts as for `least_request`.
 const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// One cluster as the data plane sees it: its config, the balancing plan built from it,
-/// and the runtime state (endpoint health and load, breaker counters, retry budget) that
-/// `Shared::store` carries over from the previous snapshot.
+/// One cluster as the data plane sees it: its config and, once the cluster is used, its
+/// live part: the balancing plan built from the config and the runtime state (endpoint
+/// health and load, breaker counters, retry budget) kept in the registry across snapshots.
+///
+/// The live part is made at first use: a sidecar is pushed every cluster of the mesh but
+/// talks to few of them, and a thousand unused clusters would otherwise hold a plan and a
+/// state per endpoint each (about 4 MiB for 1,000 clusters of 10 endpoints).
 #[derive(Debug)]
 pub struct ClusterState {
-    pub config: Cluster,
+    pub config: Arc<Cluster>,
+    /// Where the live part's runtime state comes from (set when a snapshot adopts the
+    /// cluster); `None`: a state of its own.
+    registry: Option<Arc<Registry>>,
+    live: OnceLock<Live>,
+}
+
+/// A cluster's balancing plan and runtime state.
+#[derive(Debug)]
+pub struct Live {
     /// Runtime state of each endpoint, in the order of `config.endpoints`.
     pub endpoints: Vec<Arc<EndpointState>>,
     pub runtime: Arc<ClusterRuntime>,
     plan: Plan,
 }
 
-impl ClusterState {
-    pub fn new(config: Cluster) -> Self {
-        ClusterState {
+impl Live {
+    /// A fresh state for `config`, shared with nothing: what an unused cluster would
+    /// start from (shown by `/clusters` without making the cluster live).
+    pub fn fresh(config: &Cluster) -> Self {
+        Live {
             endpoints: config
                 .endpoints
                 .iter()
@@ -42,13 +57,60 @@ impl ClusterState {
                 .collect(),
             runtime: Arc::default(),
             plan: Plan::new(config.lb, &config.endpoints),
-            config,
         }
+    }
+
+    /// From the registry's state: `reconcile` when the snapshot is the one the registry
+    /// follows (being stored), so endpoints it no longer lists drain.
+    fn adopted(config: &Cluster, registry: &Registry, reconcile: bool) -> Self {
+        let addrs: Vec<&EndpointAddr> = config.endpoints.iter().map(|e| &e.address).collect();
+        let (runtime, endpoints) = if reconcile {
+            registry.adopt(&config.name, &addrs)
+        } else {
+            registry.join(&config.name, &addrs)
+        };
+        Live {
+            endpoints,
+            runtime,
+            plan: Plan::new(config.lb, &config.endpoints),
+        }
+    }
+}
+
+impl ClusterState {
+    pub fn new(config: Arc<Cluster>) -> Self {
+        ClusterState {
+            config,
+            registry: None,
+            live: OnceLock::new(),
+        }
+    }
+
+    /// The live part, made now if the cluster was not used yet.
+    pub fn live(&self) -> &Live {
+        self.live.get_or_init(|| match &self.registry {
+            Some(r) => Live::adopted(&self.config, r, false),
+            None => Live::fresh(&self.config),
+        })
+    }
+
+    /// The live part if the cluster has been used.
+    pub fn peek(&self) -> Option<&Live> {
+        self.live.get()
+    }
+
+    /// Runtime state of each endpoint, in the order of `config.endpoints`.
+    pub fn endpoints(&self) -> &[Arc<EndpointState>] {
+        &self.live().endpoints
+    }
+
+    pub fn runtime(&self) -> &Arc<ClusterRuntime> {
+        &self.live().runtime
     }
 
     /// The local app behind an inbound listener, as a one-endpoint plaintext cluster.
     pub fn local(name: &str, app: std::net::SocketAddr) -> Self {
-        Self::new(Cluster {
+        Self::new(Arc::new(Cluster {
             name: name.to_string(),
             lb: crate::config::Lb::RoundRobin,
             tls: None,
@@ -68,22 +130,24 @@ impl ClusterState {
             hash_on: crate::config::HashOn::SourceIp,
             health_check: None,
             queue_timeout: crate::config::DEFAULT_QUEUE_TIMEOUT,
-        })
+        }))
     }
 
-    /// Takes over the runtime state the registry holds for this cluster's endpoints.
-    fn adopt(&mut self, registry: &Registry) {
-        let addrs: Vec<&EndpointAddr> = self.config.endpoints.iter().map(|e| &e.address).collect();
-        let (rt, eps) = registry.adopt(&self.config.name, &addrs);
-        self.runtime = rt;
-        self.endpoints = eps;
+    /// Takes its runtime state from `registry`: now if the cluster is in use (the registry
+    /// has state for it, or it is health checked), else at first use.
+    fn adopt(&mut self, registry: &Arc<Registry>) {
+        if self.config.health_check.is_some() || registry.has(&self.config.name) {
+            let _ = self.live.set(Live::adopted(&self.config, registry, true));
+        }
+        self.registry = Some(registry.clone());
     }
 
     /// Picks an endpoint (see `balance`): not one in `tried` while others remain.
     pub fn pick(&self, key: Option<u64>, tried: &[usize]) -> Option<Picked> {
-        self.plan.pick(
-            &self.endpoints,
-            &self.runtime,
+        let live = self.live();
+        live.plan.pick(
+            &live.endpoints,
+            &live.runtime,
             key,
             tried,
             now_ms(),
@@ -98,7 +162,8 @@ impl ClusterState {
     /// Feeds one attempt's outcome to outlier detection; ejects the endpoint when it is
     /// over a threshold and the cluster under its ejection limit.
     pub fn record(&self, i: usize, outcome: Outcome, metrics: &Metrics) {
-        let Some(ep) = self.endpoints.get(i) else {
+        let endpoints = self.endpoints();
+        let Some(ep) = endpoints.get(i) else {
             return;
         };
         if outcome == Outcome::GatewayError {
@@ -111,15 +176,14 @@ impl ClusterState {
             return;
         };
         let now = now_ms();
-        let out = self
-            .endpoints
+        let out = endpoints
             .iter()
             .filter(|e| e.ejected_for(now).is_some())
             .count();
         // As Envoy: the percentage caps ejections, but one may always go (unless 0%).
         let max = match od.max_ejection_percent {
             0 => 0,
-            pct => (self.endpoints.len() * pct as usize / 100).max(1),
+            pct => (endpoints.len() * pct as usize / 100).max(1),
         };
         if out >= max {
             tracing::debug!(cluster = %self.config.name, endpoint = %ep.address, ejected = out, "outlier: ejection limit reached; endpoint stays");
@@ -184,7 +248,17 @@ impl Snapshot {
                 let state = kept.unwrap_or_else(|| Arc::new(ClusterState::new(c.clone())));
                 (c.name.clone(), state)
             })
-            .collect();
+            .collect::<HashMap<String, Arc<ClusterState>>>();
+        // A kept cluster's config is the previous snapshot's: share it rather than hold
+        // the copy this push validated again.
+        let mut config = config;
+        for c in &mut config.clusters {
+            if let Some(s) = clusters.get(&c.name) {
+                if !Arc::ptr_eq(&s.config, c) {
+                    *c = s.config.clone();
+                }
+            }
+        }
         let inbound = config
             .inbound
             .iter()
@@ -231,7 +305,7 @@ impl Snapshot {
 
     /// Carries the registry's runtime state into this (not yet shared) snapshot, and
     /// lets the registry forget clusters it no longer has.
-    pub fn adopt(&mut self, registry: &Registry) {
+    pub fn adopt(&mut self, registry: &Arc<Registry>) {
         for c in self.clusters.values_mut() {
             if let Some(c) = Arc::get_mut(c) {
                 c.adopt(registry);
@@ -333,6 +407,116 @@ mod tests {
         // An IPv4 destination read through a dual-stack socket.
         assert_eq!(at("[::ffff:10.96.0.20]:8080"), Some(("a", Protocol::Http)));
         assert_eq!(at("[fd00::20]:8080"), Some(("b", Protocol::Auto)));
+    }
+
+    /// A snapshot of `yaml` stored the way the proxy stores one: adopted by `registry`,
+    /// reusing `prev`'s state of clusters named in `kept`.
+    fn stored(
+        yaml: &str,
+        registry: &Arc<Registry>,
+        prev: Option<&Snapshot>,
+        kept: &[&str],
+    ) -> Snapshot {
+        let cfg = crate::config::from_yaml(yaml).unwrap();
+        let mut s = Snapshot::reusing(cfg, "v".into(), prev, |c| kept.contains(&c));
+        s.adopt(registry);
+        s
+    }
+
+    const TWO: &str = "clusters:\n\
+        - { name: a, endpoints: [ { address: \"10.0.0.1:80\" }, { address: \"10.0.0.2:80\" } ] }\n\
+        - { name: b, endpoints: [ { address: \"10.0.1.1:80\" } ] }\n";
+
+    #[test]
+    fn clusters_are_live_from_their_first_use() {
+        let registry = Arc::new(Registry::default());
+        let s = stored(TWO, &registry, None, &[]);
+        let a = s.cluster("a").unwrap();
+        assert!(a.peek().is_none() && s.cluster("b").unwrap().peek().is_none());
+        assert!(!registry.has("a"), "nothing made before a request");
+        assert!(a.pick(None, &[]).is_some());
+        assert!(a.peek().is_some() && registry.has("a"));
+        assert!(
+            s.cluster("b").unwrap().peek().is_none(),
+            "b is still unused"
+        );
+        // `/clusters` shows an unused cluster without making it live.
+        let doc = crate::admin::clusters::document(&s);
+        assert_eq!(doc[1]["endpoints"][0]["state"], "healthy");
+        assert!(s.cluster("b").unwrap().peek().is_none());
+    }
+
+    #[test]
+    fn a_used_cluster_keeps_its_endpoint_state_across_a_push() {
+        let registry = Arc::new(Registry::default());
+        let s1 = stored(TWO, &registry, None, &[]);
+        let a1 = s1.cluster("a").unwrap();
+        let now = now_ms();
+        assert!(a1.endpoints()[0].eject(now, std::time::Duration::from_secs(30)));
+        // `a` changes (one endpoint more): it is live at once, with 10.0.0.1 still ejected.
+        let changed = TWO.replace(
+            "{ address: \"10.0.0.2:80\" } ]",
+            "{ address: \"10.0.0.2:80\" }, { address: \"10.0.0.3:80\" } ]",
+        );
+        let s2 = stored(&changed, &registry, Some(&s1), &["b"]);
+        let a2 = s2.cluster("a").unwrap();
+        assert!(a2.peek().is_some(), "a used cluster is adopted when stored");
+        assert_eq!(a2.endpoints().len(), 3);
+        assert!(a2.endpoints()[0].ejected_for(now).is_some());
+        assert!(Arc::ptr_eq(&a1.endpoints()[1], &a2.endpoints()[1]));
+        // An unused one stays unused.
+        assert!(s2.cluster("b").unwrap().peek().is_none());
+    }
+
+    #[test]
+    fn a_kept_cluster_shares_its_config_and_state() {
+        let registry = Arc::new(Registry::default());
+        let s1 = stored(TWO, &registry, None, &[]);
+        s1.cluster("b").unwrap().live();
+        let s2 = stored(TWO, &registry, Some(&s1), &["a", "b"]);
+        for name in ["a", "b"] {
+            let (c1, c2) = (s1.cluster(name).unwrap(), s2.cluster(name).unwrap());
+            assert!(Arc::ptr_eq(c1, c2), "{name}: the same state");
+            // The config the push validated again is dropped for the one already held.
+            let in_cfg = s2.config.cluster(name).unwrap();
+            assert!(Arc::ptr_eq(in_cfg, &c1.config), "{name}: the same config");
+        }
+    }
+
+    #[test]
+    fn health_checked_clusters_are_live_when_stored() {
+        let registry = Arc::new(Registry::default());
+        let s = stored(
+            "clusters: [ { name: h, endpoints: [ { address: \"10.0.0.1:80\" } ], health_check: { interval: 1s } } ]\n",
+            &registry,
+            None,
+            &[],
+        );
+        assert!(s.cluster("h").unwrap().peek().is_some());
+    }
+
+    #[test]
+    fn a_stale_snapshot_made_live_late_does_not_drain_the_current_endpoints() {
+        let registry = Arc::new(Registry::default());
+        let old = stored(TWO, &registry, None, &[]);
+        let moved = TWO.replace("10.0.0.1:80", "10.0.0.9:80");
+        let new = stored(&moved, &registry, Some(&old), &["b"]);
+        let current = new.cluster("a").unwrap().endpoints().to_vec();
+        // A request that loaded the old snapshot before the push uses `a` only now.
+        old.cluster("a").unwrap().live();
+        let rt = new.cluster("a").unwrap().runtime();
+        assert!(
+            rt.draining().is_empty(),
+            "nothing of the current list drains"
+        );
+        // The next push that changes `a` still finds the current endpoints' state.
+        let again = moved.replace(
+            "{ address: \"10.0.0.2:80\" }",
+            "{ address: \"10.0.0.2:80\", weight: 2 }",
+        );
+        let next = stored(&again, &registry, Some(&new), &["b"]);
+        let eps = next.cluster("a").unwrap().endpoints();
+        assert!(Arc::ptr_eq(&eps[0], &current[0]) && Arc::ptr_eq(&eps[1], &current[1]));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::balance::{now_ms, EndpointState};
 use crate::metrics::Metrics;
-use crate::snapshot::{ClusterState, Snapshot};
+use crate::snapshot::{ClusterState, Live, Snapshot};
 
 const STATES: [&str; 4] = ["healthy", "ejected", "unhealthy", "draining"];
 
@@ -38,20 +38,29 @@ fn endpoint(ep: &EndpointState, now: u64, weight: u32, priority: u32, st: &str) 
 }
 
 fn cluster(c: &ClusterState, now: u64) -> Value {
+    // An unused cluster is shown as it would start, without making it live.
+    let fresh;
+    let live = match c.peek() {
+        Some(l) => l,
+        None => {
+            fresh = Live::fresh(&c.config);
+            &fresh
+        }
+    };
     let mut eps: Vec<Value> = c
         .config
         .endpoints
         .iter()
-        .zip(&c.endpoints)
+        .zip(&live.endpoints)
         .map(|(cfg, ep)| endpoint(ep, now, cfg.weight, cfg.priority, state(ep, now)))
         .collect();
     eps.extend(
-        c.runtime
+        live.runtime
             .draining()
             .iter()
             .map(|ep| endpoint(ep, now, 0, 0, "draining")),
     );
-    let rt = &c.runtime;
+    let rt = &live.runtime;
     use crate::balance::Limit::*;
     json!({
         "name": c.config.name,
@@ -80,19 +89,26 @@ pub fn document(snap: &Snapshot) -> Value {
     Value::Array(list)
 }
 
-/// Sets `spoke_endpoints{cluster,state}` from the current snapshot.
+/// Sets `spoke_endpoints{cluster,state}` from the current snapshot (for one scrape; the
+/// caller empties it after rendering).
 pub fn refresh_gauges(snap: &Snapshot, metrics: &Metrics) {
     let now = now_ms();
     metrics.endpoints.reset();
     for c in snap.clusters() {
         let mut counts = [0i64; 4];
-        for ep in &c.endpoints {
-            let s = state(ep, now);
-            if let Some(k) = STATES.iter().position(|x| *x == s) {
-                counts[k] += 1;
+        match c.peek() {
+            Some(live) => {
+                for ep in &live.endpoints {
+                    let s = state(ep, now);
+                    if let Some(k) = STATES.iter().position(|x| *x == s) {
+                        counts[k] += 1;
+                    }
+                }
+                counts[3] = live.runtime.draining().len() as i64;
             }
+            // Unused: every endpoint is as it starts, in service.
+            None => counts[0] = c.config.endpoints.len() as i64,
         }
-        counts[3] = c.runtime.draining().len() as i64;
         for (s, n) in STATES.iter().zip(counts) {
             metrics
                 .endpoints

@@ -158,6 +158,26 @@ impl Registry {
         cluster: &str,
         addrs: &[&EndpointAddr],
     ) -> (Arc<ClusterRuntime>, Vec<Arc<EndpointState>>) {
+        self.states(cluster, addrs, true)
+    }
+
+    /// `adopt` without dropping anything: for a cluster made live at first use, which may
+    /// be in a snapshot older than the one the registry follows (a request that loaded it
+    /// before a push), so its address list is not the one to keep.
+    pub fn join(
+        &self,
+        cluster: &str,
+        addrs: &[&EndpointAddr],
+    ) -> (Arc<ClusterRuntime>, Vec<Arc<EndpointState>>) {
+        self.states(cluster, addrs, false)
+    }
+
+    fn states(
+        &self,
+        cluster: &str,
+        addrs: &[&EndpointAddr],
+        reconcile: bool,
+    ) -> (Arc<ClusterRuntime>, Vec<Arc<EndpointState>>) {
         let rt = lock(&self.clusters)
             .entry(cluster.to_string())
             .or_default()
@@ -172,6 +192,9 @@ impl Registry {
                         .clone()
                 })
                 .collect();
+            if !reconcile {
+                return (rt.clone(), eps);
+            }
             let mut draining = lock(&rt.draining);
             map.retain(|a, ep| {
                 let keep = addrs.contains(&a);
@@ -185,6 +208,11 @@ impl Registry {
             eps
         };
         (rt, eps)
+    }
+
+    /// Whether `cluster` has runtime state: it has been used.
+    pub fn has(&self, cluster: &str) -> bool {
+        lock(&self.clusters).contains_key(cluster)
     }
 
     /// Forgets clusters no longer configured.

@@ -3,16 +3,20 @@
 //! queue timeout.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::model::*;
 use super::raw;
 use super::validate::{endpoint_addr, Errors};
 
-pub(super) fn clusters(e: &mut Errors, raw: &[raw::Cluster]) -> Vec<Cluster> {
+pub(super) fn clusters<'a>(
+    e: &mut Errors,
+    raw: impl ExactSizeIterator<Item = &'a raw::Cluster>,
+) -> Vec<Arc<Cluster>> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
-    for (i, c) in raw.iter().enumerate() {
+    for (i, c) in raw.enumerate() {
         let p = format!("clusters[{i}]");
         e.name(&format!("{p}.name"), &c.name);
         if !names.insert(c.name.as_str()) {
@@ -46,7 +50,7 @@ pub(super) fn clusters(e: &mut Errors, raw: &[raw::Cluster]) -> Vec<Cluster> {
             &c.queue_timeout,
             DEFAULT_QUEUE_TIMEOUT,
         );
-        out.push(Cluster {
+        out.push(Arc::new(Cluster {
             name: c.name.clone(),
             lb,
             tls,
@@ -61,7 +65,7 @@ pub(super) fn clusters(e: &mut Errors, raw: &[raw::Cluster]) -> Vec<Cluster> {
                 .as_ref()
                 .map(|h| health_check(e, &format!("{p}.health_check"), h)),
             queue_timeout,
-        });
+        }));
     }
     out
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -48,7 +49,9 @@ pub struct Config {
     #[serde(serialize_with = "ser_dur")]
     pub drain_timeout: Duration,
     pub listeners: Vec<Listener>,
-    pub clusters: Vec<Cluster>,
+    /// Shared with the snapshot's cluster states, and from one snapshot to the next for
+    /// clusters a push leaves as they are.
+    pub clusters: Vec<Arc<Cluster>>,
     pub services: Vec<Service>,
     pub routes: Vec<Route>,
     pub inbound: Vec<InboundPort>,
@@ -439,7 +442,7 @@ pub struct Workload {
 }
 
 impl Config {
-    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.iter().find(|c| c.name == name)
     }
 }

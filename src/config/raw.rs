@@ -5,6 +5,8 @@
 //! at the first one. The same types carry the control plane's mesh config and the control
 //! stream's resources, so there is one schema to learn.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// A whole proxy config file (or a mesh config file, which adds `workloads`).
@@ -26,8 +28,10 @@ pub struct File {
     pub drain_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<Listener>,
+    /// Shared, so that the copies a sidecar and the control plane keep of a config (the
+    /// held resources, the validated config's `raw`, each version) hold each cluster once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub clusters: Vec<Cluster>,
+    pub clusters: Vec<Arc<Cluster>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

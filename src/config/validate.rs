@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::model::*;
@@ -104,7 +105,7 @@ pub fn validate_owned(f: raw::File) -> Result<Config, Vec<ConfigError>> {
 
 fn validate_parts(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
     let mut e = Errors::default();
-    let clusters = super::cluster::clusters(&mut e, &f.clusters);
+    let clusters = super::cluster::clusters(&mut e, f.clusters.iter().map(|c| &**c));
     let names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
     check(f, e, clusters, &names)
 }
@@ -112,9 +113,9 @@ fn validate_parts(f: &raw::File) -> Result<Config, Vec<ConfigError>> {
 /// Validates one cluster on its own, as `validate` checks each entry of `clusters:` (all
 /// but the uniqueness of its name, which takes the whole list). Callers that keep clusters
 /// apart (the control plane's per-cluster cache) check each one once, when it changes.
-pub fn validate_cluster(c: &raw::Cluster) -> Result<Cluster, Vec<ConfigError>> {
+pub fn validate_cluster(c: &raw::Cluster) -> Result<Arc<Cluster>, Vec<ConfigError>> {
     let mut e = Errors::default();
-    let mut out = super::cluster::clusters(&mut e, std::slice::from_ref(c));
+    let mut out = super::cluster::clusters(&mut e, std::iter::once(c));
     match (out.pop(), e.0.is_empty()) {
         (Some(c), true) => Ok(c),
         _ => Err(e.0),
@@ -136,7 +137,7 @@ pub fn validate_without_clusters(
 fn check(
     f: &raw::File,
     mut e: Errors,
-    clusters: Vec<Cluster>,
+    clusters: Vec<Arc<Cluster>>,
     cluster_names: &HashSet<&str>,
 ) -> Result<Config, Vec<ConfigError>> {
     let node = match &f.node {

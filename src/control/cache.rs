@@ -27,13 +27,12 @@ pub struct ClusterCache {
 
 impl ClusterCache {
     /// `c` as a shared, validated cluster.
-    pub fn check(&mut self, c: raw::Cluster) -> Result<Arc<raw::Cluster>, Vec<ConfigError>> {
-        if let Some(held) = self.valid.get(&c.name).filter(|h| ***h == c) {
+    pub fn check(&mut self, c: Arc<raw::Cluster>) -> Result<Arc<raw::Cluster>, Vec<ConfigError>> {
+        if let Some(held) = self.valid.get(&c.name).filter(|h| ***h == *c) {
             return Ok(held.clone());
         }
         self.validations += 1;
         config::validate_cluster(&c)?;
-        let c = Arc::new(c);
         self.valid.insert(c.name.clone(), c.clone());
         Ok(c)
     }

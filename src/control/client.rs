@@ -4,6 +4,7 @@
 //! held resources (`held`), validate the result against the local file, apply it with one
 //! snapshot swap and ACK, or NACK it and keep serving the last good one. Reconnects with jittered backoff; `/ready` waits for the first good snapshot.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,56 @@ use crate::tls::{self, CertStore};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+/// `config::validate_owned` for a push: a cluster the push left as it was is not checked
+/// again but shares the config `prev` holds for it, so a push of one endpoint costs one
+/// cluster's validation and allocates nothing for the rest. Errors name the same fields.
+fn validate_push(
+    merged: raw::File,
+    prev: &Snapshot,
+    unchanged: impl Fn(&str) -> bool,
+) -> Result<config::Config, Vec<config::ConfigError>> {
+    let mut names = HashSet::with_capacity(merged.clusters.len());
+    let mut errors = Vec::new();
+    let mut clusters = Vec::with_capacity(merged.clusters.len());
+    for (i, c) in merged.clusters.iter().enumerate() {
+        if !names.insert(c.name.as_str()) {
+            errors.push(config::ConfigError {
+                path: format!("clusters[{i}].name"),
+                message: format!("{:?} is defined twice", c.name),
+            });
+            continue;
+        }
+        let kept = unchanged(&c.name)
+            .then(|| prev.cluster(&c.name))
+            .flatten()
+            .map(|s| s.config.clone());
+        match kept.map(Ok).unwrap_or_else(|| config::validate_cluster(c)) {
+            Ok(c) => clusters.push(c),
+            // Checked alone, the cluster is `clusters[0]`: put its own index back.
+            Err(errs) => errors.extend(errs.into_iter().map(|mut e| {
+                if let Some(rest) = e.path.strip_prefix("clusters[0]") {
+                    e.path = format!("clusters[{i}]{rest}");
+                }
+                e
+            })),
+        }
+    }
+    let rest = config::validate_without_clusters(&merged, &names);
+    drop(names);
+    match rest {
+        Ok(mut cfg) if errors.is_empty() => {
+            cfg.clusters = clusters;
+            cfg.raw = merged;
+            Ok(cfg)
+        }
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
+}
 
 /// Everything the client needs, fixed at start-up.
 pub struct Client {
@@ -140,7 +191,8 @@ impl Client {
         unchanged: impl Fn(&str) -> bool,
     ) -> Result<Snapshot, String> {
         let merged = mesh::merge_local(&self.local, remote);
-        let cfg = config::validate_owned(merged).map_err(|errs| {
+        let prev = self.shared.snapshot.load();
+        let cfg = validate_push(merged, &prev, &unchanged).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
@@ -164,7 +216,6 @@ impl Client {
                 .collect::<Vec<_>>()
                 .join("; "));
         }
-        let prev = self.shared.snapshot.load();
         Ok(Snapshot::reusing(
             cfg,
             version.to_string(),
@@ -370,4 +421,59 @@ fn tls_config(want: &Identity, roots_pem: &[u8]) -> Result<Arc<rustls::ClientCon
     cfg.enable_sni = false;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(yaml: &str) -> raw::File {
+        config::parse_yaml(yaml).unwrap()
+    }
+
+    const MESH: &str = "routes: [ { match: { host: b.example }, cluster: b } ]\n\
+        clusters:\n\
+        - { name: a, endpoints: [ { address: \"10.0.0.1:80\" } ] }\n\
+        - { name: b, endpoints: [ { address: \"10.0.0.2:80\" } ] }\n";
+
+    #[test]
+    fn a_push_validates_only_what_it_changed() {
+        let prev = Snapshot::new(config::validate(&file(MESH)).unwrap(), "1".into());
+        let next = MESH.replace("10.0.0.2:80", "10.0.0.3:80");
+        let cfg = validate_push(file(&next), &prev, |c| c == "a").unwrap();
+        // `a` is the config the last snapshot holds; `b` is the pushed one.
+        let a = cfg.cluster("a").unwrap();
+        assert!(Arc::ptr_eq(a, &prev.cluster("a").unwrap().config));
+        let b = cfg.cluster("b").unwrap();
+        assert!(!Arc::ptr_eq(b, &prev.cluster("b").unwrap().config));
+        assert_eq!(b.endpoints[0].address.to_string(), "10.0.0.3:80");
+        // Even a broken `a` would not be looked at: the push did not carry it.
+        let broken = next.replace("10.0.0.1:80", "not an address");
+        assert!(validate_push(file(&broken), &prev, |c| c == "a").is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_pushed_clusters_place() {
+        let prev = Snapshot::new(config::validate(&file(MESH)).unwrap(), "1".into());
+        let bad = MESH
+            .replace("10.0.0.2:80", "10.0.0.2")
+            .replace("cluster: b", "cluster: c");
+        let errs: Vec<String> = validate_push(file(&bad), &prev, |c| c == "a")
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        // The same messages a whole validation gives, in the same order.
+        let whole: Vec<String> = config::validate(&file(&bad))
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errs, whole);
+        assert!(
+            errs[0].starts_with("clusters[1].endpoints[0].address"),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("routes[0]")), "{errs:?}");
+    }
 }

@@ -5,6 +5,7 @@
 //! push leaves it as it was, which is what the sidecar then reports on a reconnect.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use super::pb::ads::DeltaDiscoveryResponse;
 use super::resources::{CLUSTER_PREFIX, CLUSTER_TYPE_URL, MESH_RESOURCE, MESH_TYPE_URL};
@@ -14,14 +15,14 @@ use crate::config::raw;
 #[derive(Default)]
 pub struct Held {
     /// Cluster name -> (version, cluster).
-    clusters: BTreeMap<String, (String, raw::Cluster)>,
+    clusters: BTreeMap<String, (String, Arc<raw::Cluster>)>,
     mesh: Option<(String, raw::File)>,
 }
 
 /// One parsed push, not applied yet.
 #[derive(Default)]
 pub struct Staged {
-    clusters: BTreeMap<String, (String, raw::Cluster)>,
+    clusters: BTreeMap<String, (String, Arc<raw::Cluster>)>,
     mesh: Option<(String, raw::File)>,
     /// Cluster names to drop.
     removed: Vec<String>,
@@ -71,7 +72,7 @@ impl Held {
                     }
                     staged
                         .clusters
-                        .insert(name.to_string(), (r.version.clone(), c));
+                        .insert(name.to_string(), (r.version.clone(), Arc::new(c)));
                 }
                 (None, MESH_TYPE_URL) if r.name == MESH_RESOURCE => {
                     let m: raw::File = serde_json::from_slice(&any.value)
@@ -111,7 +112,7 @@ impl Held {
         let kept = self.clusters.iter().filter(|(n, _)| {
             !staged.clusters.contains_key(*n) && !staged.removed.iter().any(|r| r == *n)
         });
-        let mut clusters: Vec<&(String, raw::Cluster)> = kept.map(|(_, c)| c).collect();
+        let mut clusters: Vec<&(String, Arc<raw::Cluster>)> = kept.map(|(_, c)| c).collect();
         clusters.extend(staged.clusters.values());
         raw::File {
             clusters: clusters.into_iter().map(|(_, c)| c.clone()).collect(),

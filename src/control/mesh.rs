@@ -177,18 +177,15 @@ impl MeshConfig {
     /// Splits a whole mesh file.
     pub fn from_raw(mut f: raw::File) -> Self {
         MeshConfig {
-            clusters: std::mem::take(&mut f.clusters)
-                .into_iter()
-                .map(Arc::new)
-                .collect(),
+            clusters: std::mem::take(&mut f.clusters),
             rest: Arc::new(f),
         }
     }
 
-    /// The mesh as one file (every cluster copied).
+    /// The mesh as one file (clusters shared).
     pub fn to_raw(&self) -> raw::File {
         raw::File {
-            clusters: self.clusters.iter().map(|c| (**c).clone()).collect(),
+            clusters: self.clusters.clone(),
             ..(*self.rest).clone()
         }
     }
@@ -196,7 +193,7 @@ impl MeshConfig {
     /// `workload_view` of this mesh.
     pub fn workload_view(&self, id: Option<&Identity>) -> raw::File {
         raw::File {
-            clusters: self.clusters.iter().map(|c| (**c).clone()).collect(),
+            clusters: self.clusters.clone(),
             ..workload_rest(&self.rest, id)
         }
     }

@@ -242,7 +242,7 @@ mod tests {
 
     fn mesh(eps: &[(&str, &str)]) -> MeshConfig {
         MeshConfig::from_raw(raw::File {
-            clusters: eps.iter().map(|(n, a)| cluster(n, a)).collect(),
+            clusters: eps.iter().map(|(n, a)| Arc::new(cluster(n, a))).collect(),
             ..Default::default()
         })
     }

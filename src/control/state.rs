@@ -361,8 +361,8 @@ fn http_only(p: &raw::InboundPort) -> bool {
 mod tests {
     use super::*;
 
-    fn cluster(name: &str, addr: &str) -> raw::Cluster {
-        raw::Cluster {
+    fn cluster(name: &str, addr: &str) -> Arc<raw::Cluster> {
+        Arc::new(raw::Cluster {
             name: name.into(),
             endpoints: vec![raw::Endpoint {
                 address: addr.into(),
@@ -370,7 +370,7 @@ mod tests {
                 priority: None,
             }],
             ..Default::default()
-        }
+        })
     }
 
     fn state(dir: Option<raw::File>, kubernetes: bool) -> Arc<State> {

@@ -134,7 +134,7 @@ pub async fn connect_cluster(
 ) -> Result<Connected, ProxyError> {
     let cfg = &cluster.config;
     let Some(slot) = cluster
-        .runtime
+        .runtime()
         .take(Limit::Connections, &cfg.circuit_breaker)
     else {
         overflow(metrics, &cfg.name, Limit::Connections);
@@ -143,7 +143,7 @@ pub async fn connect_cluster(
             limit: Limit::Connections.label(),
         });
     };
-    let max = (cfg.connect_attempts as usize).min(cluster.endpoints.len());
+    let max = (cfg.connect_attempts as usize).min(cluster.endpoints().len());
     let mut tried: Vec<usize> = Vec::with_capacity(max);
     let mut last_err = None;
     let ctx = DialCtx {
@@ -162,7 +162,7 @@ pub async fn connect_cluster(
         }
         let i = picked.index;
         tried.push(i);
-        let (Some(ep), Some(state)) = (cluster.endpoint(i), cluster.endpoints.get(i)) else {
+        let (Some(ep), Some(state)) = (cluster.endpoint(i), cluster.endpoints().get(i)) else {
             break;
         };
         let inflight = state.start();

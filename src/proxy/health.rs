@@ -29,7 +29,7 @@ pub async fn run(shared: Arc<Shared>) {
                 continue;
             };
             let every = hc.interval.as_millis() as u64;
-            for (i, ep) in cluster.endpoints.iter().enumerate() {
+            for (i, ep) in cluster.endpoints().iter().enumerate() {
                 let jitter = fastrand::u64(..=every / 5);
                 if !ep.claim_check(now, every - every / 10 + jitter) {
                     continue;

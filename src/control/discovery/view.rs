@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
@@ -86,7 +87,7 @@ pub fn build(objects: &Objects, trust_domain: &str) -> raw::File {
             if protocol(port) == raw::Protocol::Opaque {
                 opaque_inbound(&mut out.workloads, &c);
             }
-            out.clusters.push(c);
+            out.clusters.push(Arc::new(c));
             for ip in &vips {
                 out.services.push(raw::Service {
                     vip: SocketAddr::new(*ip, number).to_string(),

@@ -77,7 +77,7 @@ pub async fn attempt_loop(
     let cluster = t.cluster;
     let cfg = &cluster.config;
     let metrics = &shared.metrics;
-    metrics.first_request(&cfg.name, &cluster.runtime);
+    metrics.first_request(&cfg.name, cluster.runtime());
     let dial = Dial {
         timeout: cfg.connect_timeout,
         tls: shared.tls.as_deref(),
@@ -115,7 +115,7 @@ pub async fn attempt_loop(
         }
         tried[n_tried] = i;
         n_tried += 1;
-        let (Some(ep), Some(state)) = (cluster.endpoint(i), cluster.endpoints.get(i)) else {
+        let (Some(ep), Some(state)) = (cluster.endpoint(i), cluster.endpoints().get(i)) else {
             return Err((ErrorKind::NoHealthyEndpoints, "no endpoint".into()));
         };
         let addr = match connect::resolve(&ep.address).await {
@@ -135,7 +135,7 @@ pub async fn attempt_loop(
             None
         } else {
             match cluster
-                .runtime
+                .runtime()
                 .take_connection(&cfg.circuit_breaker, cfg.queue_timeout)
                 .await
             {
@@ -437,7 +437,7 @@ fn claim_retry(
 ) -> bool {
     if slot.is_none() {
         *slot = cluster
-            .runtime
+            .runtime()
             .take(Limit::Retries, &cluster.config.circuit_breaker);
         if slot.is_none() {
             overflow(metrics, &cluster.config.name, Limit::Retries);
@@ -454,7 +454,7 @@ fn retry_allowed(
     info: &Info,
     metrics: &crate::metrics::Metrics,
 ) -> bool {
-    if !cluster.runtime.budget.try_retry(p.budget_percent) {
+    if !cluster.runtime().budget.try_retry(p.budget_percent) {
         metrics
             .retries
             .with_label_values(&[&cluster.config.name, "budget_exhausted"])

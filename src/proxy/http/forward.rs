@@ -345,14 +345,14 @@ async fn forward(
     let timeout = route.and_then(|r| r.timeout).unwrap_or(idle);
     let per_try = route.and_then(|r| r.per_try_timeout);
     let cb = &cluster.config.circuit_breaker;
-    let Some(request_slot) = cluster.runtime.take(Limit::Requests, cb) else {
+    let Some(request_slot) = cluster.runtime().take(Limit::Requests, cb) else {
         overflow(&shared.metrics, &cluster.config.name, Limit::Requests);
         return fail(
             ErrorKind::CircuitOpen,
             "the cluster has too many requests in flight",
         );
     };
-    cluster.runtime.budget.request();
+    cluster.runtime().budget.request();
     let target = Attempt {
         cluster: &cluster,
         policy,
