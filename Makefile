@@ -1,7 +1,7 @@
 # Spoke: build, test, lint, bench, dev certificates.
 CARGO ?= cargo
 
-.PHONY: build release test lint fmt bench certs demo clean validate-deploy
+.PHONY: build release test lint fmt bench certs demo clean validate-deploy text-order
 
 build:
 	$(CARGO) build
@@ -30,6 +30,11 @@ fmt:
 
 bench: release
 	bash bench/run.sh
+
+# link/text-order.txt: the release binary's code layout (link/README.md); needs valgrind.
+text-order: release
+	$(CARGO) build --release --example control_scale
+	bash bench/text-order.sh
 
 certs: build
 	./target/debug/spoke ca init --out certs --force

@@ -1,7 +1,8 @@
 # Sourced by bench/profile.sh and bench/burst-rss.sh: the two-hop HTTP chain on 127.0.0.1 --
 # Spoke A (outbound, plaintext listener) -> HTTP/2 over mTLS -> Spoke B (inbound) -> h2o,
 # one worker each, certificates from spoke ca. Expects ROOT, BENCH, SPOKE_BIN, BASE (a block
-# of 20 ports) and, for start_chain, MODE (off | access | trace1). Sourcing it makes the
+# of 20 ports) and, for start_chain, MODE (off | access | trace1); SPOKE_WRAP, if set, is a
+# command the two proxies run under (text-order.sh: valgrind). Sourcing it makes the
 # scratch directory WORK and the PIDS list that the exit trap stops (by PID) and removes.
 # start_chain sets A, B (PIDs) and A_LISTEN.
 
@@ -52,13 +53,15 @@ start_chain() {
 
     h2o -c "$WORK/h2o.conf" >"$WORK/h2o.log" 2>&1 &
     PIDS+=($!)
-    TOKIO_WORKER_THREADS=1 "$SPOKE_BIN" proxy -c "$WORK/b.yaml" --log-level warn 2>"$WORK/b.log" &
+    # shellcheck disable=SC2086 # SPOKE_WRAP is a command line
+    TOKIO_WORKER_THREADS=1 ${SPOKE_WRAP:-} "$SPOKE_BIN" proxy -c "$WORK/b.yaml" --log-level warn 2>"$WORK/b.log" &
     B=$!
     PIDS+=("$B")
-    TOKIO_WORKER_THREADS=1 "$SPOKE_BIN" proxy -c "$WORK/a.yaml" --log-level warn 2>"$WORK/a.log" &
+    # shellcheck disable=SC2086
+    TOKIO_WORKER_THREADS=1 ${SPOKE_WRAP:-} "$SPOKE_BIN" proxy -c "$WORK/a.yaml" --log-level warn 2>"$WORK/a.log" &
     A=$!
     PIDS+=("$A")
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do
         curl -fs -o /dev/null "http://127.0.0.1:$A_LISTEN/" && break
         sleep 0.1
     done
