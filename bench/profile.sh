@@ -15,6 +15,8 @@
 #   PROFILE_LOAD       wrk | h2load [wrk]
 #   PROFILE_SECONDS    seconds of perf sampling [8]
 #   PROFILE_BASE       first port of a block of 20 on 127.0.0.1 [19400]
+#   PROFILE_FOLDED     directory to keep the folded stacks in (LABEL-a.folded, -b), e.g. to
+#                      sum one module's samples per request; not kept by default
 # needs: perf (Debian linux-perf), wrk or h2load, h2o; inferno is installed into
 # bench/.tools with cargo if it is not on PATH.
 set -euo pipefail
@@ -63,6 +65,9 @@ for r in a b; do
     perf script -i "$WORK/$r.data" 2>/dev/null | inferno-collapse-perf >"$WORK/$r.folded"
     inferno-flamegraph --minwidth 0.2 --title "spoke $side, two-hop HTTP ($MODE, $LOAD): $LABEL" \
         <"$WORK/$r.folded" >"$OUTDIR/$LABEL-$r.svg"
+    if [[ -n ${PROFILE_FOLDED:-} ]]; then
+        mkdir -p "$PROFILE_FOLDED" && cp "$WORK/$r.folded" "$PROFILE_FOLDED/$LABEL-$r.folded"
+    fi
 done
 grep -E "Requests/sec|finished in" "$WORK/load.txt" || true
 echo "wrote $OUTDIR/$LABEL-{a,b}.svg"

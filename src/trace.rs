@@ -216,19 +216,21 @@ fn random_trace() -> [u8; 16] {
 /// writes the next hop's context into `headers` and returns its span. `x-spoke-trace` is
 /// always removed (tracing on or off); it counts only from a meshed peer.
 pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Span> {
-    // Removed even with tracing off, so an app cannot force sampling at the next hop by
-    // sending it through a sidecar that does not trace.
-    let force = headers
-        .remove(FORCE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"force"))
-        && conn.tls
-        && conn.peer_id.is_some();
     let tracer = &conn.listener.shared.tracer;
     if !tracer.enabled() {
+        // Removed even with tracing off, so an app cannot force sampling at the next hop by
+        // sending it through a sidecar that does not trace.
+        headers.remove(FORCE);
         return None;
     }
     let meshed = conn.tls && conn.peer_id.is_some();
-    let incoming = context::extract(headers);
+    // Everything this hop reads, in one pass; the pass also says whether `x-spoke-trace`
+    // is there to remove (a look-up to remove what is almost never there cost as much as
+    // the pass).
+    let mut found = context::Found::scan(headers.iter_mut());
+    let (had_force, says_force) = found.force();
+    let force = says_force && meshed;
+    let incoming = found.incoming();
     let sampled = force
         || match incoming.and_then(|c| c.sampled) {
             Some(s) => s,
@@ -238,6 +240,9 @@ pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Span> {
             None => tracer.sample_new(conn.listener.cfg.trace_sampling),
         };
     if !sampled {
+        if had_force {
+            headers.remove(FORCE);
+        }
         return None;
     }
     let (format, ids) = incoming
@@ -247,15 +252,19 @@ pub fn start(conn: &ConnCtx, headers: &mut HeaderMap) -> Option<Span> {
     let short = ids.is_some_and(|i| i.short);
     let parent = ids.map(|i| i.span);
     let id = fastrand::u64(1..).to_be_bytes();
-    context::inject(headers, format, &trace, short, &id, parent.as_ref());
     let state = match format {
-        Format::W3c => headers
-            .get(context::TRACESTATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
+        Format::W3c => found.state().to_string(),
         _ => String::new(),
     };
+    // A hop behind another sidecar gets a `traceparent`: its value is replaced where it
+    // is (no hashing, no growing the map); the first hop's is inserted.
+    let replaced = format == Format::W3c && found.replace_traceparent(&trace, &id);
+    if had_force {
+        headers.remove(FORCE);
+    }
+    if !replaced {
+        context::inject(headers, format, &trace, short, &id, parent.as_ref());
+    }
     Some(Span {
         trace,
         id,

@@ -2,8 +2,14 @@
 //! B3, single `b3` header or the `x-b3-*` set. Parsing reads the request's headers without
 //! allocating; a malformed header counts as absent (never an error). Injection rewrites
 //! the same format with this hop's span id as the parent, only for sampled requests.
+//!
+//! The request path reads everything it needs in one pass over the headers (`Found`):
+//! the context, `tracestate` and `x-spoke-trace`, and keeps the incoming `traceparent`'s
+//! slot so the next hop's value replaces it there, without hashing a name per header it
+//! looks for.
 
 use std::fmt;
+use std::ops::Deref;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -55,26 +61,38 @@ impl fmt::Display for Hex<'_> {
     }
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        // W3C wants lowercase; B3 implementations differ, so uppercase is read too.
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Each byte's value as a hex digit, `0xff` for a byte that is not one. W3C wants
+/// lowercase; B3 implementations differ, so uppercase is read too.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
-/// Decodes exactly `2 * N` hex digits; all-zero ids are invalid.
+/// Decodes exactly `2 * N` hex digits; all-zero ids are invalid. Every digit is looked
+/// up before one check: no branch per digit.
 fn decode<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
+    let mut bad = 0;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
     }
-    (out != [0u8; N]).then_some(out)
+    (bad & 0xf0 == 0 && out != [0u8; N]).then_some(out)
 }
 
 /// A header value being built on the stack: the longest is a single `b3` header
@@ -98,11 +116,17 @@ impl Text {
         self.len = end;
     }
 
+    /// Lowercase hex, two digits written in place per byte (a slice copy per byte cost
+    /// a `memcpy` call each).
     fn hex(&mut self, bytes: &[u8]) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for b in bytes {
-            self.push(&[DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]]);
+        let n = (2 * bytes.len()).min(self.buf.len() - self.len) / 2;
+        let out = &mut self.buf[self.len..self.len + 2 * n];
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[(b >> 4) as usize];
+            pair[1] = DIGITS[(b & 15) as usize];
         }
+        self.len += 2 * n;
     }
 
     /// The header value, marked never-indexed for HTTP/2: a span id is new on every request,
@@ -140,7 +164,10 @@ fn parse_traceparent(v: &[u8]) -> Option<Incoming> {
 
 fn decode_byte(s: &[u8]) -> Option<u8> {
     match s {
-        [a, b] => Some((hex_val(*a)? << 4) | hex_val(*b)?),
+        [a, b] => {
+            let (hi, lo) = (HEX[*a as usize], HEX[*b as usize]);
+            ((hi | lo) & 0xf0 == 0).then_some((hi << 4) | lo)
+        }
         _ => None,
     }
 }
@@ -194,14 +221,19 @@ fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
     })
 }
 
-fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
-    let debug = h.get(B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
-    let sampled = match h.get(B3_SAMPLED) {
+fn parse_b3_multi(
+    trace: Option<&HeaderValue>,
+    span: Option<&HeaderValue>,
+    sampled: Option<&HeaderValue>,
+    flags: Option<&HeaderValue>,
+) -> Option<Incoming> {
+    let debug = flags.is_some_and(|v| v.as_bytes() == b"1");
+    let sampled = match sampled {
         Some(v) => b3_sampled(v.as_bytes()),
         None => None,
     };
     let sampled = if debug { Some(true) } else { sampled };
-    let ids = match (h.get(B3_TRACE_ID), h.get(B3_SPAN_ID)) {
+    let ids = match (trace, span) {
         (Some(t), Some(s)) => {
             let (trace, short) = trace_id(t.as_bytes())?;
             Some(Ids {
@@ -222,37 +254,136 @@ fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
     })
 }
 
-/// Reads the caller's context: `traceparent` first, then `b3`, then `x-b3-*`. A
-/// malformed header is passed over as if it were absent.
-pub fn extract(h: &HeaderMap) -> Option<Incoming> {
-    // One pass over the names the request has: most requests carry no context, and a
-    // look-up per possible name (five of them) would hash each name only to miss.
-    let (mut w3c, mut single, mut multi) = (false, false, false);
-    for name in h.keys() {
-        match name.as_str() {
-            "traceparent" => w3c = true,
-            "b3" => single = true,
-            "x-b3-traceid" | "x-b3-sampled" | "x-b3-flags" => multi = true,
-            _ => {}
+/// The trace headers of a request, found in one pass over its headers (the first value
+/// of each name, as `HeaderMap::get` gives). `V` is `&HeaderValue`, or `&mut HeaderValue`
+/// to replace `traceparent` in place.
+pub struct Found<V> {
+    traceparent: Option<V>,
+    /// More than one `traceparent` value (replacing the first would leave the others).
+    traceparents: bool,
+    state: Option<V>,
+    b3: Option<V>,
+    b3_trace: Option<V>,
+    b3_span: Option<V>,
+    b3_sampled: Option<V>,
+    b3_flags: Option<V>,
+    force: Option<V>,
+}
+
+impl<V: Deref<Target = HeaderValue>> Found<V> {
+    /// One pass over a request's headers (`HeaderMap::iter` or `iter_mut`). Most requests
+    /// carry no context, and a look-up per possible name would hash each name only to miss.
+    pub fn scan<'h>(headers: impl Iterator<Item = (&'h HeaderName, V)>) -> Self {
+        let mut f = Found {
+            traceparent: None,
+            traceparents: false,
+            state: None,
+            b3: None,
+            b3_trace: None,
+            b3_span: None,
+            b3_sampled: None,
+            b3_flags: None,
+            force: None,
+        };
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "traceparent" => {
+                    f.traceparents |= f.traceparent.is_some();
+                    &mut f.traceparent
+                }
+                "tracestate" => &mut f.state,
+                "b3" => &mut f.b3,
+                "x-b3-traceid" => &mut f.b3_trace,
+                "x-b3-spanid" => &mut f.b3_span,
+                "x-b3-sampled" => &mut f.b3_sampled,
+                "x-b3-flags" => &mut f.b3_flags,
+                "x-spoke-trace" => &mut f.force,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
         }
+        f
     }
-    if w3c {
-        if let Some(c) = h
-            .get(TRACEPARENT)
+
+    /// The caller's context: `traceparent` first, then `b3`, then `x-b3-*`. A malformed
+    /// header is passed over as if it were absent.
+    pub fn incoming(&self) -> Option<Incoming> {
+        if let Some(c) = self
+            .traceparent
+            .as_deref()
             .and_then(|v| parse_traceparent(v.as_bytes()))
         {
             return Some(c);
         }
-    }
-    if single {
-        if let Some(c) = h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())) {
+        if let Some(c) = self
+            .b3
+            .as_deref()
+            .and_then(|v| parse_b3_single(v.as_bytes()))
+        {
             return Some(c);
         }
+        // A span id alone is no context (as before: it needs the trace id with it).
+        if self.b3_trace.is_some() || self.b3_sampled.is_some() || self.b3_flags.is_some() {
+            return parse_b3_multi(
+                self.b3_trace.as_deref(),
+                self.b3_span.as_deref(),
+                self.b3_sampled.as_deref(),
+                self.b3_flags.as_deref(),
+            );
+        }
+        None
     }
-    if multi {
-        return parse_b3_multi(h);
+
+    /// `tracestate` as it came (empty when absent or not text).
+    pub fn state(&self) -> &str {
+        self.state
+            .as_deref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
-    None
+
+    /// Whether `x-spoke-trace` came, and whether it says `force`.
+    pub fn force(&self) -> (bool, bool) {
+        match self.force.as_deref() {
+            Some(v) => (true, v.as_bytes().eq_ignore_ascii_case(b"force")),
+            None => (false, false),
+        }
+    }
+}
+
+impl Found<&mut HeaderValue> {
+    /// Writes the next hop's `traceparent` over the one that came, when exactly one did;
+    /// false if it must be inserted (`inject`).
+    pub fn replace_traceparent(&mut self, trace: &[u8; 16], span: &[u8; 8]) -> bool {
+        match (&mut self.traceparent, self.traceparents) {
+            (Some(v), false) => match traceparent(trace, span) {
+                Some(new) => {
+                    **v = new;
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Reads the caller's context (see `Found::incoming`).
+pub fn extract(h: &HeaderMap) -> Option<Incoming> {
+    Found::scan(h.iter()).incoming()
+}
+
+/// `00-<trace>-<span>-01`: this hop's span, sampled.
+fn traceparent(trace: &[u8; 16], span: &[u8; 8]) -> Option<HeaderValue> {
+    let mut v = Text::new();
+    v.push(b"00-");
+    v.hex(trace);
+    v.push(b"-");
+    v.hex(span);
+    v.push(b"-01");
+    v.value()
 }
 
 fn trace_hex(trace: &[u8; 16], short: bool, out: &mut Text) {
@@ -270,13 +401,7 @@ pub fn inject(
 ) {
     match format {
         Format::W3c => {
-            let mut v = Text::new();
-            v.push(b"00-");
-            v.hex(trace);
-            v.push(b"-");
-            v.hex(span);
-            v.push(b"-01");
-            if let Some(v) = v.value() {
+            if let Some(v) = traceparent(trace, span) {
                 h.insert(TRACEPARENT, v);
             }
         }

@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::context::{Format, Hex};
-use super::wire::{self, Small, Val};
+use super::wire::{self, Small};
 
 /// OTLP `Span.SpanKind`.
 const KIND_SERVER: u64 = 2;
@@ -69,51 +69,43 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Attributes of a span or event, written in one pass after their sizes are summed.
-struct Attrs<'a, const N: usize> {
-    list: [(&'a str, Val<'a>); N],
-    n: usize,
+/// The constant heads of the attributes (`wire::key!`).
+mod keys {
+    use super::wire::{key, Key};
+
+    pub const METHOD: Key = key!("http.request.method");
+    pub const PATH: Key = key!("url.path");
+    pub const STATUS: Key = key!("http.response.status_code");
+    pub const PEER_ADDRESS: Key = key!("network.peer.address");
+    pub const PEER_PORT: Key = key!("network.peer.port");
+    pub const CLUSTER: Key = key!("spoke.cluster");
+    pub const RETRIES: Key = key!("spoke.retries");
+    pub const SERVER_ADDRESS: Key = key!("server.address");
+    pub const ROUTE: Key = key!("spoke.route");
+    pub const ENDPOINT: Key = key!("spoke.endpoint");
+    pub const PEER_ID: Key = key!("spoke.peer_id");
+    pub const ERROR: Key = key!("spoke.error");
+    pub const TRY: Key = key!("spoke.try");
+    pub const RETRY_REASON: Key = key!("spoke.retry.reason");
 }
 
-impl<'a, const N: usize> Attrs<'a, N> {
-    fn new() -> Self {
-        Attrs {
-            list: [("", Val::Int(0)); N],
-            n: 0,
-        }
-    }
+/// Tags of the length-delimited fields written here: `ScopeSpans.spans`, and of `Span`.
+const SCOPE_SPANS_SPANS: u8 = wire::len_tag(2);
+const SPAN_ATTRIBUTES: u8 = wire::len_tag(9);
+const SPAN_EVENTS: u8 = wire::len_tag(11);
+const SPAN_STATUS: u8 = wire::len_tag(15);
+/// Of `Span.Event`.
+const EVENT_ATTRIBUTES: u8 = wire::len_tag(3);
 
-    fn push(&mut self, key: &'a str, v: Val<'a>) {
-        if self.n < N {
-            self.list[self.n] = (key, v);
-            self.n += 1;
-        }
-    }
-
-    fn items(&self) -> &[(&'a str, Val<'a>)] {
-        &self.list[..self.n]
-    }
-
-    fn len(&self, field_overhead: bool) -> usize {
-        self.items()
-            .iter()
-            .map(|(k, v)| {
-                let l = wire::kv_len(k, *v);
-                if field_overhead {
-                    wire::field_len(l)
-                } else {
-                    l
-                }
-            })
-            .sum()
-    }
-
-    fn put(&self, buf: &mut Vec<u8>, field: u32) {
-        for (k, v) in self.items() {
-            wire::put_kv(buf, field, k, *v);
-        }
-    }
-}
+/// The first fields of every span, `trace_id` and `span_id`, with their tags and lengths.
+const IDS_HEAD: [u8; 28] = {
+    let mut h = [0u8; 28];
+    h[0] = wire::len_tag(1);
+    h[1] = 16;
+    h[18] = wire::len_tag(2);
+    h[19] = 8;
+    h
+};
 
 // === impl Span ===
 
@@ -142,142 +134,122 @@ impl Span {
     }
 
     /// Appends the OTLP span, framed as an element of `ScopeSpans.spans`, to `buf`:
-    /// attributes from the OpenTelemetry HTTP conventions and Spoke's own. The span's
-    /// size is summed first so it is written once, in place, into the batch.
+    /// attributes from the OpenTelemetry HTTP conventions and Spoke's own, in one pass
+    /// (the frame's length is filled in at the end, see `wire::close`).
     pub fn encode(&self, o: &Outcome<'_>, end_ns: u64, buf: &mut Vec<u8>) {
-        let peer_ip = Small::ip(o.peer.ip());
-        let endpoint = o.endpoint.map(Small::socket);
-        let route = self.route.map(|r| match r {
-            RouteName::Index(i) => {
-                let mut s = Small::new();
-                s.push_str("routes[");
-                s.push_u64(i as u64);
-                s.push_str("]");
-                s
-            }
-            RouteName::Default => {
-                let mut s = Small::new();
-                s.push_str("default");
-                s
-            }
-        });
-        let mut attrs = Attrs::<12>::new();
-        attrs.push("http.request.method", Val::Str(o.method));
-        attrs.push("url.path", Val::Str(o.path));
-        attrs.push("http.response.status_code", Val::Int(i64::from(o.status)));
-        attrs.push("network.peer.address", Val::Text(peer_ip.as_bytes()));
-        attrs.push("network.peer.port", Val::Int(i64::from(o.peer.port())));
-        attrs.push("spoke.cluster", Val::Str(o.cluster));
-        attrs.push("spoke.retries", Val::Int(i64::from(o.retries)));
-        let host = host_of(o.authority);
-        if !host.is_empty() {
-            attrs.push("server.address", Val::Str(host));
-        }
-        if let Some(r) = &route {
-            attrs.push("spoke.route", Val::Text(r.as_bytes()));
-        }
-        if let Some(e) = &endpoint {
-            attrs.push("spoke.endpoint", Val::Text(e.as_bytes()));
-        }
-        if let Some(id) = o.peer_id {
-            attrs.push("spoke.peer_id", Val::Str(id));
-        }
-        if let Some(k) = o.error {
-            attrs.push("spoke.error", Val::Str(k));
-        }
-        let kind = if self.server {
-            KIND_SERVER
-        } else {
-            KIND_CLIENT
-        };
         let failed = o.status >= 500 || o.error.is_some();
         let error = o.error.unwrap_or("server error");
-        // `Status`: a message and code 2 (error), or empty (`STATUS_CODE_UNSET`).
-        let status_len = if failed {
-            wire::field_len(error.len()) + 2
-        } else {
-            0
-        };
-        let name_len = o.method.len() + 1 + o.cluster.len();
-        let len = wire::field_len(self.trace.len())
-            + wire::field_len(self.id.len())
-            + if self.state.is_empty() {
-                0
-            } else {
-                wire::field_len(self.state.len())
-            }
-            + self.parent.map_or(0, |p| wire::field_len(p.len()))
-            + wire::field_len(name_len)
-            + 1
-            + wire::varint_len(kind)
-            + 2 * 9
-            + attrs.len(true)
-            + self
-                .events
-                .iter()
-                .map(|ev| wire::field_len(event(ev, None)))
-                .sum::<usize>()
-            + wire::field_len(status_len)
-            // Field 16 has a two-byte tag.
-            + 6;
+        // Room for the whole span at once: the constant part (tags, ids, times, keys,
+        // numbers) is under 512 bytes, events under 200 each; the rest is the text.
+        buf.reserve(
+            512 + 200 * self.events.len()
+                + self.state.len()
+                + 2 * (o.method.len() + o.cluster.len())
+                + o.path.len()
+                + o.authority.len()
+                + o.peer_id.map_or(0, str::len)
+                + 2 * error.len(),
+        );
+        // Spans are 128 bytes to 16 KiB long: a two-byte length.
+        let body = wire::open(buf, SCOPE_SPANS_SPANS, 2);
 
-        buf.reserve(wire::framed_span_len(len));
-        wire::put_span_frame(buf, len);
-        let at = buf.len();
-        wire::put_bytes(buf, 1, &self.trace);
-        wire::put_bytes(buf, 2, &self.id);
+        let mut ids = IDS_HEAD;
+        ids[2..18].copy_from_slice(&self.trace);
+        ids[20..28].copy_from_slice(&self.id);
+        buf.extend_from_slice(&ids);
         if !self.state.is_empty() {
             wire::put_bytes(buf, 3, self.state.as_bytes());
         }
         if let Some(p) = &self.parent {
             wire::put_bytes(buf, 4, p);
         }
-        // The name, `GET backend`, written in place.
-        wire::put_len(buf, 5, name_len);
+        // The name, `GET backend`.
+        wire::put_len(buf, 5, o.method.len() + 1 + o.cluster.len());
         buf.extend_from_slice(o.method.as_bytes());
         buf.push(b' ');
         buf.extend_from_slice(o.cluster.as_bytes());
-        wire::put_uint(buf, 6, kind);
+        wire::put_uint(
+            buf,
+            6,
+            if self.server {
+                KIND_SERVER
+            } else {
+                KIND_CLIENT
+            },
+        );
         wire::put_fixed64(buf, 7, self.start_ns);
         wire::put_fixed64(buf, 8, end_ns.max(self.start_ns));
-        attrs.put(buf, 9);
-        for ev in &self.events {
-            event(ev, Some(buf));
+
+        let a = SPAN_ATTRIBUTES;
+        wire::put_str_attr(buf, a, keys::METHOD, o.method.as_bytes());
+        wire::put_str_attr(buf, a, keys::PATH, o.path.as_bytes());
+        wire::put_int_attr(buf, a, keys::STATUS, i64::from(o.status));
+        let peer_ip = Small::ip(o.peer.ip());
+        wire::put_str_attr(buf, a, keys::PEER_ADDRESS, peer_ip.as_bytes());
+        wire::put_int_attr(buf, a, keys::PEER_PORT, i64::from(o.peer.port()));
+        wire::put_str_attr(buf, a, keys::CLUSTER, o.cluster.as_bytes());
+        wire::put_int_attr(buf, a, keys::RETRIES, i64::from(o.retries));
+        let host = host_of(o.authority);
+        if !host.is_empty() {
+            wire::put_str_attr(buf, a, keys::SERVER_ADDRESS, host.as_bytes());
         }
-        wire::put_len(buf, 15, status_len);
+        if let Some(r) = self.route {
+            let mut s = Small::new();
+            match r {
+                RouteName::Index(i) => {
+                    s.push_str("routes[");
+                    s.push_u64(i as u64);
+                    s.push_str("]");
+                }
+                RouteName::Default => s.push_str("default"),
+            }
+            wire::put_str_attr(buf, a, keys::ROUTE, s.as_bytes());
+        }
+        if let Some(e) = o.endpoint {
+            wire::put_str_attr(buf, a, keys::ENDPOINT, Small::socket(e).as_bytes());
+        }
+        if let Some(id) = o.peer_id {
+            wire::put_str_attr(buf, a, keys::PEER_ID, id.as_bytes());
+        }
+        if let Some(k) = o.error {
+            wire::put_str_attr(buf, a, keys::ERROR, k.as_bytes());
+        }
+
+        for ev in &self.events {
+            event(ev, buf);
+        }
+        // `Status`: a message and code 2 (error), or empty (`STATUS_CODE_UNSET`).
         if failed {
+            wire::put_len(buf, 15, wire::field_len(error.len()) + 2);
             wire::put_bytes(buf, 2, error.as_bytes());
             wire::put_uint(buf, 3, STATUS_ERROR);
+        } else {
+            buf.extend_from_slice(&[SPAN_STATUS, 0]);
         }
         // Trace flags (sampled) and, bits 8 and 9, "the parent is known to be remote".
         let flags = 1 | 0x100 | if self.parent.is_some() { 0x200 } else { 0 };
         wire::put_fixed32(buf, 16, flags);
-        debug_assert_eq!(buf.len() - at, len, "the span's summed size");
+        wire::close(buf, body, 2);
     }
 }
 
-/// A retry as an `Event` (field 11 of `Span`): time, name, attributes. Returns the
-/// event's size; writes it too when given `buf`.
-fn event(ev: &Retry, buf: Option<&mut Vec<u8>>) -> usize {
-    let endpoint = ev.endpoint.map(Small::socket);
-    let mut attrs = Attrs::<3>::new();
-    attrs.push("spoke.try", Val::Int(i64::from(ev.attempt)));
-    attrs.push("spoke.retry.reason", Val::Str(ev.reason));
-    if let Some(e) = &endpoint {
-        attrs.push("spoke.endpoint", Val::Text(e.as_bytes()));
+/// A retry as an `Event` (field 11 of `Span`): time, name, attributes.
+fn event(ev: &Retry, buf: &mut Vec<u8>) {
+    // Under 128 bytes but with a long IPv6 endpoint: a one-byte length.
+    let body = wire::open(buf, SPAN_EVENTS, 1);
+    wire::put_fixed64(buf, 1, ev.time_ns);
+    wire::put_bytes(buf, 2, b"retry");
+    let a = EVENT_ATTRIBUTES;
+    wire::put_int_attr(buf, a, keys::TRY, i64::from(ev.attempt));
+    wire::put_str_attr(buf, a, keys::RETRY_REASON, ev.reason.as_bytes());
+    if let Some(e) = ev.endpoint {
+        wire::put_str_attr(buf, a, keys::ENDPOINT, Small::socket(e).as_bytes());
     }
-    let len = 9 + wire::field_len(b"retry".len()) + attrs.len(true);
-    if let Some(buf) = buf {
-        wire::put_len(buf, 11, len);
-        wire::put_fixed64(buf, 1, ev.time_ns);
-        wire::put_bytes(buf, 2, b"retry");
-        attrs.put(buf, 3);
-    }
-    len
+    wire::close(buf, body, 1);
 }
 
 /// The host of an authority (`host`, `host:port`, `[v6]:port`).
-fn host_of(authority: &str) -> &str {
+pub(super) fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

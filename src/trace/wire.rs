@@ -5,6 +5,12 @@
 //! concatenation. The field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`
 //! and `common/v1/common.proto`; the unit tests decode the output with the published
 //! OTLP types (`opentelemetry-proto`) to hold them to it.
+//!
+//! On the request path (a span per sampled request) the constant part of each attribute,
+//! its key's bytes and the tags around it, is built at compile time (`key!`), and a
+//! message whose size is only known once written (the span, a retry event) gets a
+//! placeholder for its length that is filled in afterwards (`open` / `close`): one pass,
+//! no size summed field by field beforehand.
 
 use std::fmt::Write as _;
 
@@ -105,6 +111,100 @@ pub fn put_kv(buf: &mut impl BufMut, field: u32, key: &str, v: Val<'_>) {
     }
 }
 
+/// The constant head of an attribute (`KeyValue`): its key as field 1 and the tag of its
+/// value (field 2, an `AnyValue`), so only the value's length and bytes are written per
+/// span. Made by `key!` at compile time.
+#[derive(Clone, Copy)]
+pub struct Key(pub &'static [u8]);
+
+/// `key!("http.request.method")`: that attribute key's `Key`, built at compile time.
+macro_rules! key {
+    ($k:literal) => {{
+        const HEAD: [u8; $k.len() + 3] = $crate::trace::wire::key_head($k);
+        $crate::trace::wire::Key(&HEAD)
+    }};
+}
+pub(crate) use key;
+
+/// The bytes of a `Key`: `0x0a <len> <key> 0x12` (keys are shorter than 128 bytes, so
+/// their length is one byte; the build fails otherwise).
+pub const fn key_head<const N: usize>(key: &str) -> [u8; N] {
+    let k = key.as_bytes();
+    assert!(k.len() + 3 == N && k.len() < 128);
+    let mut out = [0u8; N];
+    out[0] = (1 << 3) | LEN;
+    out[1] = k.len() as u8;
+    let mut i = 0;
+    while i < k.len() {
+        out[2 + i] = k[i];
+        i += 1;
+    }
+    out[N - 1] = (2 << 3) | LEN;
+    out
+}
+
+/// The one-byte tag of length-delimited field `field` (below 16).
+pub const fn len_tag(field: u8) -> u8 {
+    assert!(field < 16);
+    (field << 3) | LEN
+}
+
+/// An attribute with a text value (`AnyValue.string_value`) as field `tag` (`len_tag`) of
+/// the enclosing message. `v` must be UTF-8 (the callers pass `str`s and `Small`s).
+pub fn put_str_attr(buf: &mut Vec<u8>, tag: u8, key: Key, v: &[u8]) {
+    let any = 1 + varint_len(v.len() as u64) + v.len();
+    buf.push(tag);
+    put_varint(buf, (key.0.len() + varint_len(any as u64) + any) as u64);
+    buf.extend_from_slice(key.0);
+    put_varint(buf, any as u64);
+    buf.push((1 << 3) | LEN);
+    put_varint(buf, v.len() as u64);
+    buf.extend_from_slice(v);
+}
+
+/// An attribute with an integer value (`AnyValue.int_value`), as `put_str_attr`.
+pub fn put_int_attr(buf: &mut Vec<u8>, tag: u8, key: Key, v: i64) {
+    let any = 1 + varint_len(v as u64);
+    buf.push(tag);
+    // `any` is at most 11 bytes: its length is one byte.
+    put_varint(buf, (key.0.len() + 1 + any) as u64);
+    buf.extend_from_slice(key.0);
+    buf.push(any as u8);
+    buf.push(3 << 3);
+    put_varint(buf, v as u64);
+}
+
+/// Starts a length-delimited field whose length is known only once its body is written:
+/// the one-byte `tag` and `width` placeholder bytes for the length (the width its length
+/// usually takes). Returns where the body starts, for `close`.
+pub fn open(buf: &mut Vec<u8>, tag: u8, width: usize) -> usize {
+    buf.push(tag);
+    buf.resize(buf.len() + width, 0);
+    buf.len()
+}
+
+/// Ends the field `open` started at `body` with `width` placeholder bytes: writes its
+/// length there, moving the body when the length takes another number of bytes (rare: a
+/// varint cannot be padded, since a decoder may read a longer one as another value).
+pub fn close(buf: &mut Vec<u8>, body: usize, width: usize) {
+    let len = buf.len() - body;
+    let mut head = [0u8; 10];
+    let mut n = 0;
+    let mut v = len as u64;
+    while v >= 0x80 {
+        head[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    head[n] = v as u8;
+    n += 1;
+    if n == width {
+        buf[body - width..body].copy_from_slice(&head[..n]);
+    } else {
+        buf.splice(body - width..body, head[..n].iter().copied());
+    }
+}
+
 /// Short text (an address, `routes[3]`) written on the stack. The common values (IPv4
 /// addresses, ports, indexes) are written digit by digit: `core::fmt` machinery cost
 /// about as much as encoding the rest of a span.
@@ -168,19 +268,25 @@ impl Small {
         }
     }
 
-    /// A number in decimal.
-    pub fn push_u64(&mut self, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
+    /// A number in decimal, its digits written in place (the common values, ports and
+    /// octets, are written once per span or more: no scratch copy).
+    pub fn push_u64(&mut self, v: u64) {
+        let mut n = 1;
+        let mut rest = v / 10;
+        while rest > 0 {
+            n += 1;
+            rest /= 10;
         }
-        self.push_ascii(&digits[i..]);
+        let end = self.len + n;
+        if end > self.buf.len() {
+            return;
+        }
+        let mut v = v;
+        for d in self.buf[self.len..end].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.len = end;
     }
 
     fn push_ipv4(&mut self, ip: std::net::Ipv4Addr) {

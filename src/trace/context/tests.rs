@@ -129,3 +129,82 @@ fn inject_keeps_the_format_with_this_hop_as_parent() {
     let c = extract(&h).unwrap_or_else(|| panic!("not parsed"));
     assert_eq!(c.ids.map(|i| i.span), Some(span));
 }
+
+#[test]
+fn every_byte_is_read_as_hex_only_if_it_is_a_hex_digit() {
+    for c in 0..=255u8 {
+        let digit = c.is_ascii_hexdigit();
+        // In the trace id, the span id and the flags.
+        let mut t = format!("00-{TID}-{SID}-01").into_bytes();
+        for at in [3, 40, 54] {
+            let mut v = t.clone();
+            v[at] = c;
+            let got = parse_traceparent(&v);
+            assert_eq!(got.is_some(), digit, "byte {c:#04x} at {at}");
+        }
+        t[3] = c;
+        if digit {
+            // TID starts `4b`: the first byte becomes `<c>b`.
+            let want = u8::from_str_radix(&format!("{}b", c as char), 16).unwrap_or(0);
+            let got = parse_traceparent(&t)
+                .and_then(|c| c.ids)
+                .map(|i| i.trace[0]);
+            assert_eq!(got, Some(want));
+        }
+    }
+    assert_eq!(decode_byte(b"fF"), Some(0xff));
+    assert_eq!(decode_byte(b"f"), None);
+    assert_eq!(decode::<2>(b"0A0b"), Some([0x0a, 0x0b]));
+}
+
+#[test]
+fn the_request_path_scan_finds_what_get_would() {
+    let mut h = headers(&[
+        ("host", "backend"),
+        ("tracestate", "a=1,b=2"),
+        ("x-spoke-trace", "FORCE"),
+        ("traceparent", &format!("00-{TID}-{SID}-01")),
+    ]);
+    let found = Found::scan(h.iter_mut());
+    assert_eq!(found.force(), (true, true));
+    assert_eq!(found.state(), "a=1,b=2");
+    assert_eq!(found.incoming(), extract(&h));
+    let h = headers(&[
+        ("x-spoke-trace", "maybe"),
+        ("b3", &format!("{TID}-{SID}-1")),
+    ]);
+    let found = Found::scan(h.iter());
+    assert_eq!(found.force(), (true, false));
+    assert_eq!(found.state(), "");
+    assert_eq!(found.incoming().map(|c| c.format), Some(Format::B3Single));
+    assert_eq!(Found::scan(HeaderMap::new().iter()).force(), (false, false));
+}
+
+#[test]
+fn a_single_incoming_traceparent_is_replaced_where_it_is() {
+    let (trace, span) = ([0xab; 16], [0x11; 8]);
+    let want = format!("00-{}-{}-01", "ab".repeat(16), "11".repeat(8));
+    let mut h = headers(&[
+        ("host", "backend"),
+        ("traceparent", &format!("00-{TID}-{SID}-01")),
+        ("accept", "*/*"),
+    ]);
+    let names: Vec<_> = h.keys().cloned().collect();
+    assert!(Found::scan(h.iter_mut()).replace_traceparent(&trace, &span));
+    assert_eq!(h["traceparent"], want.as_str());
+    assert!(
+        h["traceparent"].is_sensitive(),
+        "kept out of the HPACK table"
+    );
+    assert_eq!(h.keys().cloned().collect::<Vec<_>>(), names, "same place");
+    // None came: it is for `inject` to insert.
+    let mut h = headers(&[("host", "backend")]);
+    assert!(!Found::scan(h.iter_mut()).replace_traceparent(&trace, &span));
+    // Two came: replacing the first would leave the other; `inject` replaces both.
+    let mut h = headers(&[("traceparent", &format!("00-{TID}-{SID}-01"))]);
+    h.append("traceparent", HeaderValue::from_static("junk"));
+    assert!(!Found::scan(h.iter_mut()).replace_traceparent(&trace, &span));
+    inject(&mut h, Format::W3c, &trace, false, &span, None);
+    let all: Vec<_> = h.get_all("traceparent").iter().collect();
+    assert_eq!(all, [want.as_str()]);
+}
