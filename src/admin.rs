@@ -118,21 +118,9 @@ fn ready(state: &AdminState) -> Resp {
     }
 }
 
-/// One scrape at a time: each fills `spoke_endpoints` from the current snapshot and empties
-/// it again once rendered.
-static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn metrics(state: &AdminState) -> Resp {
-    let m = &state.shared.metrics;
-    let body = {
-        let _one = SCRAPE.lock().unwrap_or_else(|p| p.into_inner());
-        clusters::refresh_gauges(&state.shared.snapshot.load(), m);
-        let body = m.render();
-        // Four series per cluster: a sidecar pushed a thousand clusters would keep 2 MiB
-        // of them between scrapes for nothing.
-        m.endpoints.reset();
-        body
-    };
+    let mut body = state.shared.metrics.render();
+    clusters::render_endpoints(&state.shared.snapshot.load(), &mut body);
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -22,6 +22,10 @@ use prometheus::{
 use crate::config::{Capture, Config, ListenerTarget, UnknownDestination::Deny};
 
 /// `spoke_retries_total` reasons (see `proxy::http::retry::Failure::reason`).
+/// `spoke_endpoints{cluster,state}`: not a registered series but written at scrape time
+/// from the snapshot (`admin::clusters::render_endpoints`).
+pub const ENDPOINTS_HELP: &str = "endpoints by state: healthy, ejected, unhealthy, draining";
+
 pub const RETRY_REASONS: &[&str] = &[
     "status",
     "grpc",
@@ -94,8 +98,6 @@ pub struct Metrics {
     pub breaker_overflow: IntCounterVec,
     /// `{cluster}`: picks made with no endpoint in service.
     pub lb_panic: IntCounterVec,
-    /// `{cluster, state}`: endpoints by state, refreshed at each scrape.
-    pub endpoints: IntGaugeVec,
     /// Unix time the workload certificate expires.
     pub cert_expiry: IntGauge,
     /// `{result}` applied | rejected: certificate file reloads.
@@ -271,12 +273,6 @@ impl Metrics {
                 "spoke_lb_panic_total",
                 "endpoint picks made while no endpoint was in service (health ignored)",
                 &["cluster"],
-            ),
-            endpoints: gauge(
-                &r,
-                "spoke_endpoints",
-                "endpoints by state: healthy, ejected, unhealthy, draining",
-                &["cluster", "state"],
             ),
             authz_revoked: counter(
                 &r,

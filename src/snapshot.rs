@@ -440,10 +440,28 @@ mod tests {
             s.cluster("b").unwrap().peek().is_none(),
             "b is still unused"
         );
-        // `/clusters` shows an unused cluster without making it live.
+        // `/clusters` and `spoke_endpoints` show an unused cluster without making it live.
         let doc = crate::admin::clusters::document(&s);
         assert_eq!(doc[1]["endpoints"][0]["state"], "healthy");
+        a.endpoints()[1].eject(now_ms(), std::time::Duration::from_secs(30));
+        let mut text = String::new();
+        crate::admin::clusters::render_endpoints(&s, &mut text);
         assert!(s.cluster("b").unwrap().peek().is_none());
+        assert_eq!(
+            text,
+            format!(
+                "# HELP spoke_endpoints {}\n# TYPE spoke_endpoints gauge\n\
+                 spoke_endpoints{{cluster=\"a\",state=\"healthy\"}} 1\n\
+                 spoke_endpoints{{cluster=\"a\",state=\"ejected\"}} 1\n\
+                 spoke_endpoints{{cluster=\"a\",state=\"unhealthy\"}} 0\n\
+                 spoke_endpoints{{cluster=\"a\",state=\"draining\"}} 0\n\
+                 spoke_endpoints{{cluster=\"b\",state=\"healthy\"}} 1\n\
+                 spoke_endpoints{{cluster=\"b\",state=\"ejected\"}} 0\n\
+                 spoke_endpoints{{cluster=\"b\",state=\"unhealthy\"}} 0\n\
+                 spoke_endpoints{{cluster=\"b\",state=\"draining\"}} 0\n",
+                crate::metrics::ENDPOINTS_HELP
+            )
+        );
     }
 
     #[test]

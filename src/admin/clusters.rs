@@ -5,7 +5,6 @@
 use serde_json::{json, Value};
 
 use crate::balance::{now_ms, EndpointState};
-use crate::metrics::Metrics;
 use crate::snapshot::{ClusterState, Live, Snapshot};
 
 const STATES: [&str; 4] = ["healthy", "ejected", "unhealthy", "draining"];
@@ -89,13 +88,24 @@ pub fn document(snap: &Snapshot) -> Value {
     Value::Array(list)
 }
 
-/// Sets `spoke_endpoints{cluster,state}` from the current snapshot (for one scrape; the
-/// caller empties it after rendering).
-pub fn refresh_gauges(snap: &Snapshot, metrics: &Metrics) {
+/// Appends the `spoke_endpoints{cluster,state}` family for the current snapshot to a
+/// scrape's text, in the exposition format prometheus' encoder writes (clusters in name
+/// order). Written here rather than kept as gauge series: four series per cluster, for a
+/// sidecar pushed a thousand clusters, held about 2 MiB between scrapes (and 1.4 MiB of
+/// allocator pages after being emptied).
+pub fn render_endpoints(snap: &Snapshot, out: &mut String) {
+    use std::fmt::Write as _;
     let now = now_ms();
-    metrics.endpoints.reset();
-    for c in snap.clusters() {
-        let mut counts = [0i64; 4];
+    let mut clusters: Vec<_> = snap.clusters().collect();
+    if clusters.is_empty() {
+        return;
+    }
+    clusters.sort_unstable_by(|a, b| a.config.name.cmp(&b.config.name));
+    out.push_str("# HELP spoke_endpoints ");
+    out.push_str(crate::metrics::ENDPOINTS_HELP);
+    out.push_str("\n# TYPE spoke_endpoints gauge\n");
+    for c in clusters {
+        let mut counts = [0usize; 4];
         match c.peek() {
             Some(live) => {
                 for ep in &live.endpoints {
@@ -104,16 +114,27 @@ pub fn refresh_gauges(snap: &Snapshot, metrics: &Metrics) {
                         counts[k] += 1;
                     }
                 }
-                counts[3] = live.runtime.draining().len() as i64;
+                counts[3] = live.runtime.draining().len();
             }
             // Unused: every endpoint is as it starts, in service.
-            None => counts[0] = c.config.endpoints.len() as i64,
+            None => counts[0] = c.config.endpoints.len(),
         }
         for (s, n) in STATES.iter().zip(counts) {
-            metrics
-                .endpoints
-                .with_label_values(&[c.config.name.as_str(), s])
-                .set(n);
+            out.push_str("spoke_endpoints{cluster=\"");
+            escape_label(&c.config.name, out);
+            let _ = writeln!(out, "\",state=\"{s}\"}} {n}");
+        }
+    }
+}
+
+/// A label value as the exposition format quotes it.
+fn escape_label(v: &str, out: &mut String) {
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
         }
     }
 }
