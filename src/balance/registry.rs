@@ -151,28 +151,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Registry {
     /// The runtime of `cluster` with the endpoint states for `addrs` (in that order):
-    /// existing entries are reused, missing ones made, and entries for addresses no longer
-    /// listed dropped from the registry.
+    /// existing entries are reused and missing ones made. With `reconcile` (the snapshot
+    /// being stored, the one the registry follows), entries for addresses no longer listed
+    /// are dropped and drain; without it (a cluster made live at first use, maybe in a
+    /// snapshot older than that, loaded by a request before a push) nothing is dropped.
     pub fn adopt(
-        &self,
-        cluster: &str,
-        addrs: &[&EndpointAddr],
-    ) -> (Arc<ClusterRuntime>, Vec<Arc<EndpointState>>) {
-        self.states(cluster, addrs, true)
-    }
-
-    /// `adopt` without dropping anything: for a cluster made live at first use, which may
-    /// be in a snapshot older than the one the registry follows (a request that loaded it
-    /// before a push), so its address list is not the one to keep.
-    pub fn join(
-        &self,
-        cluster: &str,
-        addrs: &[&EndpointAddr],
-    ) -> (Arc<ClusterRuntime>, Vec<Arc<EndpointState>>) {
-        self.states(cluster, addrs, false)
-    }
-
-    fn states(
         &self,
         cluster: &str,
         addrs: &[&EndpointAddr],
