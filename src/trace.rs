@@ -317,6 +317,7 @@ pub fn finish(conn: &ConnCtx, info: &mut Info, status: u16, error: Option<&'stat
         authority: &info.authority,
         status,
         peer: conn.peer,
+        peer_attrs: Some(conn.trace_peer.get_or_init(|| span::peer_attrs(conn.peer))),
         cluster: info.cluster_label(),
         endpoint: info.endpoint,
         peer_id: peer_id.map(|i| i.as_str()),

@@ -191,6 +191,7 @@ pub async fn serve(
             },
             h2,
             tls: use_tls,
+            trace_peer: Default::default(),
         });
         server::serve(conn, Prefixed::new(prefix, down), ctx.drain.clone()).await;
         return;

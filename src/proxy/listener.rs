@@ -135,6 +135,7 @@ async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
                 target: Target::Outbound { default: None },
                 h2: found == Detected::Http2,
                 tls: false,
+                trace_peer: Default::default(),
             });
             server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
         }
@@ -194,6 +195,7 @@ pub(super) async fn to_cluster(
         },
         h2,
         tls: false,
+        trace_peer: Default::default(),
     });
     server::serve(conn, Prefixed::new(prefix, sock), ctx.drain.clone()).await
 }

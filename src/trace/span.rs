@@ -54,6 +54,9 @@ pub struct Outcome<'a> {
     pub authority: &'a str,
     pub status: u16,
     pub peer: std::net::SocketAddr,
+    /// `peer`'s attributes already encoded (`peer_attrs`): a connection's are made once,
+    /// at its first sampled request, not per span.
+    pub peer_attrs: Option<&'a [u8]>,
     pub cluster: &'a str,
     pub endpoint: Option<std::net::SocketAddr>,
     pub peer_id: Option<&'a str>,
@@ -184,9 +187,10 @@ impl Span {
         wire::put_str_attr(buf, a, keys::METHOD, o.method.as_bytes());
         wire::put_str_attr(buf, a, keys::PATH, o.path.as_bytes());
         wire::put_int_attr(buf, a, keys::STATUS, i64::from(o.status));
-        let peer_ip = Small::ip(o.peer.ip());
-        wire::put_str_attr(buf, a, keys::PEER_ADDRESS, peer_ip.as_bytes());
-        wire::put_int_attr(buf, a, keys::PEER_PORT, i64::from(o.peer.port()));
+        match o.peer_attrs {
+            Some(b) => buf.extend_from_slice(b),
+            None => put_peer(buf, o.peer),
+        }
         wire::put_str_attr(buf, a, keys::CLUSTER, o.cluster.as_bytes());
         wire::put_int_attr(buf, a, keys::RETRIES, i64::from(o.retries));
         let host = host_of(o.authority);
@@ -231,6 +235,25 @@ impl Span {
         wire::put_fixed32(buf, 16, flags);
         wire::close(buf, body, 2);
     }
+}
+
+/// `network.peer.address` and `network.peer.port` as span attributes, for
+/// `Outcome::peer_attrs`.
+pub fn peer_attrs(peer: std::net::SocketAddr) -> Box<[u8]> {
+    let mut buf = Vec::with_capacity(96);
+    put_peer(&mut buf, peer);
+    buf.into_boxed_slice()
+}
+
+fn put_peer(buf: &mut Vec<u8>, peer: std::net::SocketAddr) {
+    let ip = Small::ip(peer.ip());
+    wire::put_str_attr(buf, SPAN_ATTRIBUTES, keys::PEER_ADDRESS, ip.as_bytes());
+    wire::put_int_attr(
+        buf,
+        SPAN_ATTRIBUTES,
+        keys::PEER_PORT,
+        i64::from(peer.port()),
+    );
 }
 
 /// A retry as an `Event` (field 11 of `Span`): time, name, attributes.

@@ -52,11 +52,37 @@ fn outcome<'a>(status: u16, error: Option<&'static str>) -> span::Outcome<'a> {
         authority: "backend:8080",
         status,
         peer: std::net::SocketAddr::from(([10, 1, 2, 3], 4242)),
+        peer_attrs: None,
         cluster: "backend",
         endpoint: Some(std::net::SocketAddr::from(([10, 0, 0, 7], 8080))),
         peer_id: Some("spiffe://cluster.local/ns/default/sa/backend"),
         retries: 0,
         error,
+    }
+}
+
+#[test]
+fn a_connections_cached_peer_attributes_encode_as_the_peer_does() {
+    for peer in ["10.1.2.3:4242", "[::1]:4242", "[fe80::1]:1"] {
+        let peer: std::net::SocketAddr = peer.parse().unwrap_or_else(|e| panic!("{e}"));
+        let cached = span::peer_attrs(peer);
+        let o = span::Outcome {
+            peer,
+            ..outcome(200, None)
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        span().encode(&o, 2_000, &mut a);
+        span().encode(
+            &span::Outcome {
+                peer_attrs: Some(&cached),
+                ..o
+            },
+            2_000,
+            &mut b,
+        );
+        assert_eq!(a, b, "{peer}");
+        let ip = peer.ip().to_string();
+        assert!(a.windows(ip.len()).any(|w| w == ip.as_bytes()), "{peer}");
     }
 }
 
@@ -145,6 +171,7 @@ fn a_finished_span_decodes_with_the_published_types() {
         authority: "backend:8080",
         status: 503,
         peer: "[::1]:4242".parse().unwrap_or_else(|e| panic!("{e}")),
+        peer_attrs: None,
         cluster: "backend",
         endpoint: Some(ep),
         peer_id: Some("spiffe://cluster.local/ns/default/sa/backend"),

@@ -40,6 +40,9 @@ pub struct ConnCtx {
     pub h2: bool,
     /// The downstream connection is mTLS (inbound): the peer proved `peer_id`.
     pub tls: bool,
+    /// `peer` as span attributes, encoded at the connection's first sampled request
+    /// (`trace::finish`), then copied into each of its spans.
+    pub trace_peer: std::sync::OnceLock<Box<[u8]>>,
 }
 
 pub enum Target {

@@ -162,11 +162,13 @@ impl<S: AsyncRead> AsyncRead for Guard<S> {
                 *this.deadline = None;
             }
             // Read everything the socket already holds (up to 64 KiB) before releasing
-            // any of it, so a request is checked whole when it arrived whole.
-            let mut tmp = [0u8; 16 * 1024];
+            // any of it, so a request is checked whole when it arrived whole. The scratch
+            // buffer is not zeroed first: that was 16 KiB of memset on every poll,
+            // including the one per keep-alive request that finds nothing to read.
+            let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
             let mut got_any = false;
             for _ in 0..4 {
-                let mut rb = ReadBuf::new(&mut tmp);
+                let mut rb = ReadBuf::uninit(&mut tmp);
                 match this.inner.as_mut().poll_read(cx, &mut rb) {
                     Poll::Pending if got_any => break,
                     Poll::Pending => return Poll::Pending,

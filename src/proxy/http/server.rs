@@ -31,7 +31,10 @@ where
     let io = crate::proxy::counted::Counted::new(io, counters.rx.clone(), counters.tx.clone());
     if conn.h2 {
         let ctx = conn.clone();
-        let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
+        // Each stream's future is spawned as a task of its own, which moves it a few times
+        // (into the stream, into the task cell, and when its stage changes): boxed, those
+        // moves copy a pointer instead of the whole request future (a few KiB).
+        let svc = service_fn(move |req| Box::pin(forward::handle(ctx.clone(), req)));
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
