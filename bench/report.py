@@ -718,8 +718,8 @@ def http_section(records: list[dict], meta: dict) -> list[str]:
         if a is None or b is None or not b:
             return f"| {label} | {goal} | {fmt(a, unit_digits)} | {fmt(b, unit_digits)} | n/a | n/a |"
         r = a / b
-        return (f"| {label} | {goal} | {fmt(a, unit_digits)} | {fmt(b, unit_digits)} | {r:.2f}× "
-                f"| {'met' if ok(r) else '**not met**'} |")
+        verdict = "—" if ok is None else ("met" if ok(r) else "**not met**")
+        return f"| {label} | {goal} | {fmt(a, unit_digits)} | {fmt(b, unit_digits)} | {r:.2f}× | {verdict} |"
 
     if s and e and not s.get("skipped") and not e.get("skipped"):
         out += [
@@ -742,6 +742,22 @@ def http_section(records: list[dict], meta: dict) -> list[str]:
         ]
         if not have_oha:
             out += ["The two added-latency goals are n/a: oha was not installed, so no fixed-rate run.", ""]
+    if s and h and not s.get("skipped") and not h.get("skipped"):
+        out += [
+            "### Targets (performance issue, goals 1 and 2): `spoke` (1 worker each) vs `haproxy` "
+            "(nbthread 1 each, `http-reuse always`)",
+            "",
+            "| goal | target | spoke | haproxy | ratio | |",
+            "|---|---|--:|--:|--:|---|",
+            cmp("wrk req/s (HTTP/1.1 keep-alive)", "≥ 1.0× HAProxy (stretch 1.3×)", s["wrk_rps"], h["wrk_rps"],
+                lambda r: r >= 1, 0),
+            cmp("proxy CPU s per 10k requests (wrk, A+B)", "≤ HAProxy", s["cpu_per_10k"], h["cpu_per_10k"],
+                lambda r: r <= 1, 3),
+            cmp("h2load req/s (h2c)", "≥ 1.5× HAProxy", s["h2load_rps"], h["h2load_rps"], lambda r: r >= 1.5, 0),
+            cmp("proxy CPU s per 10k requests (h2load, A+B)", "(no goal; lower is better)", s["h2_cpu_per_10k"],
+                h["h2_cpu_per_10k"], None, 3),
+            "",
+        ]
         if s.get("wrk_errors") or s.get("h2_errors") or s.get("oha_errors"):
             out += [f"Spoke had errors: wrk {s.get('wrk_errors')}, h2load {s.get('h2_errors')}, "
                     f"oha {s.get('oha_errors')}.", ""]

@@ -27,6 +27,13 @@ pub struct CertStore {
     metrics: Arc<Metrics>,
 }
 
+/// The certificate files as read (see `CertStore::read_files`).
+struct Read {
+    all: Vec<u8>,
+    /// The cert's and the key's lengths; the roots are the rest.
+    lens: [usize; 2],
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.display().to_string(),
@@ -54,15 +61,28 @@ impl CertStore {
     }
 
     fn read_and_build(files: &TlsFiles) -> Result<(Vec<u8>, TlsConfigs), TlsError> {
+        let bytes = Self::read_files(files)?;
+        Self::build(files, bytes)
+    }
+
+    /// The three files' bytes, as one buffer of cert, key and roots (and their lengths).
+    fn read_files(files: &TlsFiles) -> Result<Read, TlsError> {
         let cert = read(&files.cert)?;
         let key = read(&files.key)?;
         let roots = read(&files.roots)?;
-        let material = load_material(&cert, &key, &roots)?;
-        let configs = build_configs(&material, files.min_version)?;
+        let lens = [cert.len(), key.len()];
         let mut all = cert;
         all.extend_from_slice(&key);
         all.extend_from_slice(&roots);
-        Ok((all, configs))
+        Ok(Read { all, lens })
+    }
+
+    fn build(files: &TlsFiles, r: Read) -> Result<(Vec<u8>, TlsConfigs), TlsError> {
+        let (cert, rest) = r.all.split_at(r.lens[0]);
+        let (key, roots) = rest.split_at(r.lens[1]);
+        let material = load_material(cert, key, roots)?;
+        let configs = build_configs(&material, files.min_version)?;
+        Ok((r.all, configs))
     }
 
     /// A store whose certificates come from elsewhere (`store`), empty until then.
@@ -96,11 +116,19 @@ impl CertStore {
         let Some(files) = &self.files else {
             return Ok(false);
         };
-        let result = Self::read_and_build(files);
         let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        // The poll runs this every 2 s: files that did not change are compared, not parsed
+        // and built into configs again (a key check and a few hundred allocations).
+        let result = Self::read_files(files).and_then(|r| {
+            if r.all == *source {
+                Ok(None)
+            } else {
+                Self::build(files, r).map(Some)
+            }
+        });
         match result {
-            Ok((bytes, _)) if bytes == *source => Ok(false),
-            Ok((bytes, configs)) => {
+            Ok(None) => Ok(false),
+            Ok(Some((bytes, configs))) => {
                 tracing::info!(identity = %configs.identity, not_after = configs.not_after, "workload certificate rotated");
                 *source = bytes;
                 drop(source);
@@ -144,5 +172,57 @@ impl CertStore {
                 let _ = self.reload();
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Identity;
+
+    #[test]
+    fn a_reload_builds_a_changed_set_and_only_compares_an_unchanged_one() {
+        let dir = std::env::temp_dir().join(format!("spoke-store-{}", fastrand::u64(..)));
+        let ok = |r: Result<(), crate::ca::CaError>| r.unwrap_or_else(|e| panic!("{e}"));
+        let ca = crate::ca::Ca::new("cluster.local", Duration::from_secs(3600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let issue = |sa: &str| {
+            let id = Identity::parse(&format!("spiffe://cluster.local/ns/default/sa/{sa}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            ok(crate::ca::issue_to_dir(
+                &ca,
+                &id,
+                Duration::from_secs(3600),
+                &[],
+                &dir,
+                true,
+            ));
+        };
+        issue("web");
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            roots: dir.join("root.pem"),
+            min_version: TlsVersion::Tls13,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let store = CertStore::from_files(&files, Arc::new(Metrics::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let identity = || store.current().map(|c| c.identity.to_string());
+        assert!(!store.reload().unwrap_or_else(|e| panic!("{e}")));
+        // A broken key is built (and refused), so a changed set is never only compared.
+        let key = std::fs::read(&files.key).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&files.key, b"not a key").unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.reload().is_err());
+        std::fs::write(&files.key, &key).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!store.reload().unwrap_or_else(|e| panic!("{e}")));
+        issue("backend");
+        assert!(store.reload().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            identity().as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/backend")
+        );
+        assert!(!store.reload().unwrap_or_else(|e| panic!("{e}")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
