@@ -21,11 +21,11 @@ use prometheus::{
 
 use crate::config::{Capture, Config, ListenerTarget, UnknownDestination::Deny};
 
-/// `spoke_retries_total` reasons (see `proxy::http::retry::Failure::reason`).
 /// `spoke_endpoints{cluster,state}`: not a registered series but written at scrape time
 /// from the snapshot (`admin::clusters::render_endpoints`).
 pub const ENDPOINTS_HELP: &str = "endpoints by state: healthy, ejected, unhealthy, draining";
 
+/// `spoke_retries_total` reasons (see `proxy::http::retry::Failure::reason`).
 pub const RETRY_REASONS: &[&str] = &[
     "status",
     "grpc",

@@ -22,17 +22,13 @@ pub struct CertStore {
     current: ArcSwapOption<TlsConfigs>,
     files: Option<TlsFiles>,
     min_version: TlsVersion,
-    /// The bytes the current configs were built from, to skip no-op reloads.
-    source: std::sync::Mutex<Vec<u8>>,
+    /// The cert, key and roots the current configs were built from, to skip no-op reloads.
+    source: std::sync::Mutex<Files>,
     metrics: Arc<Metrics>,
 }
 
-/// The certificate files as read (see `CertStore::read_files`).
-struct Read {
-    all: Vec<u8>,
-    /// The cert's and the key's lengths; the roots are the rest.
-    lens: [usize; 2],
-}
+/// The bytes of the cert, key and roots files.
+type Files = [Vec<u8>; 3];
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
@@ -60,29 +56,19 @@ impl CertStore {
         Self::read_and_build(files).map(|_| ())
     }
 
-    fn read_and_build(files: &TlsFiles) -> Result<(Vec<u8>, TlsConfigs), TlsError> {
-        let bytes = Self::read_files(files)?;
-        Self::build(files, bytes)
+    fn read_and_build(files: &TlsFiles) -> Result<(Files, TlsConfigs), TlsError> {
+        Self::build(files, Self::read_files(files)?)
     }
 
-    /// The three files' bytes, as one buffer of cert, key and roots (and their lengths).
-    fn read_files(files: &TlsFiles) -> Result<Read, TlsError> {
-        let cert = read(&files.cert)?;
-        let key = read(&files.key)?;
-        let roots = read(&files.roots)?;
-        let lens = [cert.len(), key.len()];
-        let mut all = cert;
-        all.extend_from_slice(&key);
-        all.extend_from_slice(&roots);
-        Ok(Read { all, lens })
+    fn read_files(files: &TlsFiles) -> Result<Files, TlsError> {
+        Ok([read(&files.cert)?, read(&files.key)?, read(&files.roots)?])
     }
 
-    fn build(files: &TlsFiles, r: Read) -> Result<(Vec<u8>, TlsConfigs), TlsError> {
-        let (cert, rest) = r.all.split_at(r.lens[0]);
-        let (key, roots) = rest.split_at(r.lens[1]);
+    fn build(files: &TlsFiles, read: Files) -> Result<(Files, TlsConfigs), TlsError> {
+        let [cert, key, roots] = &read;
         let material = load_material(cert, key, roots)?;
         let configs = build_configs(&material, files.min_version)?;
-        Ok((r.all, configs))
+        Ok((read, configs))
     }
 
     /// A store whose certificates come from elsewhere (`store`), empty until then.
@@ -91,7 +77,7 @@ impl CertStore {
             current: ArcSwapOption::empty(),
             files: None,
             min_version,
-            source: std::sync::Mutex::new(Vec::new()),
+            source: std::sync::Mutex::default(),
             metrics,
         }
     }
@@ -120,7 +106,7 @@ impl CertStore {
         // The poll runs this every 2 s: files that did not change are compared, not parsed
         // and built into configs again (a key check and a few hundred allocations).
         let result = Self::read_files(files).and_then(|r| {
-            if r.all == *source {
+            if r == *source {
                 Ok(None)
             } else {
                 Self::build(files, r).map(Some)
