@@ -31,7 +31,7 @@ rss() {
         printf '%s %s ' "$r" "$(awk '/^(VmRSS|RssAnon)/{printf "%s %s ", $1, $2}' "/proc/$pid/status")"
     done
 }
-sleep 1
+sleep 3 # past the first quiet tick: the start-up trim (src/rest.rs) has run
 echo "idle:                 $(rss)"
 for round in 1 2; do
     wrk -t1 -c"$CONNS" -d"${BURST_SECONDS}s" "http://127.0.0.1:$A_LISTEN/" | grep -E "Requests/sec|Socket errors" || true

@@ -4,7 +4,11 @@
 # while the release binary starts, serves the two-hop chain of bench/two-hop.sh (HTTP/1.1
 # and HTTP/2 clients, mTLS and HTTP/2 between the hops, h2o behind), two TCP hops over mTLS
 # and a plain TCP listener, and follows a control plane (certificate, discovery stream, a
-# few pushes) that runs under callgrind too.
+# few pushes) that runs under callgrind too. Each proxy's run is cut into three phases with
+# callgrind_control dumps: start-up (until ready), load (the traffic or pushes), quiet (a few
+# idle seconds) and exit; the list puts the functions of the quiet phase first, then the
+# load's, then those of start-up and exit alone (bench/text-order.py), so that what an idle
+# sidecar runs sits together and start-up code, released once the proxy turns quiet, apart.
 # 127.0.0.1 only; every load is bounded. Takes a few minutes.
 #
 #   bench/text-order.sh        (needs valgrind, h2o, wrk, h2load; a release build)
@@ -21,6 +25,11 @@ for t in valgrind h2o wrk h2load; do command -v "$t" >/dev/null || die "$t not f
 [[ -x $SCALE_BIN ]] || die "$SCALE_BIN not found (cargo build --release --example control_scale)"
 
 SPOKE_WRAP="valgrind --tool=callgrind --demangle=no --dump-line=no --callgrind-out-file=$WORK/cg.%p"
+phase() { # NAME PID... : callgrind dumps (and zeroes) each process's counts so far
+    local name=$1 p
+    shift
+    for p in "$@"; do callgrind_control -d "$name" "$p" >/dev/null; done
+}
 stop() { # PID... : SIGTERM (the proxy drains and exits, callgrind writes its file), wait
     local p
     for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -31,10 +40,14 @@ stop() { # PID... : SIGTERM (the proxy drains and exits, callgrind writes its fi
 
 echo "two-hop chain under callgrind (slow start-up is expected)"
 start_chain
+phase startup "$A" "$B"
 wrk -t1 -c4 -d5s "http://127.0.0.1:$A_LISTEN/" >/dev/null
 h2load -n 300 -c 2 -m 10 "http://127.0.0.1:$A_LISTEN/" >/dev/null
 curl -fs -o /dev/null "http://127.0.0.1:$A_ADMIN/clusters"
 curl -fs -o /dev/null "http://127.0.0.1:$A_READY/metrics"
+phase load "$A" "$B"
+sleep 6
+phase quiet "$A" "$B"
 stop "$A" "$B"
 
 echo "two TCP hops over mTLS (and a plain TCP listener) under callgrind"
@@ -62,8 +75,12 @@ TA=$!
 PIDS+=("$TA")
 for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$T_A/" && break; sleep 0.1; done
 curl -fs -o /dev/null "http://127.0.0.1:$T_A/" || die "TCP chain not up: $(tail -3 "$WORK/ta.log" "$WORK/tb.log")"
+phase startup "$TA" "$TB"
 wrk -t1 -c4 -d3s "http://127.0.0.1:$T_A/" >/dev/null
 wrk -t1 -c4 -d3s "http://127.0.0.1:$T_PLAIN/" >/dev/null
+phase load "$TA" "$TB"
+sleep 6
+phase quiet "$TA" "$TB"
 stop "$TA" "$TB"
 
 echo "a sidecar fed by spoke control, both under callgrind"
@@ -88,12 +105,16 @@ S=$!
 PIDS+=("$S")
 for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$S_READY/ready" && break; sleep 0.1; done
 curl -fs -o /dev/null "http://127.0.0.1:$S_READY/ready" || die "sidecar not ready: $(tail -3 "$WORK/sidecar.log")"
+phase startup "$S" "$C"
 flap=$WORK/mesh/10-flap.yaml
 cp "$flap" "$WORK/flap.orig"
 for i in 1 2 3 4; do
     if ((i % 2)); then sed 's/:8080"/:8081"/' "$WORK/flap.orig" >"$flap"; else cp "$WORK/flap.orig" "$flap"; fi
     sleep 2
 done
+phase load "$S" "$C"
+sleep 6
+phase quiet "$S" "$C"
 stop "$S" "$C"
 
 mkdir -p "$ROOT/link"

@@ -28,6 +28,9 @@ pub struct Options {
     pub log: Option<LogHandle>,
     /// Receives every inbound authorization decision.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<crate::proxy::AuthzEvent>>,
+    /// Give memory back when the proxy turns quiet (`rest`). The `spoke proxy` binary sets
+    /// it unless `SPOKE_IDLE_TRIM=0`; off by default for proxies started in-process.
+    pub idle_trim: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +269,9 @@ pub async fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         tokio::spawn(crate::proxy::health::run(shared.clone())),
         crate::trace::export::spawn(shared.clone()),
     ];
+    if opts.idle_trim {
+        servers.push(tokio::spawn(crate::rest::run(shared.clone())));
+    }
     if let Some((control, local, node_id, certs_from_control)) = control_cfg {
         shared.metrics.show_control();
         let node_id = if node_id.is_empty() {

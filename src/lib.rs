@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod readiness;
 pub mod redirect;
+pub mod rest;
 pub mod snapshot;
 pub mod status;
 pub mod telemetry;

@@ -100,6 +100,8 @@ fn run_on<F: std::future::Future<Output = ExitCode>>(workers: Option<usize>, f: 
     if let Some(n) = workers {
         b.worker_threads(n);
     }
+    // A worker that parks after the proxy turned quiet gives its allocator cache back.
+    b.on_thread_park(spoke::rest::on_worker_park);
     match b.enable_all().build() {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
@@ -400,6 +402,7 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
         unsafe_admin: args.unsafe_admin,
         log: Some(log),
         observer: None,
+        idle_trim: spoke::rest::enabled(),
     };
     let running = match app::start(cfg, opts).await {
         Ok(r) => r,

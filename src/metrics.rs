@@ -115,6 +115,10 @@ pub struct Metrics {
     /// `{listener, reason}`: captured connections closed before anything was proxied
     /// (`proxy::capture::Refusal`).
     pub capture_refused: IntCounterVec,
+    /// Quiet spells after traffic in which the proxy gave memory back (`rest`).
+    pub memory_trims: prometheus::IntCounter,
+    /// Resident code pages of the binary unmapped by those trims, in bytes.
+    pub memory_code_released: prometheus::IntCounter,
     /// Spans the collector accepted (registered once tracing is configured).
     pub trace_spans_exported: prometheus::IntCounter,
     /// Spans lost: the export queue was full, or the collector failed or was too slow.
@@ -323,6 +327,16 @@ impl Metrics {
                 "spoke_capture_refused_total",
                 "captured connections closed unproxied: no_original_dst, not_redirected, loop, unknown_destination",
                 &["listener", "reason"],
+            ),
+            memory_trims: plain_counter(
+                &r,
+                "spoke_memory_trims_total",
+                "quiet spells after traffic in which the proxy gave memory back",
+            ),
+            memory_code_released: plain_counter(
+                &r,
+                "spoke_memory_code_released_bytes_total",
+                "resident code pages of the binary unmapped when the proxy turned quiet",
             ),
             trace_spans_exported: prometheus::IntCounter::new(
                 "spoke_trace_spans_exported_total",

@@ -206,6 +206,20 @@ impl Pool {
         }
     }
 
+    /// Lets go of every pooled connection (when the proxy has turned quiet, `rest`): idle
+    /// HTTP/1.1 connections close now, HTTP/2 connections once their open streams end. An
+    /// HTTP/2 connection keeps the stream table it grew to at its busiest, on both sides,
+    /// for as long as it lives; the next request dials afresh. Returns how many were let go
+    /// (HTTP/2, HTTP/1.1).
+    pub fn release(&self) -> (usize, usize) {
+        let h2 = std::mem::take(&mut *lock(&self.h2)).len();
+        let h1 = std::mem::take(&mut *lock(&self.h1))
+            .into_values()
+            .map(|l| l.len())
+            .sum();
+        (h2, h1)
+    }
+
     /// A fresh HTTP/1.1 connection for one upgraded request (WebSocket and the like).
     pub async fn send_upgrade(
         &self,
