@@ -315,7 +315,10 @@ Anonymous:           556 kB
         assert!(before > 0, "the test binary's code is resident");
         // Other tests' threads keep faulting pages in meanwhile: the sizes differ a little.
         let released = release_code().unwrap();
-        assert!(released >= before * 1024 / 2, "{released} B of {before} KiB");
+        assert!(
+            released >= before * 1024 / 2,
+            "{released} B of {before} KiB"
+        );
         let after = exe_rss_kib();
         assert!(after < before, "resident code {before} KiB -> {after} KiB");
         // Code runs again after the release: the pages fault back in.

@@ -209,7 +209,7 @@ async fn passthrough(ctx: &ListenerCtx, down: TcpStream, peer: SocketAddr, dst: 
         certs: None,
         metrics,
     };
-    match dial(&EndpointAddr::Ip(dst), &to).await {
+    match Box::pin(dial(&EndpointAddr::Ip(dst), &to)).await {
         Ok(up) => {
             let counters = counters(ctx, "outbound", PASSTHROUGH);
             let ends = Ends::drain(ctx.drain.clone());

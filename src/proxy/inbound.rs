@@ -124,7 +124,10 @@ pub async fn serve(
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(current.server.clone());
-        let stream = match tokio::time::timeout(hs_timeout, acceptor.accept(sock)).await {
+        // Boxed: the handshake's state (a whole TLS session) is freed once it is done
+        // instead of staying part of the connection's future.
+        let accept = Box::pin(acceptor.accept(sock));
+        let stream = match tokio::time::timeout(hs_timeout, accept).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let reason = tls::handshake_reason(&e);
@@ -193,7 +196,12 @@ pub async fn serve(
             tls: use_tls,
             trace_peer: Default::default(),
         });
-        server::serve(conn, Prefixed::new(prefix, down), ctx.drain.clone()).await;
+        Box::pin(server::serve(
+            conn,
+            Prefixed::new(prefix, down),
+            ctx.drain.clone(),
+        ))
+        .await;
         return;
     }
     let caller = Caller {
@@ -215,7 +223,7 @@ pub async fn serve(
         certs: None,
         metrics,
     };
-    match dial(&addr, &to_app).await {
+    match Box::pin(dial(&addr, &to_app)).await {
         Ok(d) => {
             let (mut stream, endpoint) = (d.io, d.endpoint);
             let counters = counters(ctx, "inbound", cluster);

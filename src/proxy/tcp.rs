@@ -136,7 +136,16 @@ pub async fn outbound(
     // `ring_hash` on a TCP connection: the client's address is the only key there is.
     let key = (state.config.lb == crate::config::Lb::RingHash)
         .then(|| crate::balance::hash_ip(peer.ip()));
-    match connect_cluster(state, key, metrics, ctx.shared.tls.as_deref()).await {
+    // Boxed: the dial and TLS handshake state is freed once connected instead of staying
+    // part of the connection's future for as long as it is open.
+    match Box::pin(connect_cluster(
+        state,
+        key,
+        metrics,
+        ctx.shared.tls.as_deref(),
+    ))
+    .await
+    {
         Ok(mut up) => {
             let counters = counters(ctx, "outbound", cluster);
             if !prefix.is_empty() {
