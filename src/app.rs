@@ -28,8 +28,8 @@ pub struct Options {
     pub log: Option<LogHandle>,
     /// Receives every inbound authorization decision.
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<crate::proxy::AuthzEvent>>,
-    /// Give memory back when the proxy turns quiet (`rest`). The `spoke proxy` binary sets
-    /// it unless `SPOKE_IDLE_TRIM=0`; off by default for proxies started in-process.
+    /// Give memory back when the proxy turns quiet (`rest`). `spoke proxy` sets it unless
+    /// `--idle-trim false`; off by default for proxies started in-process.
     pub idle_trim: bool,
 }
 

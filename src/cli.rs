@@ -305,6 +305,11 @@ pub struct ProxyArgs {
     /// limit); `TOKIO_WORKER_THREADS` is honoured too.
     #[arg(long, env = "SPOKE_WORKERS")]
     pub workers: Option<usize>,
+    /// Give memory back when the proxy turns quiet after start-up or traffic: code pages,
+    /// pooled upstream connections, allocator caches. `false` (or `0`, `off`) keeps them.
+    #[arg(long, env = "SPOKE_IDLE_TRIM", default_value_t = true, value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub idle_trim: bool,
 }
 
 #[derive(Debug, Args)]

@@ -402,7 +402,7 @@ async fn proxy(args: ProxyArgs, log: telemetry::LogHandle) -> ExitCode {
         unsafe_admin: args.unsafe_admin,
         log: Some(log),
         observer: None,
-        idle_trim: spoke::rest::enabled(),
+        idle_trim: args.idle_trim,
     };
     let running = match app::start(cfg, opts).await {
         Ok(r) => r,

@@ -19,8 +19,9 @@
 //! "Quiet" is read from the runtime's own busy time: a tick (1 s) in which the workers were
 //! busy less than 1% of it. The first quiet tick after work (or after start-up) releases code
 //! and pooled connections, once per quiet spell; every quiet tick flushes the allocator, which
-//! costs next to nothing when nothing was freed. `SPOKE_IDLE_TRIM=0` turns it all off (e.g.
-//! while uprobes are attached to the binary: a release drops their breakpoints with the pages).
+//! costs next to nothing when nothing was freed. `spoke proxy --idle-trim false`
+//! (`SPOKE_IDLE_TRIM=0`) turns it all off, e.g. while uprobes are attached to the binary: a
+//! release drops their breakpoints with the pages.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,13 +40,6 @@ static TRIM_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static FLUSHED: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Whether the trim runs (`SPOKE_IDLE_TRIM` unset, or anything but `0`/`false`/`off`).
-pub fn enabled() -> bool {
-    std::env::var("SPOKE_IDLE_TRIM")
-        .map(|v| !matches!(v.trim(), "0" | "false" | "off"))
-        .unwrap_or(true)
 }
 
 /// Runtime hook (`on_thread_park`): after a trim, each worker flushes its own allocator

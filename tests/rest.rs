@@ -167,3 +167,23 @@ fn spoke_idle_trim_0_keeps_code_and_connections() {
         "the pooled connection stayed"
     );
 }
+
+#[test]
+fn idle_trim_takes_a_boolean_and_refuses_anything_else() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spoke"))
+        .args([
+            "proxy",
+            "--config",
+            "/nonexistent.yaml",
+            "--idle-trim",
+            "maybe",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--idle-trim") && err.contains("maybe"),
+        "{err}"
+    );
+}
