@@ -219,32 +219,27 @@ fn madvise_dontneed(start: usize, len: usize) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
-/// Returns the calling thread's jemalloc cache to its arena (a no-op cost-wise if the
-/// process does not allocate with jemalloc).
-#[allow(unsafe_code)]
+/// Returns the calling thread's jemalloc cache to its arena.
 fn flush_thread_cache() {
-    // SAFETY: "thread.tcache.flush" is a void control: no old value is read, no new value
-    // written, and the name is a NUL-terminated constant.
-    unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"thread.tcache.flush".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        );
-    }
+    mallctl_action(c"thread.tcache.flush");
 }
 
 /// Flushes this thread's cache and gives every arena's free pages back now, rather than
-/// after the background thread's decay delay.
-#[allow(unsafe_code)]
+/// after the background thread's decay delay (4096 is `MALLCTL_ARENAS_ALL`).
 fn purge_allocator() {
     flush_thread_cache();
-    // SAFETY: as above; 4096 is MALLCTL_ARENAS_ALL.
+    mallctl_action(c"arena.4096.purge");
+}
+
+/// Runs a jemalloc control that takes and returns nothing. A process that allocates with
+/// another allocator only initialises an unused jemalloc.
+#[allow(unsafe_code)]
+fn mallctl_action(name: &std::ffi::CStr) {
+    // SAFETY: the controls used here are actions: no old value is read (null pointers, as
+    // mallctl allows) and no new value written (null, length 0); `name` is NUL-terminated.
     unsafe {
         tikv_jemalloc_sys::mallctl(
-            c"arena.4096.purge".as_ptr(),
+            name.as_ptr(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
