@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Which Envoy row each target is compared with: the one with the same worker count.
 ENVOY_REF = {"spoke-w2": "envoy-c2", "envoy-c2": "envoy-c2"}
-SCENARIO_ORDER = ["tcp", "mtls", "http", "authz", "routes", "defaults", "tracing", "lb", "control", "scale", "startup"]
+SCENARIO_ORDER = ["tcp", "mtls", "http", "onehop", "authz", "routes", "defaults", "tracing", "lb", "control", "scale", "startup"]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -825,6 +825,113 @@ def http_section(records: list[dict], meta: dict) -> list[str]:
     return out
 
 
+# === onehop ===
+
+
+def idle_cell(row: dict) -> str:
+    """Idle RSS, and for a proxy of several processes (nginx) each one's, master first."""
+    each = row.get("idle_rss_each_kib") or []
+    if len(each) < 2:
+        return fmt(row["idle1"])
+    return f"{fmt(row['idle1'])} ({' + '.join(fmt(mib(k)) for k in each)})"
+
+
+def onehop_section(records: list[dict], meta: dict) -> list[str]:
+    order, rows = http_rows(records)
+    up = next((r for r in records if r.get("kind") == "upstreams"), {})
+    for row in rows.values():
+        row["cpu_pct"] = median([100 * r["proxy_cpu_s"] / r["wall_s"] for r in row["wrk_ok"]
+                                 if r.get("proxy_cpu_s") is not None and r.get("wall_s")])
+        row["idle1"] = mib(row.get("idle_rss_kib"))
+        row["loaded1"] = mib(row.get("hwm_wrk_kib"))
+    out = [
+        "## One hop of plain HTTP (`bench/run.sh onehop`)",
+        "",
+        f"client → proxy (plaintext HTTP listener) → upstream: {up.get('upstream_version') or 'h2o'} "
+        "with one thread, as in the http scenario. HTTP/1.1 keep-alive on both sides; every proxy "
+        "with one worker, no access log, pooled keep-alive connections to the upstream at its best "
+        "documented settings (HAProxy `http-reuse always`; nginx `keepalive 64`, "
+        "`proxy_http_version 1.1`, `keepalive_requests` raised on both sides). nginx "
+        f"({up.get('nginx_version') or 'nginx'}) runs as master + one worker; its RSS and CPU are "
+        "the sum of both processes.",
+        "",
+        f"Run {meta.get('date', '?')}; each number is the median of {meta.get('runs', '?')} runs of "
+        f"{meta.get('seconds', '?')} s of wrk (1 thread, 64 connections). CPU = the proxy's "
+        "utime+stime during the wrk runs, per 10,000 requests completed. Idle RSS = VmRSS 3 s "
+        "after the proxy is ready (no certificate: plain HTTP); RSS under load = VmHWM after the "
+        "wrk runs.",
+        "",
+        "| target | wrk req/s | p50 ms | p99 ms | errors | CPU s per 10k req | CPU % | idle RSS MiB "
+        "| RSS under wrk MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    for name in order:
+        row = rows[name]
+        if row.get("skipped"):
+            notes.append(f"- `{row['label']}` skipped: {row['skipped']}")
+            out.append(f"| {row['label']} | skipped |" + " — |" * 7)
+            continue
+        d = name == "direct"
+        out.append("| " + " | ".join([
+            row["label"], fmt(row["wrk_rps"], 0), fmt(row["wrk_p50"], 2), fmt(row["wrk_p99"], 2),
+            str(row["wrk_errors"]), "—" if d else fmt(row["cpu_per_10k"], 3),
+            "—" if d else fmt(row["cpu_pct"], 0), "—" if d else idle_cell(row),
+            "—" if d else fmt(row["loaded1"]),
+        ]) + " |")
+        if row.get("wrk_failed"):
+            notes.append(f"- `{row['label']}`: {row['wrk_failed']} wrk run(s) failed")
+    out.append("")
+    out += notes + ([""] if notes else [])
+
+    s = rows.get("spoke", {})
+
+    def goal(label: str, target: str, key: str, peer: str, ok, digits: int) -> str:
+        p = rows.get(peer, {})
+        a, b = s.get(key), p.get(key)
+        if not a or not b or p.get("skipped"):
+            return f"| {label} | {target} | {fmt(a, digits)} | {peer} n/a | n/a | n/a |"
+        r = a / b
+        verdict = "—" if ok is None else ("met" if ok(r) else "**not met**")
+        return f"| {label} | {target} | {fmt(a, digits)} | {peer} {fmt(b, digits)} | {r:.2f}× | {verdict} |"
+
+    if s and not s.get("skipped"):
+        out += [
+            "### Targets (performance issue, goal 1 one hop; goal 5 against nginx)",
+            "",
+            "| goal | target | spoke | peer | ratio | |",
+            "|---|---|--:|--:|--:|---|",
+            goal("wrk req/s", "≥ 1.0× HAProxy (stretch 1.3×)", "wrk_rps", "haproxy", lambda r: r >= 1, 0),
+            goal("proxy CPU s per 10k requests", "≤ HAProxy", "cpu_per_10k", "haproxy", lambda r: r <= 1, 3),
+            goal("wrk req/s", "(no goal)", "wrk_rps", "nginx", None, 0),
+            goal("proxy CPU s per 10k requests", "(no goal)", "cpu_per_10k", "nginx", None, 3),
+            goal("wrk req/s", "(no goal)", "wrk_rps", "envoy", None, 0),
+            goal("idle RSS MiB (plain)", "below nginx", "idle1", "nginx", lambda r: r < 1, 1),
+            goal("idle RSS MiB (plain)", "(no goal)", "idle1", "envoy", None, 1),
+            goal("RSS under wrk MiB", "(no goal)", "loaded1", "nginx", None, 1),
+            "",
+        ]
+    out += per_run_table(order, rows)
+    out += foreign_notes(records, meta)
+    out += ["### Commands", "", "```sh"]
+    if up:
+        out.append(f"{up.get('upstream', '')}     # upstream, port {up.get('upstream_port')}")
+    for name in order:
+        row = rows[name]
+        if row.get("cmd"):
+            out.append(f"{row['cmd']}     # {name}, listener {row.get('port')}")
+    if up:
+        out.append(f"{up.get('wrk_client')}     # PORT: {up.get('upstream_port')} direct, else the proxy's listener")
+    out += [
+        "```",
+        "",
+        "Configs are rendered from `bench/{spoke,envoy,haproxy,nginx}-onehop.*.tmpl`; rendered "
+        f"files and raw client outputs are in `bench/{meta.get('run_dir', 'out/runs/...')}/` (not committed).",
+        "",
+    ]
+    return out
+
+
 # === authz ===
 
 
@@ -1510,6 +1617,8 @@ def main() -> None:
             sections += mtls_section(records, meta)
         elif scenario == "http":
             sections += http_section(records, meta)
+        elif scenario == "onehop":
+            sections += onehop_section(records, meta)
         elif scenario == "authz":
             sections += authz_section(records, meta)
         elif scenario == "routes":

@@ -12,6 +12,9 @@
 #            proxy B -> upstream h2o): wrk (HTTP/1.1 keep-alive) req/s, latency and proxy CPU
 #            per request, h2load (h2c) req/s, RSS of A+B under load, and with oha fixed-rate
 #            latency (added latency = two hops minus direct)
+#   onehop   one hop of plain HTTP (client -> proxy -> upstream h2o, HTTP/1.1 keep-alive both
+#            sides): wrk req/s, latency, proxy CPU per request, idle and loaded RSS; Spoke,
+#            Envoy, HAProxy and nginx (one worker each)
 #   lb       balancer pick cost, p99 with a slow replica (least_request vs round_robin), and
 #            two-hop rps of the default balancer against round robin
 #   authz    the http scenario's Spoke pair with and without a 20-rule inbound policy on B:
@@ -117,7 +120,7 @@ BENCH_SCALE_CLIENTS=${BENCH_SCALE_CLIENTS:-100}
 BENCH_SCALE_SECONDS=${BENCH_SCALE_SECONDS:-30}
 BENCH_SCALE_HZ=${BENCH_SCALE_HZ:-2}
 
-SCENARIOS=(tcp mtls http authz routes defaults tracing lb control scale startup)
+SCENARIOS=(tcp mtls http onehop authz routes defaults tracing lb control scale startup)
 
 # Ports: everything in 19000-19999 on 127.0.0.1. Upstreams first, then one block of ten
 # per proxy target: +1 iperf listener, +2 echo listener, +5 admin, +6 stats/ready.
@@ -298,6 +301,7 @@ install_tools() {
         command -v python3 >/dev/null || pkgs+=(python3)
         command -v h2load >/dev/null || pkgs+=(nghttp2-client)
         command -v h2o >/dev/null || pkgs+=(h2o)
+        command -v nginx >/dev/null || pkgs+=(nginx-light)
         if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then pkgs+=(python3-venv); fi
         if ((${#pkgs[@]})); then
             [[ $EUID -eq 0 ]] || sudo=sudo
@@ -1155,6 +1159,135 @@ scenario_http() {
     scenario_foreign http
 }
 
+# === scenario: onehop ===
+#
+# One hop of plain HTTP: client -> proxy (plaintext listener) -> upstream (h2o, as in the http
+# scenario), HTTP/1.1 keep-alive on both sides, every proxy with one worker and no access log.
+# nginx joins Envoy and HAProxy here as a third peer (it has no mTLS sidecar mode to compare
+# in the other scenarios); it runs as master + one worker, and its RSS and CPU are the sum of
+# both processes. Per target one block of ten ports from ONEHOP_BASE: +1 listener, +5 admin,
+# +6 ready.
+
+declare -A ONEHOP_BASE=([spoke]=19960 [envoy]=19970 [haproxy]=19980 [nginx]=19990)
+declare -A ONEHOP_LABEL=(
+    [direct]="direct (no proxy)"
+    [spoke]="spoke (1 worker)"
+    [envoy]="envoy --concurrency 1"
+    [haproxy]="haproxy nbthread 1"
+    [nginx]="nginx worker_processes 1 (master + worker)"
+)
+
+onehop_targets() {
+    local t
+    for t in direct spoke envoy haproxy nginx; do
+        [[ -z ${BENCH_TARGETS:-} || " $BENCH_TARGETS " == *" $t "* ]] && echo "$t"
+    done
+}
+
+onehop_start() { # NAME -> O_PID, O_PIDS (the proxy's processes), O_LISTEN, O_CMD, O_CFG; 1 + T_SKIP on failure
+    local name=$1 base=${ONEHOP_BASE[$1]} ext=yaml url cmd=() env=() p
+    local admin=$((base + 5)) ready=$((base + 6)) logfile=$RUN_DIR/onehop-$1.log
+    O_LISTEN=$((base + 1)) O_PID="" O_PIDS=() O_CMD="" O_CFG=""
+    for p in "$O_LISTEN" "$admin" "$ready"; do
+        if port_listening "$p"; then T_SKIP="port $p is already in use"; return 1; fi
+    done
+    [[ $name == haproxy ]] && ext=cfg
+    [[ $name == nginx ]] && ext=conf
+    O_CFG=$RUN_DIR/onehop-$name.$ext
+    render "$BENCH_DIR/$name-onehop.$ext.tmpl" ADMIN_PORT="$admin" READY_PORT="$ready" LISTEN="$O_LISTEN" \
+        UPSTREAM_PORT="$HTTP_UP_PORT" RUN_DIR="$RUN_DIR" >"$O_CFG"
+    case $name in
+    spoke)
+        if [[ ! -x $SPOKE_BIN ]]; then T_SKIP="${SPOKE_BIN#"$ROOT"/} not found (not built yet?)"; return 1; fi
+        env=(TOKIO_WORKER_THREADS=1)
+        cmd=("$SPOKE_BIN" proxy --config "$O_CFG" --log-level warn)
+        url=http://127.0.0.1:$ready/ready
+        ;;
+    envoy)
+        cmd=("$ENVOY_BIN" -c "$O_CFG" --concurrency 1 --disable-hot-restart -l warn)
+        url=http://127.0.0.1:$admin/ready
+        ;;
+    haproxy)
+        cmd=(haproxy -db -f "$O_CFG")
+        url=http://127.0.0.1:$ready/ready
+        ;;
+    nginx)
+        if ! command -v nginx >/dev/null; then T_SKIP="nginx is not installed"; return 1; fi
+        mkdir -p "$RUN_DIR/nginx-tmp"
+        cmd=(nginx -p "$RUN_DIR" -c "$O_CFG")
+        url=http://127.0.0.1:$ready/ready
+        ;;
+    esac
+    O_CMD=$(show_cmd "${env[@]}" "${cmd[@]}")
+    start_bg "$logfile" env "${env[@]}" "${cmd[@]}"
+    O_PID=$BG_PID
+    if ! wait_http_ok "$url" 20 "$O_PID" || ! wait_listening "$O_LISTEN" 5 "$O_PID"; then
+        T_SKIP="$name not ready within 20s ($url): $(tail_log "$logfile")"
+        stop_pid "$O_PID"
+        O_PID=""
+        return 1
+    fi
+    O_PIDS=("$O_PID")
+    if [[ $name == nginx ]]; then
+        # The master forks the worker: count both.
+        local child
+        for child in $(pgrep -P "$O_PID"); do O_PIDS+=("$child"); done
+    fi
+}
+
+kib_sum() { # FIELD PID... -> sum of the kB values, or null if one is unreadable
+    local field=$1 sum=0 v p
+    shift
+    for p in "$@"; do
+        v=$(proc_kib "$p" "$field")
+        [[ $v == null ]] && { echo null; return; }
+        sum=$((sum + v))
+    done
+    echo "$sum"
+}
+
+scenario_onehop() {
+    RESULTS=$RUN_DIR/onehop.jsonl
+    : >"$RESULTS"
+    log "scenario onehop: one plain HTTP hop; wrk ${BENCH_SECONDS}s x $BENCH_RUNS runs per target"
+    start_http_upstream
+    json_obj scenario onehop kind upstreams upstream_port "$HTTP_UP_PORT" upstream "$UPSTREAM_CMD" \
+        upstream_version "$(h2o --version 2>/dev/null | head -n1)" \
+        wrk_client "$(show_cmd wrk -t1 -c64 -d"${BENCH_SECONDS}s" --latency http://127.0.0.1:PORT/)" \
+        nginx_version "$(nginx -v 2>&1 | head -n1)" >>"$RESULTS"
+    local name idle idle_each hwm rc procs p
+    for name in $(onehop_targets); do
+        log "target $name: ${ONEHOP_LABEL[$name]}"
+        if [[ $name == direct ]]; then
+            MEASURE_SCENARIO=onehop measure_http wrk direct "$HTTP_UP_PORT"
+            json_obj scenario onehop kind target target direct label "${ONEHOP_LABEL[direct]}" port "$HTTP_UP_PORT" >>"$RESULTS"
+            continue
+        fi
+        if ! onehop_start "$name" || ! [[ $(curl -fsS --max-time 5 "http://127.0.0.1:$O_LISTEN/" 2>>"$RUN_DIR/clients.log") == ok ]]; then
+            [[ -n $O_PID ]] && { T_SKIP="no 'ok' through the proxy: $(tail_log "$RUN_DIR/onehop-$name.log")"; stop_pid "$O_PID"; }
+            log "  skipping $name: $T_SKIP"
+            json_obj scenario onehop kind target target "$name" label "${ONEHOP_LABEL[$name]}" skipped "$T_SKIP" >>"$RESULTS"
+            continue
+        fi
+        sleep 3 # settle (Spoke's first quiet second gives start-up memory back)
+        idle=$(kib_sum VmRSS "${O_PIDS[@]}")
+        idle_each=$(for p in "${O_PIDS[@]}"; do proc_kib "$p" VmRSS; done | paste -sd, -)
+        procs=${#O_PIDS[@]}
+        log "  $name idle RSS ${idle} KiB ($procs process(es))"
+        MEASURE_SCENARIO=onehop measure_http wrk "$name" "$O_LISTEN" "${O_PIDS[@]}"
+        hwm=$(kib_sum VmHWM "${O_PIDS[@]}")
+        log "  $name RSS peak under wrk ${hwm} KiB"
+        alive "$O_PID" || log "  warning: $name exited during the test: $(tail_log "$RUN_DIR/onehop-$name.log")"
+        stop_pid "$O_PID"
+        rc=$STOP_RC
+        json_obj scenario onehop kind target target "$name" label "${ONEHOP_LABEL[$name]}" cmd "$O_CMD" \
+            config "${O_CFG#"$RUN_DIR"/}" port "$O_LISTEN" processes "$procs" idle_rss_kib "$idle" idle_rss_each_kib "json:[$idle_each]" \
+            hwm_wrk_kib "$hwm" exit_status "$rc" >>"$RESULTS"
+    done
+    stop_pid "$UPSTREAM_PID"
+    scenario_foreign onehop
+}
+
 # === scenario: authz ===
 #
 # What per-request authorization costs: two Spoke pairs as in the http scenario, B of one
@@ -1708,7 +1841,7 @@ main() {
         [[ " ${SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s' (have: ${SCENARIOS[*]})"
     done
     for s in ${BENCH_TARGETS:-}; do
-        [[ -n ${TARGET_LABEL[$s]:-}${MTLS_LABEL[$s]:-} ]] || die "unknown target '$s' in BENCH_TARGETS"
+        [[ -n ${TARGET_LABEL[$s]:-}${MTLS_LABEL[$s]:-}${ONEHOP_LABEL[$s]:-} ]] || die "unknown target '$s' in BENCH_TARGETS"
     done
     # The mtls scenario holds BENCH_IDLE_CONNS connections through two proxies: every
     # process (client, proxies, echo upstream) needs a few thousand descriptors.
