@@ -205,7 +205,9 @@ impl ClusterState {
 pub struct Snapshot {
     pub version: String,
     pub config: Arc<Config>,
-    clusters: HashMap<String, Arc<ClusterState>>,
+    /// Looked up on every request: foldhash, not SipHash (the names come from the config,
+    /// not from traffic, so there is no flooding to resist).
+    clusters: HashMap<String, Arc<ClusterState>, foldhash::fast::RandomState>,
     inbound: Vec<(u16, PortPolicy)>,
     default_cert: PortPolicy,
     default_plain: PortPolicy,

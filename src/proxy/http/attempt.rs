@@ -412,9 +412,11 @@ fn outcome_of(status: u16) -> Outcome {
 
 /// A response the retry policy may want to retry.
 fn failure_of(resp: &Response<Incoming>) -> Option<Failure> {
+    // A constant name: looked up by a `&str`, the name would be parsed on every response.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     let grpc = resp
         .headers()
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u8>().ok())
         .filter(|c| *c != 0);

