@@ -399,6 +399,41 @@ async fn meshed_hop_is_http2_over_mtls_and_app_gets_its_version() {
 }
 
 #[tokio::test]
+async fn a_burst_on_an_empty_pool_dials_the_peer_sidecar_once() {
+    // 40 requests arrive together while no connection to the peer exists: one mTLS
+    // connection is dialed and all of them share it (before, each dialed its own).
+    let pki = Pki::new(TD);
+    let (app, seen) = start_app("app").await;
+    let Pair { server, client, .. } =
+        Pair::start(&pki, app, &format!("allow: [ \"{WEB}\" ]"), "auto").await;
+    let out = client.listener("out").unwrap();
+    let go = Arc::new(tokio::sync::Barrier::new(40));
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let go = go.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(out, false).await;
+            go.wait().await;
+            within(c.get("http://backend/echo")).await.unwrap().status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 40);
+    let m = within(http(server.stats, "GET", "/metrics")).await.1;
+    assert_eq!(
+        metric(
+            &m,
+            "spoke_tcp_connections_opened_total",
+            &["direction=\"inbound\""]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
 async fn denied_http_peer_gets_403() {
     let pki = Pki::new(TD);
     let (app, seen) = start_app("app").await;

@@ -14,6 +14,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 
 use super::preface;
 use crate::config::{EndpointAddr, Identity};
@@ -68,8 +69,25 @@ pub struct Pool {
     /// One HTTP/2 connection per key, with an id so that a request failing on an old
     /// connection never evicts the fresh one that replaced it.
     h2: Mutex<PoolMap<(u64, http2::SendRequest<Body>)>>,
+    /// Keys an HTTP/2 connection is being dialed for; the watch closes when that dial ends
+    /// (made, failed or given up), which wakes the requests waiting for it.
+    h2_dialing: Mutex<PoolMap<watch::Receiver<()>>>,
     next_id: std::sync::atomic::AtomicU64,
     h1: Mutex<PoolMap<Vec<http1::SendRequest<Body>>>>,
+}
+
+/// The dial in flight for a key: ending it (done, failed or its request gone) takes the
+/// key out of `h2_dialing` and closes the watch its waiters hold.
+struct Dialing<'a> {
+    pool: &'a Pool,
+    key: &'a Key,
+    _tx: watch::Sender<()>,
+}
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        lock(&self.pool.h2_dialing).remove(self.key);
+    }
 }
 
 /// A failed `try_send_request`, keeping the request when hyper never wrote it.
@@ -132,21 +150,10 @@ impl Pool {
         req: Request<Body>,
         dial: &Dial<'_>,
     ) -> Result<Response<Incoming>, SendError> {
-        let pooled = lock(&self.h2)
-            .get(key)
-            .filter(|(_, s)| !s.is_closed())
-            .cloned();
-        let (id, mut sender) = match pooled {
+        let (id, mut sender) = match self.pooled_h2(key) {
             Some(p) => p,
-            None => match Box::pin(connect_h2(key, dial)).await {
-                Ok(s) => {
-                    let id = self
-                        .next_id
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        + 1;
-                    lock(&self.h2).insert(key.clone(), (id, s.clone()));
-                    (id, s)
-                }
+            None => match Box::pin(self.dial_h2(key, dial)).await {
+                Ok(p) => p,
                 Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             },
         };
@@ -164,6 +171,69 @@ impl Pool {
             self.evict(key, id);
         }
         result.map_err(|e| send_error(e, true, id))
+    }
+
+    fn pooled_h2(&self, key: &Key) -> Option<(u64, http2::SendRequest<Body>)> {
+        lock(&self.h2)
+            .get(key)
+            .filter(|(_, s)| !s.is_closed())
+            .cloned()
+    }
+
+    /// A new HTTP/2 connection for `key`, dialed once however many requests need it at the
+    /// same moment: the first dials, the others wait for that dial and share what it made.
+    /// Without this, a burst of requests finding no connection (the first ones, or the
+    /// first after a quiet spell let the pooled one go) made one mTLS handshake each, of
+    /// which all but one connection carried a single request. If the dial they waited for
+    /// failed or was given up, each waiter dials on its own, as before.
+    async fn dial_h2(
+        &self,
+        key: &Key,
+        dial: &Dial<'_>,
+    ) -> Result<(u64, http2::SendRequest<Body>), ProxyError> {
+        let joined = {
+            let mut dialing = lock(&self.h2_dialing);
+            match dialing.get(key) {
+                Some(rx) => Ok(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(());
+                    dialing.insert(key.clone(), rx);
+                    Err(tx)
+                }
+            }
+        };
+        match joined {
+            Ok(mut rx) => {
+                // Ends when the leader's dial does (its sender is dropped).
+                let _ = rx.changed().await;
+                if let Some(p) = self.pooled_h2(key) {
+                    return Ok(p);
+                }
+                self.connect_and_pool_h2(key, dial).await
+            }
+            Err(tx) => {
+                let _leader = Dialing {
+                    pool: self,
+                    key,
+                    _tx: tx,
+                };
+                self.connect_and_pool_h2(key, dial).await
+            }
+        }
+    }
+
+    async fn connect_and_pool_h2(
+        &self,
+        key: &Key,
+        dial: &Dial<'_>,
+    ) -> Result<(u64, http2::SendRequest<Body>), ProxyError> {
+        let s = connect_h2(key, dial).await?;
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        lock(&self.h2).insert(key.clone(), (id, s.clone()));
+        Ok((id, s))
     }
 
     async fn send_h1(
