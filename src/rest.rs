@@ -4,9 +4,11 @@
 //! Three things stay resident after work that nothing frees by itself:
 //! - Code pages. The kernel maps a binary's code in 64 KiB windows or more (fault-around,
 //!   large page-cache folios) around every page touched, so start-up (config parsing, CLI,
-//!   TLS set-up) and a burst's rarer paths leave megabytes of the 15 MiB of text mapped. The
-//!   proxy unmaps its own read-only file pages (`MADV_DONTNEED`); what it runs next faults
-//!   back in from the page cache, as on any first use.
+//!   TLS set-up) and a burst's rarer paths leave megabytes of the 15 MiB of text mapped, and
+//!   the C library and libm (shared with every process, so often in large folios) another
+//!   two. The proxy unmaps its read-only file pages, the binary's and the shared libraries'
+//!   (`MADV_DONTNEED`); what it runs next faults back in from the page cache, as on any
+//!   first use.
 //! - Pooled upstream connections. An HTTP/2 connection keeps the stream table it grew to at
 //!   its busiest (about 1.7 KiB per concurrent stream, on each side) for as long as it
 //!   lives, and up to 64 idle HTTP/1.1 connections per endpoint keep their buffers. The pool
@@ -114,15 +116,13 @@ fn trim(shared: &Shared, busy: Duration) {
     }
 }
 
-/// Unmaps the resident pages of this binary's read-only, private file mappings that hold no
-/// private (copy-on-write) pages: code, read-only data and the relocation tables used only
-/// at load. Returns the resident bytes unmapped.
+/// Unmaps the resident pages of the read-only, private file mappings (the binary's and the
+/// shared libraries') that hold no private (copy-on-write) pages: code, read-only data and
+/// the relocation tables used only at load. Returns the resident bytes unmapped.
 pub fn release_code() -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let exe = std::fs::metadata("/proc/self/exe")?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
-    for m in code_mappings(&smaps, exe.dev(), exe.ino()) {
+    for m in code_mappings(&smaps) {
         madvise_dontneed(m.start, m.end - m.start)?;
         released += m.rss_kib * 1024;
     }
@@ -137,16 +137,16 @@ struct Mapping {
     rss_kib: u64,
 }
 
-/// The mappings of file `(dev, ino)` in `smaps` text that are private, not writable and have
-/// no anonymous (copied-on-write) pages: their contents are the file's, so unmapped pages
-/// come back unchanged. A relocated read-only segment (RELRO) has anonymous pages and is
-/// left alone; so is a code page a debugger patched.
-fn code_mappings(smaps: &str, dev: u64, ino: u64) -> Vec<Mapping> {
+/// The file mappings in `smaps` text that are private, not writable and have no anonymous
+/// (copied-on-write) pages: their contents are the file's, so unmapped pages come back
+/// unchanged. A relocated read-only segment (RELRO) has anonymous pages and is left alone;
+/// so is a code page a debugger patched, and so are the kernel's own (vdso, vvar).
+fn code_mappings(smaps: &str) -> Vec<Mapping> {
     let mut out = Vec::new();
     let mut cur: Option<Mapping> = None;
     let mut rss = 0;
     for line in smaps.lines() {
-        if let Some(m) = header(line, dev, ino) {
+        if let Some(m) = header(line) {
             cur = m;
             continue;
         }
@@ -169,7 +169,7 @@ fn code_mappings(smaps: &str, dev: u64, ino: u64) -> Vec<Mapping> {
 
 /// Parses an smaps mapping header (`start-end perms offset major:minor inode path`).
 /// `None` if `line` is not a header; `Some(None)` for a header of a mapping not to release.
-fn header(line: &str, dev: u64, ino: u64) -> Option<Option<Mapping>> {
+fn header(line: &str) -> Option<Option<Mapping>> {
     let mut f = line.split_whitespace();
     let (range, perms, _off, devno, inode) =
         (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
@@ -180,13 +180,12 @@ fn header(line: &str, dev: u64, ino: u64) -> Option<Option<Mapping>> {
         return None;
     }
     let p = perms.as_bytes();
-    let (major, minor) = devno.split_once(':')?;
-    let major = u64::from_str_radix(major, 16).ok()?;
-    let minor = u64::from_str_radix(minor, 16).ok()?;
-    let same_file = inode.parse::<u64>().ok() == Some(ino) && makedev(major, minor) == dev;
+    let file = inode.parse::<u64>().is_ok_and(|i| i != 0)
+        && f.next()
+            .is_some_and(|path| path.starts_with('/') && !path.starts_with("/dev/"));
     let read_only_private = p[1] == b'-' && p[3] == b'p';
     Some(
-        (same_file && read_only_private && end > start).then_some(Mapping {
+        (file && read_only_private && end > start).then_some(Mapping {
             start,
             end,
             rss_kib: 0,
@@ -194,21 +193,15 @@ fn header(line: &str, dev: u64, ino: u64) -> Option<Option<Mapping>> {
     )
 }
 
-/// glibc's `makedev` encoding, as `st_dev` reports it.
-fn makedev(major: u64, minor: u64) -> u64 {
-    ((major & 0xffff_f000) << 32)
-        | ((major & 0x0000_0fff) << 8)
-        | ((minor & 0xffff_ff00) << 12)
-        | (minor & 0x0000_00ff)
-}
-
 #[allow(unsafe_code)]
 fn madvise_dontneed(start: usize, len: usize) -> std::io::Result<()> {
-    // SAFETY: the range is one whole mapping of this binary's file, private, not writable and
-    // without copied-on-write pages (checked by `code_mappings` from smaps just before), so
-    // its contents equal the file's, which cannot change while it runs (the kernel refuses to
-    // open a running executable for writing). MADV_DONTNEED only drops the page table
-    // entries; the next access maps the same bytes again from the page cache.
+    // SAFETY: the range is one whole file mapping, private, not writable and without
+    // copied-on-write pages (checked by `code_mappings` from smaps just before), so every
+    // resident page of it is the page cache's page of that file. MADV_DONTNEED only drops
+    // the page table entries; the next access maps the same page cache page again. (A file
+    // changed in place would show through unmodified private pages with or without this;
+    // the kernel refuses to open a running executable for writing, and package managers
+    // replace libraries by renaming, which leaves the mapped inode as it was.)
     unsafe {
         rustix::mm::madvise(
             start as *mut std::ffi::c_void,
@@ -266,41 +259,49 @@ Anonymous:             0 kB
 7fd29dd33000-7fd29dd37000 r--p 001cf000 fe:00 326279                     /lib/libc.so.6
 Rss:                  16 kB
 Anonymous:             0 kB
+7fd29dd37000-7fd29dd39000 r--p 001d3000 fe:00 326279                     /lib/libc.so.6
+Rss:                   8 kB
+Anonymous:             8 kB
 7fd29ca00000-7fd29d200000 rw-p 00000000 00:00 0
 Rss:                 556 kB
 Anonymous:           556 kB
+7ffd1d5f2000-7ffd1d5f4000 r-xp 00000000 00:00 0                          [vdso]
+Rss:                   8 kB
+Anonymous:             0 kB
+7fd29d300000-7fd29d301000 r--p 00000000 00:05 1026                       /dev/zero (deleted)
+Rss:                   4 kB
+Anonymous:             0 kB
 ";
 
     #[test]
-    fn only_the_binarys_unmodified_read_only_mappings_are_released() {
-        let dev = makedev(0xfe, 0);
-        let got = code_mappings(SMAPS, dev, 10149984);
-        // The code segment only: the RELRO segment has copied pages, the data segment is
-        // writable, libc is another file, the heap is anonymous.
+    fn only_unmodified_read_only_file_mappings_are_released() {
+        // The binary's code and libc's read-only data: the binary's RELRO segment and libc's
+        // have copied pages, the data segment is writable, the heap is anonymous, the vdso is
+        // the kernel's and /dev/zero is no file to fault back from.
         assert_eq!(
-            got,
-            vec![Mapping {
-                start: 0x55f6d4db9000,
-                end: 0x55f6d5f5b000,
-                rss_kib: 6464
-            }]
+            code_mappings(SMAPS),
+            vec![
+                Mapping {
+                    start: 0x55f6d4db9000,
+                    end: 0x55f6d5f5b000,
+                    rss_kib: 6464
+                },
+                Mapping {
+                    start: 0x7fd29dd33000,
+                    end: 0x7fd29dd37000,
+                    rss_kib: 16
+                }
+            ]
         );
-        assert!(code_mappings(SMAPS, dev, 1).is_empty());
-        assert!(code_mappings(SMAPS, makedev(8, 1), 10149984).is_empty());
     }
 
     #[test]
     fn releasing_code_keeps_the_process_running_and_lowers_its_resident_code() {
-        fn exe_rss_kib() -> u64 {
-            use std::os::unix::fs::MetadataExt;
-            let exe = std::fs::metadata("/proc/self/exe").unwrap();
+        fn mapped_file_rss_kib() -> u64 {
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-            code_mappings(&smaps, exe.dev(), exe.ino())
-                .iter()
-                .map(|m| m.rss_kib)
-                .sum()
+            code_mappings(&smaps).iter().map(|m| m.rss_kib).sum()
         }
-        let before = exe_rss_kib();
+        let before = mapped_file_rss_kib();
         assert!(before > 0, "the test binary's code is resident");
         // Other tests' threads keep faulting pages in meanwhile: the sizes differ a little.
         let released = release_code().unwrap();
@@ -308,7 +309,7 @@ Anonymous:           556 kB
             released >= before * 1024 / 2,
             "{released} B of {before} KiB"
         );
-        let after = exe_rss_kib();
+        let after = mapped_file_rss_kib();
         assert!(after < before, "resident code {before} KiB -> {after} KiB");
         // Code runs again after the release: the pages fault back in.
         let v: Vec<u64> = (0..1000).map(|i| i * 3).collect();
