@@ -13,6 +13,8 @@
 mod access;
 mod lines;
 
+pub use access::{write as access_line, Fields as AccessFields};
+
 use std::sync::Arc;
 
 use tracing_subscriber::filter::filter_fn;
@@ -78,6 +80,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
     let (writer, guard) = lines::Lines::new(std::io::stderr());
     let access_layer = access::AccessLayer::new(writer.clone(), format == LogFormat::Json);
     let not_access = || filter_fn(|m| m.target() != access::TARGET);
+    let direct = access_layer.clone();
     let registry = Registry::default().with(filter).with(access_layer);
     let result = match format {
         LogFormat::Plain => registry
@@ -102,6 +105,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
             .try_init(),
     };
     result.map_err(|e| e.to_string())?;
+    direct.install();
     Ok(LogHandle {
         set: Arc::new(move |f: &str| {
             let new = access_filter(f)?;

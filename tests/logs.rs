@@ -235,3 +235,120 @@ fn a_stuck_log_pipe_never_stalls_traffic() {
     });
     drop(p);
 }
+
+#[test]
+fn http_access_lines_follow_the_filter_and_keep_their_fields_in_order() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(ok_server());
+    let yaml = format!(
+        "access_log: true\n\
+         listeners: [ {{ name: web, address: 127.0.0.1:{{port}}, protocol: http, cluster: c }} ]\n\
+         clusters: [ {{ name: c, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
+    );
+
+    // JSON at warn: the line is written whatever the level, fields in the event's order.
+    let logs = logs_of(
+        &yaml,
+        &["--log-level", "warn", "--log-format", "json"],
+        |lp| assert_eq!(get(lp), 200),
+    );
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["message"], "http", "{v}");
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["listener"], "web", "{v}");
+    assert_eq!(v["direction"], "outbound", "{v}");
+    assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
+    assert_eq!(v["method"], "GET", "{v}");
+    assert_eq!(v["authority"], "x", "{v}");
+    assert_eq!(v["path"], "/x", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(v["duration_us"].is_u64(), "{v}");
+    assert_eq!(v["cluster"], "c", "{v}");
+    assert_eq!(v["endpoint"], up.to_string(), "{v}");
+    assert_eq!(v["retries"], 0, "{v}");
+    for absent in ["peer_id", "upstream_id", "error", "trace_id", "span_id"] {
+        assert!(v.get(absent).is_none(), "{absent}: {v}");
+    }
+    let order = [
+        "timestamp",
+        "level",
+        "message",
+        "listener",
+        "direction",
+        "peer",
+        "method",
+        "authority",
+        "path",
+        "status",
+        "duration_us",
+        "cluster",
+        "endpoint",
+        "retries",
+        "target",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|k| lines[0].find(&format!("\"{k}\":")).expect(k))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{}", lines[0]);
+
+    // Plain: bare and quoted values as the fmt layer wrote them.
+    let logs = logs_of(&yaml, &["--log-level", "warn"], |lp| {
+        assert_eq!(get(lp), 200)
+    });
+    let line = logs
+        .lines()
+        .find(|l| l.contains(" access: http"))
+        .expect(&logs);
+    assert!(
+        line.contains(" INFO access: http listener=web direction=\"outbound\" peer=127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        line.contains(" method=GET authority=\"x\" path=\"/x\" status=200 duration_us="),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(&format!(" cluster=\"c\" endpoint={up} retries=0")),
+        "{line}"
+    );
+
+    // A filter that names `access` turns the lines off, as it does the events.
+    let logs = logs_of(&yaml, &["--log-level", "info,access=off"], |lp| {
+        assert_eq!(get(lp), 200)
+    });
+    assert!(!logs.contains(" access: "), "{logs}");
+}
+
+/// An HTTP/1.1 server that reads each request's head, answers 200 `ok` and closes.
+async fn ok_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}

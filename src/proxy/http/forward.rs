@@ -136,27 +136,36 @@ pub async fn handle(
         );
     }
     if conn.listener.cfg.access_log {
-        // Absent values are left out rather than logged empty.
-        tracing::info!(
-            target: "access",
-            listener = %conn.listener.cfg.name,
-            direction,
-            peer = %conn.peer,
-            peer_id = conn.peer_id.as_ref().map(|i| i.as_str()),
-            method = %info.method,
-            authority = (!info.authority.is_empty()).then_some(info.authority.as_str()),
-            path = info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
-            status = code.as_u16(),
-            duration_us = elapsed.as_micros() as u64,
-            cluster,
-            endpoint = info.endpoint.map(tracing::field::display),
-            upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()),
-            retries = info.retries,
-            error = kind.map(ErrorKind::label),
-            trace_id = info.trace.as_ref().map(|s| tracing::field::display(s.trace_id())),
-            span_id = info.trace.as_ref().map(|s| tracing::field::display(s.span_id())),
-            "http"
-        );
+        // Absent values are left out rather than logged empty; the order and the quoting
+        // are those of the `tcp` and refused lines, which are `tracing` events.
+        crate::telemetry::access_line("http", |f| {
+            f.bare("listener", &conn.listener.cfg.name);
+            f.str("direction", direction);
+            f.addr("peer", conn.peer);
+            f.opt_str("peer_id", conn.peer_id.as_ref().map(|i| i.as_str()));
+            f.bare("method", info.method.as_str());
+            f.opt_str(
+                "authority",
+                (!info.authority.is_empty()).then_some(info.authority.as_str()),
+            );
+            f.str(
+                "path",
+                info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
+            );
+            f.u64("status", code.as_u16().into());
+            f.u64("duration_us", elapsed.as_micros() as u64);
+            f.str("cluster", cluster);
+            if let Some(e) = info.endpoint {
+                f.addr("endpoint", e);
+            }
+            f.opt_str("upstream_id", info.upstream_id.as_ref().map(|i| i.as_str()));
+            f.u64("retries", info.retries.into());
+            f.opt_str("error", kind.map(ErrorKind::label));
+            if let Some(s) = &info.trace {
+                f.display("trace_id", &s.trace_id());
+                f.display("span_id", &s.span_id());
+            }
+        });
     }
     crate::trace::finish(&conn, &mut info, code.as_u16(), kind.map(ErrorKind::label));
     Ok(resp)
