@@ -203,10 +203,7 @@ impl Fields<'_> {
             self.buf.extend_from_slice(value.as_bytes());
         } else if self.json {
             json_str(self.buf, value);
-        } else if value
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-        {
+        } else if !needs_escape(value.as_bytes()) {
             self.buf.push(b'"');
             self.buf.extend_from_slice(value.as_bytes());
             self.buf.push(b'"');
@@ -331,9 +328,25 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// Whether `s` holds a byte a plain line escapes: a control byte, DEL or non-ASCII, `"`
+/// or `\` (JSON escapes fewer; its slow path sorts them out). No early exit, so the
+/// compiler compares whole vectors of bytes at a time: most values (paths, names,
+/// identities) need nothing.
+fn needs_escape(s: &[u8]) -> bool {
+    s.iter()
+        .map(|&b| u8::from(!(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\'))
+        .fold(0, |a, x| a | x)
+        != 0
+}
+
 /// `s` as a JSON string, quoted and escaped.
 fn json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
+    if !needs_escape(s.as_bytes()) {
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        return;
+    }
     let mut from = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc: &[u8] = match b {
@@ -456,6 +469,23 @@ mod tests {
         drop(guard);
         let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert!(out.ends_with("access: http peer=[::1]:8080\n"), "{out}");
+    }
+
+    #[test]
+    fn escaping_is_found_anywhere_in_a_value() {
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape(b"spiffe://cluster.local/ns/default/sa/web ~!"));
+        let long = "/a".repeat(40);
+        for bad in ["\"", "\\", "\n", "\u{7f}", "é"] {
+            for at in [0, 1, 17, long.len()] {
+                let mut v = long.clone();
+                v.insert_str(at, bad);
+                assert!(needs_escape(v.as_bytes()), "{v:?}");
+            }
+        }
+        let mut buf = Vec::new();
+        json_str(&mut buf, "/é\"x");
+        assert_eq!(buf, "\"/é\\\"x\"".as_bytes());
     }
 
     #[test]
