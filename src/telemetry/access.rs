@@ -474,7 +474,9 @@ mod tests {
     #[test]
     fn escaping_is_found_anywhere_in_a_value() {
         assert!(!needs_escape(b""));
-        assert!(!needs_escape(b"spiffe://cluster.local/ns/default/sa/web ~!"));
+        assert!(!needs_escape(
+            b"spiffe://cluster.local/ns/default/sa/web ~!"
+        ));
         let long = "/a".repeat(40);
         for bad in ["\"", "\\", "\n", "\u{7f}", "é"] {
             for at in [0, 1, 17, long.len()] {
