@@ -12,7 +12,8 @@
 //! through. Measured with callgrind on the two-hop HTTP/1.1 bench, the event took 6.6k
 //! instructions per request on each proxy, most of it dispatching sixteen fields one by one
 //! through `dyn Visit`, wrapping the absent ones, and `Display` of socket addresses.
-//! Per-connection (TCP) and refused-request lines stay events of this layer.
+//! Per-connection (TCP) and refused-request lines stay events of this layer, and so does the
+//! HTTP line when spoke's logger is not installed (an embedding program's own subscriber).
 //!
 //! The format is the one the `fmt` layer wrote (plain: `TIMESTAMP  INFO access: MESSAGE
 //! field=value ...`, string values quoted; JSON: one flat object with `timestamp`, `level`,
@@ -98,8 +99,15 @@ impl AccessLayer {
 }
 
 /// The sink of [`write`]: the layer `telemetry::init` installed. Absent when spoke's logger
-/// is not the one in use (in-process tests), and then direct lines are not written.
+/// is not the one in use (a program embedding the proxy with its own subscriber, in-process
+/// tests): callers then emit the access event instead, see [`direct`].
 static DIRECT: OnceLock<AccessLayer> = OnceLock::new();
+
+/// Whether [`write`] has a sink: spoke's own logger is installed. Without it, access lines
+/// must be `tracing` events for whatever subscriber is in use to see them.
+pub fn direct() -> bool {
+    DIRECT.get().is_some()
+}
 
 /// Writes one `INFO access` line with `message` and the fields `fields` adds, in the format
 /// of the events, if the log filter lets access lines through.

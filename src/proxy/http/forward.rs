@@ -135,9 +135,31 @@ pub async fn handle(
             "request failed"
         );
     }
-    if conn.listener.cfg.access_log {
-        // Absent values are left out rather than logged empty; the order and the quoting
-        // are those of the `tcp` and refused lines, which are `tracing` events.
+    if conn.listener.cfg.access_log && !crate::telemetry::access_direct() {
+        // Spoke's logger is not installed: the line is an event for the subscriber in use.
+        tracing::info!(
+            target: "access",
+            listener = %conn.listener.cfg.name,
+            direction,
+            peer = %conn.peer,
+            peer_id = conn.peer_id.as_ref().map(|i| i.as_str()),
+            method = %info.method,
+            authority = (!info.authority.is_empty()).then_some(info.authority.as_str()),
+            path = info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
+            status = code.as_u16(),
+            duration_us = elapsed.as_micros() as u64,
+            cluster,
+            endpoint = info.endpoint.map(tracing::field::display),
+            upstream_id = info.upstream_id.as_ref().map(|i| i.as_str()),
+            retries = info.retries,
+            error = kind.map(ErrorKind::label),
+            trace_id = info.trace.as_ref().map(|s| tracing::field::display(s.trace_id())),
+            span_id = info.trace.as_ref().map(|s| tracing::field::display(s.span_id())),
+            "http"
+        );
+    } else if conn.listener.cfg.access_log {
+        // The same line written without the event (see `telemetry::access`): absent values
+        // are left out rather than logged empty, order and quoting as the event's.
         crate::telemetry::access_line("http", |f| {
             f.bare("listener", &conn.listener.cfg.name);
             f.str("direction", direction);
