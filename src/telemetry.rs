@@ -13,7 +13,7 @@
 mod access;
 mod lines;
 
-pub use access::{direct as access_direct, write as access_line, Fields as AccessFields};
+pub use access::{direct as access_direct, write as access_line};
 
 use std::sync::Arc;
 

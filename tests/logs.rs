@@ -239,7 +239,7 @@ fn a_stuck_log_pipe_never_stalls_traffic() {
 #[test]
 fn http_access_lines_follow_the_filter_and_keep_their_fields_in_order() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let up = rt.block_on(ok_server());
+    let (up, _) = rt.block_on(support::http::start_app("app"));
     let yaml = format!(
         "access_log: true\n\
          listeners: [ {{ name: web, address: 127.0.0.1:{{port}}, protocol: http, cluster: c }} ]\n\
@@ -323,32 +323,4 @@ fn http_access_lines_follow_the_filter_and_keep_their_fields_in_order() {
         assert_eq!(get(lp), 200)
     });
     assert!(!logs.contains(" access: "), "{logs}");
-}
-
-/// An HTTP/1.1 server that reads each request's head, answers 200 `ok` and closes.
-async fn ok_server() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    a
 }

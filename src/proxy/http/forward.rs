@@ -135,7 +135,38 @@ pub async fn handle(
             "request failed"
         );
     }
-    if conn.listener.cfg.access_log && !crate::telemetry::access_direct() {
+    if conn.listener.cfg.access_log && crate::telemetry::access_direct() {
+        // Written without an event (see `telemetry::access`): absent values are left out
+        // rather than logged empty; order and quoting are the event's below.
+        crate::telemetry::access_line("http", |f| {
+            f.bare("listener", &conn.listener.cfg.name);
+            f.str("direction", direction);
+            f.addr("peer", conn.peer);
+            f.opt_str("peer_id", conn.peer_id.as_ref().map(|i| i.as_str()));
+            f.bare("method", info.method.as_str());
+            f.opt_str(
+                "authority",
+                (!info.authority.is_empty()).then_some(info.authority.as_str()),
+            );
+            f.str(
+                "path",
+                info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
+            );
+            f.int("status", code.as_u16());
+            f.int("duration_us", elapsed.as_micros() as u64);
+            f.str("cluster", cluster);
+            if let Some(e) = info.endpoint {
+                f.addr("endpoint", e);
+            }
+            f.opt_str("upstream_id", info.upstream_id.as_ref().map(|i| i.as_str()));
+            f.int("retries", info.retries);
+            f.opt_str("error", kind.map(ErrorKind::label));
+            if let Some(s) = &info.trace {
+                f.display("trace_id", &s.trace_id());
+                f.display("span_id", &s.span_id());
+            }
+        });
+    } else if conn.listener.cfg.access_log {
         // Spoke's logger is not installed: the line is an event for the subscriber in use.
         tracing::info!(
             target: "access",
@@ -157,37 +188,6 @@ pub async fn handle(
             span_id = info.trace.as_ref().map(|s| tracing::field::display(s.span_id())),
             "http"
         );
-    } else if conn.listener.cfg.access_log {
-        // The same line written without the event (see `telemetry::access`): absent values
-        // are left out rather than logged empty, order and quoting as the event's.
-        crate::telemetry::access_line("http", |f| {
-            f.bare("listener", &conn.listener.cfg.name);
-            f.str("direction", direction);
-            f.addr("peer", conn.peer);
-            f.opt_str("peer_id", conn.peer_id.as_ref().map(|i| i.as_str()));
-            f.bare("method", info.method.as_str());
-            f.opt_str(
-                "authority",
-                (!info.authority.is_empty()).then_some(info.authority.as_str()),
-            );
-            f.str(
-                "path",
-                info.path.as_ref().map(|p| p.as_str()).unwrap_or("/"),
-            );
-            f.u64("status", code.as_u16().into());
-            f.u64("duration_us", elapsed.as_micros() as u64);
-            f.str("cluster", cluster);
-            if let Some(e) = info.endpoint {
-                f.addr("endpoint", e);
-            }
-            f.opt_str("upstream_id", info.upstream_id.as_ref().map(|i| i.as_str()));
-            f.u64("retries", info.retries.into());
-            f.opt_str("error", kind.map(ErrorKind::label));
-            if let Some(s) = &info.trace {
-                f.display("trace_id", &s.trace_id());
-                f.display("span_id", &s.span_id());
-            }
-        });
     }
     crate::trace::finish(&conn, &mut info, code.as_u16(), kind.map(ErrorKind::label));
     Ok(resp)
