@@ -195,6 +195,7 @@ pub async fn serve(
             h2,
             tls: use_tls,
             trace_peer: Default::default(),
+            request_counters: Default::default(),
         });
         Box::pin(server::serve(
             conn,

@@ -139,6 +139,7 @@ async fn handle(ctx: &Arc<ListenerCtx>, mut sock: TcpStream, peer: SocketAddr) {
                 h2: found == Detected::Http2,
                 tls: false,
                 trace_peer: Default::default(),
+                request_counters: Default::default(),
             });
             Box::pin(server::serve(
                 conn,
@@ -208,6 +209,7 @@ pub(super) async fn to_cluster(
         h2,
         tls: false,
         trace_peer: Default::default(),
+        request_counters: Default::default(),
     });
     Box::pin(server::serve(
         conn,

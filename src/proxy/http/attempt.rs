@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -29,14 +30,29 @@ fn upstream_uri(parts: &http::request::Parts, h2: bool, authority: &str) -> Uri 
     let pq = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if h2 && !authority.is_empty() {
-        if let Ok(u) = format!("http://{authority}{pq}").parse() {
-            return u;
+        // Assembled from parts: the path shares the downstream URI's bytes and only the
+        // authority is checked, where formatting `http://{authority}{pq}` and parsing it
+        // back cost 1.5k instructions a request.
+        let uri = &parts.uri;
+        if uri.scheme() == Some(&Scheme::HTTP)
+            && uri.authority().is_some_and(|a| a.as_str() == authority)
+        {
+            return uri.clone();
+        }
+        if let Ok(a) = Authority::try_from(authority) {
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(Scheme::HTTP);
+            p.authority = Some(a);
+            p.path_and_query = Some(pq.clone());
+            if let Ok(u) = Uri::from_parts(p) {
+                return u;
+            }
         }
     }
-    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+    Uri::from(pq)
 }
 
 pub type AttemptErr = (ErrorKind, String);
@@ -510,4 +526,37 @@ fn is_unprocessed(e: &hyper::Error) -> bool {
     h2_error(e).is_some_and(|e| {
         e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str) -> http::request::Parts {
+        Request::builder()
+            .uri(uri)
+            .body(())
+            .map(|r| r.into_parts().0)
+            .unwrap_or_else(|e| panic!("{uri}: {e}"))
+    }
+
+    #[test]
+    fn upstream_uris_keep_the_path_and_take_the_authority_for_http2() {
+        let p = parts("/a/b?x=1");
+        assert_eq!(upstream_uri(&p, false, "svc:80"), "/a/b?x=1");
+        assert_eq!(upstream_uri(&p, true, "svc:80"), "http://svc:80/a/b?x=1");
+        // No authority: origin form even for HTTP/2 (the pool's connection has one).
+        assert_eq!(upstream_uri(&p, true, ""), "/a/b?x=1");
+        // An absolute-form request: its own authority is used as is, another replaces it.
+        let p = parts("http://svc/a");
+        assert_eq!(upstream_uri(&p, true, "svc"), "http://svc/a");
+        assert_eq!(upstream_uri(&p, true, "other:8080"), "http://other:8080/a");
+        assert_eq!(upstream_uri(&p, false, "svc"), "/a");
+        let p = parts("https://svc/a");
+        assert_eq!(upstream_uri(&p, true, "svc"), "http://svc/a");
+        // An authority that is no authority: origin form, as before.
+        let p = parts("/a");
+        assert_eq!(upstream_uri(&p, true, "bad host"), "/a");
+        assert_eq!(upstream_uri(&parts("*"), false, "svc"), "*");
+    }
 }

@@ -43,6 +43,63 @@ pub struct ConnCtx {
     /// `peer` as span attributes, encoded at the connection's first sampled request
     /// (`trace::finish`), then copied into each of its spans.
     pub trace_peer: std::sync::OnceLock<Box<[u8]>>,
+    /// The metric children of the connection's last request.
+    pub request_counters: RequestCounters,
+}
+
+/// The `requests` and `request_duration` children a connection's last request was counted
+/// in: the next request to the same cluster with the same status (nearly every one) skips
+/// the vecs' label lookups (hashing four labels, a lock and a map, twice a request).
+/// Never waited for: if another stream of the connection holds it, the lookups are made.
+#[derive(Default)]
+pub struct RequestCounters(std::sync::Mutex<Option<Children>>);
+
+struct Children {
+    cluster: String,
+    code: u16,
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+impl RequestCounters {
+    fn count(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        [direction, cluster, listener]: [&str; 3],
+        code: StatusCode,
+        seconds: f64,
+    ) {
+        let requests = || {
+            metrics
+                .requests
+                .with_label_values(&[direction, cluster, code.as_str(), listener])
+        };
+        let Ok(mut held) = self.0.try_lock() else {
+            requests().inc();
+            metrics
+                .request_duration
+                .with_label_values(&[direction, cluster, listener])
+                .observe(seconds);
+            return;
+        };
+        let c = match &mut *held {
+            Some(c) if c.cluster == cluster => c,
+            slot => slot.insert(Children {
+                cluster: cluster.to_owned(),
+                code: code.as_u16(),
+                requests: requests(),
+                duration: metrics
+                    .request_duration
+                    .with_label_values(&[direction, cluster, listener]),
+            }),
+        };
+        if c.code != code.as_u16() {
+            c.code = code.as_u16();
+            c.requests = requests();
+        }
+        c.requests.inc();
+        c.duration.observe(seconds);
+    }
 }
 
 pub enum Target {
@@ -107,14 +164,12 @@ pub async fn handle(
     let code = resp.status();
     let elapsed = start.elapsed();
     let listener = conn.listener.cfg.name.as_str();
-    metrics
-        .requests
-        .with_label_values(&[direction, cluster, code.as_str(), listener])
-        .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[direction, cluster, listener])
-        .observe(elapsed.as_secs_f64());
+    conn.request_counters.count(
+        metrics,
+        [direction, cluster, listener],
+        code,
+        elapsed.as_secs_f64(),
+    );
     if let Some(k) = kind {
         metrics
             .upstream_rq_errors
