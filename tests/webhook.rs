@@ -49,22 +49,44 @@ fn start(extra: &[&str]) -> Webhook {
         "--out",
         certs.to_str().unwrap(),
     ]);
-    let (cp, cs, port) = (free_port(), free_port(), free_port());
-    let hook = format!("127.0.0.1:{port}");
     let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
-    let mut args = vec![
-        "--webhook-listen",
-        &hook,
-        "--webhook-cert",
-        cert.to_str().unwrap(),
-        "--webhook-key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let control = mesh.control_with(cp, cs, &args);
-    wait_for("webhook listening", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    // A port from `free_port` may be taken by another test's process before the control
+    // plane binds it: the control plane then exits, and is started again on fresh ports.
+    let mut tries = 0;
+    let (control, port) = loop {
+        tries += 1;
+        let (cp, cs, port) = (free_port(), free_port(), free_port());
+        let hook = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "--webhook-listen",
+            &hook,
+            "--webhook-cert",
+            cert.to_str().unwrap(),
+            "--webhook-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut control = mesh.control_with(cp, cs, &args);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut exited = false;
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if control.0.try_wait().ok().flatten().is_some() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !exited {
+            wait_for("webhook listening", Duration::from_secs(1), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            break (control, port);
+        }
+        assert!(tries < 3, "the control plane exited at start {tries} times");
+    };
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(mesh.ca.join("root.pem")).unwrap() {
         roots.add(c.unwrap()).unwrap();
