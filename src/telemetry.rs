@@ -109,7 +109,9 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<LogHandle, String>
     Ok(LogHandle {
         set: Arc::new(move |f: &str| {
             let new = access_filter(f)?;
-            handle.reload(new).map_err(|e| e.to_string())
+            handle.reload(new).map_err(|e| e.to_string())?;
+            access::refresh();
+            Ok(())
         }),
         _lines: Arc::new(guard),
     })

@@ -17,13 +17,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_spoke");
 /// Runs a proxy from `yaml` with `args`, lets `drive` send traffic, stops it with SIGTERM
 /// and returns everything it wrote to stderr.
 fn logs_of(yaml: &str, args: &[&str], drive: impl FnOnce(u16)) -> String {
+    logs_with_admin(yaml, args, |lp, _| drive(lp))
+}
+
+/// The same, with the admin port for `drive` too (listener port, admin port).
+fn logs_with_admin(yaml: &str, args: &[&str], drive: impl FnOnce(u16, u16)) -> String {
     let dir = TempDir::new("logs");
-    let (lp, sp) = (free_port(), free_port());
+    let (lp, sp, ap) = (free_port(), free_port(), free_port());
     let cfg = dir.0.join("proxy.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "admin: {{ address: 127.0.0.1:0 }}\nstats: {{ address: 127.0.0.1:{sp} }}\n{}",
+            "admin: {{ address: 127.0.0.1:{ap} }}\nstats: {{ address: 127.0.0.1:{sp} }}\n{}",
             yaml.replace("{port}", &lp.to_string())
         ),
     )
@@ -32,7 +37,7 @@ fn logs_of(yaml: &str, args: &[&str], drive: impl FnOnce(u16)) -> String {
     all.extend_from_slice(args);
     let mut p = spawn_spoke(&all, true);
     wait_ready(sp);
-    drive(lp);
+    drive(lp, ap);
     Command::new("kill")
         .args(["-TERM", &p.0.id().to_string()])
         .status()
@@ -323,4 +328,28 @@ fn http_access_lines_follow_the_filter_and_keep_their_fields_in_order() {
         assert_eq!(get(lp), 200)
     });
     assert!(!logs.contains(" access: "), "{logs}");
+
+    // And a filter set at run time through the admin endpoint turns them on and off again
+    // (the writer keeps the filter's answer until the filter changes).
+    let post = |ap: u16, level: &str| {
+        let r = http_blocking(ap, "POST", &format!("/logging?level={level}"));
+        assert_eq!(r.map(|r| r.0), Some(200), "{level}");
+    };
+    let at = |lp: u16, path: &str| {
+        let r = http_blocking(lp, "GET", path).map(|r| r.0);
+        assert_eq!(r, Some(200), "{path}");
+    };
+    let logs = logs_with_admin(&yaml, &["--log-level", "info,access=off"], |lp, ap| {
+        at(lp, "/first-off");
+        post(ap, "info");
+        at(lp, "/then-on");
+        post(ap, "info,access%3Doff");
+        at(lp, "/off-again");
+    });
+    let paths: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" access: http"))
+        .filter_map(|l| l.split(" path=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(paths, ["/then-on"], "{logs}");
 }
