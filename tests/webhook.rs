@@ -67,22 +67,13 @@ fn start(extra: &[&str]) -> Webhook {
         ];
         args.extend_from_slice(extra);
         let mut control = mesh.control_with(cp, cs, &args);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut exited = false;
-        while std::time::Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            if control.0.try_wait().ok().flatten().is_some() {
-                exited = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for("webhook listening", Duration::from_secs(30), || {
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            exited = !up && control.0.try_wait().ok().flatten().is_some();
+            up || exited
+        });
         if !exited {
-            wait_for("webhook listening", Duration::from_secs(1), || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
             break (control, port);
         }
         assert!(tries < 3, "the control plane exited at start {tries} times");

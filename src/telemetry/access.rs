@@ -288,9 +288,10 @@ impl Fields<'_> {
         }
         match addr {
             SocketAddr::V4(a) => {
-                // At most 21 bytes, built on the stack and appended once; the octets from a
-                // table (two addresses a line took 730 instructions through `itoa` per octet).
-                let mut out = [0u8; 21];
+                // `255.255.255.255:` at most, built on the stack and appended once; the octets
+                // from a table (two addresses a line took 730 instructions through `itoa` per
+                // octet).
+                let mut out = [0u8; 16];
                 let mut len = 0;
                 for (i, o) in a.ip().octets().into_iter().enumerate() {
                     if i > 0 {

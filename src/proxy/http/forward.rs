@@ -74,12 +74,14 @@ impl RequestCounters {
                 .requests
                 .with_label_values(&[direction, cluster, code.as_str(), listener])
         };
-        let Ok(mut held) = self.0.try_lock() else {
-            requests().inc();
+        let duration = || {
             metrics
                 .request_duration
                 .with_label_values(&[direction, cluster, listener])
-                .observe(seconds);
+        };
+        let Ok(mut held) = self.0.try_lock() else {
+            requests().inc();
+            duration().observe(seconds);
             return;
         };
         let c = match &mut *held {
@@ -88,9 +90,7 @@ impl RequestCounters {
                 cluster: cluster.to_owned(),
                 code: code.as_u16(),
                 requests: requests(),
-                duration: metrics
-                    .request_duration
-                    .with_label_values(&[direction, cluster, listener]),
+                duration: duration(),
             }),
         };
         if c.code != code.as_u16() {
