@@ -54,9 +54,13 @@ pub async fn named(id: &'static str) -> SocketAddr {
 
 /// An address where nothing listens (connects are refused).
 pub async fn refused() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
+    // Bound but never listening: a SYN gets a RST, and the port stays taken for the rest
+    // of the test binary. A port bound and released could be handed to the next bind(0)
+    // (another test's echo server), and the "dead" endpoint would then answer.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let a = s.local_addr().unwrap();
+    std::mem::forget(s);
     a
 }
 
