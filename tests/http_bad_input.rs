@@ -1257,6 +1257,42 @@ async fn h2_rapid_reset_is_cut_off() {
     assert_serves_h2(addr).await;
 }
 
+/// A peer that cancels every stream it has open (as a sidecar does when its client goes
+/// away) is not a rapid-reset flood: the connection, shared with other clients' requests,
+/// keeps serving.
+#[tokio::test]
+async fn h2_cancelling_all_open_streams_keeps_the_connection() {
+    let (up, _p, addr) = setup().await;
+    let s = within(TcpStream::connect(addr)).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    // 90 of the 100 streams a connection may have open, each cancelled in the same write
+    // that opened it: every reset arrives before the stream is accepted.
+    for i in 0..90u32 {
+        let id = 2 * i + 1;
+        out.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, GET_BLOCK));
+        out.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
+    }
+    // Then one request that is not cancelled, on the same connection.
+    out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 181, GET_BLOCK));
+    within(w.write_all(&out)).await.unwrap();
+    let answer = within(async {
+        loop {
+            match next_frame(&mut r).await {
+                Some((HEADERS, _, 181, block)) => return Ok(block.first() == Some(&0x88)),
+                Some((GOAWAY, _, _, p)) => return Err(format!("GOAWAY {p:?}")),
+                Some(_) => {}
+                None => return Err("closed".to_string()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer, Ok(true), "the request after 90 cancelled ones");
+    drop(w);
+    assert!(up.heads() >= 1);
+}
+
 fn vm_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()

@@ -17,8 +17,13 @@ use crate::drain;
 /// HTTP/2 server limits.
 const MAX_CONCURRENT_STREAMS: u32 = 100;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
-/// Streams a client may reset before they are accepted (rapid reset, CVE-2023-44487).
-const MAX_PENDING_RESETS: usize = 20;
+/// Streams a client may reset before they are accepted (rapid reset, CVE-2023-44487). A
+/// peer sidecar whose client went away cancels everything it had open on the shared
+/// connection at once, up to `MAX_CONCURRENT_STREAMS`: with h2's default of 20, a busy
+/// inbound proxy answered that with GOAWAY (ENHANCE_YOUR_CALM) and failed every other
+/// client's requests on the connection (seen at the end of each h2load run of the two-hop
+/// bench). More than that many pending resets is no cancellation but a flood.
+const MAX_PENDING_RESETS: usize = MAX_CONCURRENT_STREAMS as usize;
 /// Streams we may reset for protocol errors before sending GOAWAY.
 const MAX_LOCAL_RESETS: usize = 256;
 
