@@ -1093,14 +1093,18 @@ def defaults_section(records: list[dict], meta: dict) -> list[str]:
         "(`spoke-defaults`: the default worker count, which follows the cgroup CPU limit and "
         "is 1 without one, and the default `info` level), and that with `access_log: true` "
         "(`spoke-access`: one access line per request on each hop, written to the log file by "
-        "the log writer thread). The pairs run side by side and the runs alternate between "
+        "the log writer thread), and that once more with the proxies' stderr on `/dev/null` "
+        "(`spoke-access-null`: the same lines formatted, batched and written, without the file "
+        "system's cost of appending them to a file; in a pod the container runtime does that "
+        "append, not the sidecar). The pairs run side by side and the runs alternate between "
         f"them. Run {meta.get('date', '?')}; medians of {meta.get('runs', '?')} runs of "
         f"{meta.get('seconds', '?')} s; CPU = utime+stime of A plus B per 10,000 requests.",
         "",
     ]
     out += pair_table(order, rows)
     goals = (("spoke-defaults", "spoke", "out of the box vs tuned"),
-             ("spoke-access", "spoke-defaults", "access log on vs off"))
+             ("spoke-access", "spoke-defaults", "access log on vs off"),
+             ("spoke-access-null", "spoke-defaults", "access log on, stderr to /dev/null, vs off"))
     lines = []
     for name, ref, what in goals:
         a, b = rows.get(ref, {}), rows.get(name, {})
