@@ -1088,7 +1088,7 @@ def defaults_section(records: list[dict], meta: dict) -> list[str]:
     out = [
         "## Out of the box (`bench/run.sh defaults`)",
         "",
-        "The two-hop HTTP chain of the http scenario three times: tuned as in every other row "
+        "The two-hop HTTP chain of the http scenario four times: tuned as in every other row "
         "(`spoke`: 1 worker, `--log-level warn`), started with no flags at all "
         "(`spoke-defaults`: the default worker count, which follows the cgroup CPU limit and "
         "is 1 without one, and the default `info` level), and that with `access_log: true` "
