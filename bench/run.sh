@@ -602,8 +602,8 @@ measure_throughput() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=iperf
     local scen=$1 name=$2 port=$3 i file bps c0 t0 t1 rss err f0 other
     shift 3
     for ((i = 1; i <= BENCH_RUNS; i++)); do
-        file=$RUN_DIR/$scen-iperf-$name-$i.json
-        [[ $scen == tcp ]] && file=$RUN_DIR/iperf-$name-$i.json
+        file=$RUN_DIR/$scen-iperf-$name-${MEASURE_RUN:-$i}.json
+        [[ $scen == tcp ]] && file=$RUN_DIR/iperf-$name-${MEASURE_RUN:-$i}.json
         c0=$(cpu_ticks_each "$@")
         f0=$(foreign_s)
         t0=$(date +%s.%N)
@@ -616,14 +616,14 @@ measure_throughput() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=iperf
         err=""
         bps=$(iperf_bps "$file")
         if [[ $bps == error:* ]]; then err=${bps#error: } bps=null; fi
-        json_obj scenario "$scen" kind iperf target "$name" run "$i" bps "$bps" error "$err" \
+        json_obj scenario "$scen" kind iperf target "$name" run "${MEASURE_RUN:-$i}" bps "$bps" error "$err" \
             proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" wall_s "$(calc "$t1 - $t0")" \
             endpoint_cpu "$(iperf_endpoint_cpu "$file")" \
             rss_kib "$rss" other_cpu_s "$other" file "${file#"$RUN_DIR"/}" >>"$RESULTS"
         if [[ $bps == null ]]; then
-            log "  $name iperf run $i: FAILED ($err)"
+            log "  $name iperf run ${MEASURE_RUN:-$i}: FAILED ($err)"
         else
-            log "  $name iperf run $i: $(calc "$bps / 1e9") Gbit/s$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")$(foreign_note "$other")"
+            log "  $name iperf run ${MEASURE_RUN:-$i}: $(calc "$bps / 1e9") Gbit/s$([[ $CPU_SUM == null ]] || echo ", proxy cpu ${CPU_SUM}s")$(foreign_note "$other")"
         fi
         sleep 1 # let the iperf3 server finish its test and listen again
     done
@@ -633,8 +633,8 @@ measure_connrate() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=connrat
     local scen=$1 name=$2 port=$3 i file out c0 rate f0 other
     shift 3
     for ((i = 1; i <= BENCH_RUNS; i++)); do
-        file=$RUN_DIR/$scen-connrate-$name-$i.json
-        [[ $scen == tcp ]] && file=$RUN_DIR/connrate-$name-$i.json
+        file=$RUN_DIR/$scen-connrate-$name-${MEASURE_RUN:-$i}.json
+        [[ $scen == tcp ]] && file=$RUN_DIR/connrate-$name-${MEASURE_RUN:-$i}.json
         c0=$(cpu_ticks_each "$@")
         f0=$(foreign_s)
         run_fg timeout $((BENCH_CONN_SECONDS + 30)) "$OUT/connrate" -h 127.0.0.1 -p "$port" \
@@ -644,13 +644,13 @@ measure_connrate() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=connrat
         other=$(foreign_delta "$f0")
         out=$(head -n1 "$file")
         if [[ $out == \{* ]]; then
-            json_obj scenario "$scen" kind connrate target "$name" run "$i" result "json:$out" \
+            json_obj scenario "$scen" kind connrate target "$name" run "${MEASURE_RUN:-$i}" result "json:$out" \
                 proxy_cpu_s "$CPU_SUM" proxy_cpu_each_s "$CPU_EACH" other_cpu_s "$other" >>"$RESULTS"
             rate=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["rate"], "conns/s, errors", sum(d["errors"].values()))' "$out")
-            log "  $name connrate run $i: $rate$(foreign_note "$other")"
+            log "  $name connrate run ${MEASURE_RUN:-$i}: $rate$(foreign_note "$other")"
         else
-            json_obj scenario "$scen" kind connrate target "$name" run "$i" error "no output" >>"$RESULTS"
-            log "  $name connrate run $i: FAILED"
+            json_obj scenario "$scen" kind connrate target "$name" run "${MEASURE_RUN:-$i}" error "no output" >>"$RESULTS"
+            log "  $name connrate run ${MEASURE_RUN:-$i}: FAILED"
         fi
         sleep 1
     done
@@ -667,7 +667,13 @@ scenario_tcp() {
         iperf_client "$(show_cmd iperf3 -c 127.0.0.1 -p PORT -t "$BENCH_SECONDS" -J)" \
         connrate_client "$(show_cmd "$OUT/connrate" -h 127.0.0.1 -p PORT -c "$BENCH_CONN_WORKERS" -d "$BENCH_CONN_SECONDS" -s "$BENCH_PAYLOAD")" \
         >>"$RESULTS"
-    local name idle hwm_tp rss_tp hwm_end threads
+    # Every target runs at once (each on its own ports, idle while another is measured), and
+    # the runs alternate between them: run 1 of each target, then run 2 of each, ... This
+    # machine's speed drifts by more than the differences measured within minutes, and
+    # alternating spreads the drift over all targets instead of handing it to whichever
+    # target's turn it was.
+    local name i started=()
+    declare -A pid iperf echo_port idle threads hwm_tp rss_tp hwm_end tcmd config
     for name in $(target_list); do
         log "target $name: ${TARGET_LABEL[$name]}"
         if ! prepare_target "$name" || ! start_target "$name"; then
@@ -675,32 +681,48 @@ scenario_tcp() {
             json_obj scenario tcp kind target target "$name" label "${TARGET_LABEL[$name]}" skipped "$T_SKIP" >>"$RESULTS"
             continue
         fi
-        idle=null hwm_tp=null rss_tp=null hwm_end=null threads=null
-        if [[ -n $T_PID ]]; then
-            sleep 2 # settle: idle means started, ready, and no traffic yet
-            idle=$(proc_kib "$T_PID" VmRSS)
-            threads=$(proc_threads "$T_PID")
-            log "  $name idle RSS ${idle} KiB, ${threads} threads"
+        started+=("$name")
+        pid[$name]=$T_PID iperf[$name]=$T_IPERF echo_port[$name]=$T_ECHO config[$name]=$T_CONFIG
+        tcmd[$name]=""
+        [[ $name != direct ]] && tcmd[$name]="$(show_cmd "${T_ENV[@]}" "${T_CMD[@]}")"
+    done
+    sleep 2 # settle: idle means started, ready, and no traffic yet
+    for name in "${started[@]}"; do
+        idle[$name]=null threads[$name]=null hwm_tp[$name]=null rss_tp[$name]=null hwm_end[$name]=null
+        if [[ -n ${pid[$name]} ]]; then
+            idle[$name]=$(proc_kib "${pid[$name]}" VmRSS)
+            threads[$name]=$(proc_threads "${pid[$name]}")
+            log "  $name idle RSS ${idle[$name]} KiB, ${threads[$name]} threads"
         fi
-        measure_throughput tcp "$name" "$T_IPERF" ${T_PID:+"$T_PID"}
-        if [[ -n $T_PID ]]; then
-            hwm_tp=$(proc_kib "$T_PID" VmHWM)
-            rss_tp=$(proc_kib "$T_PID" VmRSS)
+    done
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        for name in "${started[@]}"; do
+            MEASURE_RUN=$i BENCH_RUNS=1 measure_throughput tcp "$name" "${iperf[$name]}" ${pid[$name]:+"${pid[$name]}"}
+        done
+    done
+    for name in "${started[@]}"; do
+        if [[ -n ${pid[$name]} ]]; then
+            hwm_tp[$name]=$(proc_kib "${pid[$name]}" VmHWM)
+            rss_tp[$name]=$(proc_kib "${pid[$name]}" VmRSS)
         fi
-        measure_connrate tcp "$name" "$T_ECHO" ${T_PID:+"$T_PID"}
+    done
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        for name in "${started[@]}"; do
+            MEASURE_RUN=$i BENCH_RUNS=1 measure_connrate tcp "$name" "${echo_port[$name]}" ${pid[$name]:+"${pid[$name]}"}
+        done
+    done
+    for name in "${started[@]}"; do
         STOP_RC=null
-        if [[ -n $T_PID ]]; then
-            hwm_end=$(proc_kib "$T_PID" VmHWM)
-            alive "$T_PID" || log "  warning: $name exited during the test: $(tail_log "$RUN_DIR/$name.log")"
-            stop_pid "$T_PID"
+        if [[ -n ${pid[$name]} ]]; then
+            hwm_end[$name]=$(proc_kib "${pid[$name]}" VmHWM)
+            alive "${pid[$name]}" || log "  warning: $name exited during the test: $(tail_log "$RUN_DIR/$name.log")"
+            stop_pid "${pid[$name]}"
             log "  $name stopped, exit status $STOP_RC"
         fi
-        local cmd=""
-        [[ $name != direct ]] && cmd="$(show_cmd "${T_ENV[@]}" "${T_CMD[@]}")"
         json_obj scenario tcp kind target target "$name" label "${TARGET_LABEL[$name]}" \
-            cmd "$cmd" config "${T_CONFIG#"$RUN_DIR"/}" iperf_port "$T_IPERF" echo_port "$T_ECHO" \
-            threads "$threads" idle_rss_kib "$idle" hwm_after_throughput_kib "$hwm_tp" \
-            rss_after_throughput_kib "$rss_tp" hwm_end_kib "$hwm_end" exit_status "$STOP_RC" >>"$RESULTS"
+            cmd "${tcmd[$name]}" config "${config[$name]#"$RUN_DIR"/}" iperf_port "${iperf[$name]}" echo_port "${echo_port[$name]}" \
+            threads "${threads[$name]}" idle_rss_kib "${idle[$name]}" hwm_after_throughput_kib "${hwm_tp[$name]}" \
+            rss_after_throughput_kib "${rss_tp[$name]}" hwm_end_kib "${hwm_end[$name]}" exit_status "$STOP_RC" >>"$RESULTS"
     done
     stop_upstreams
     scenario_foreign tcp
