@@ -115,6 +115,9 @@ pub struct Metrics {
     /// `{listener, reason}`: captured connections closed before anything was proxied
     /// (`proxy::capture::Refusal`).
     pub capture_refused: IntCounterVec,
+    /// `{listener, reason}`: downstream HTTP/2 connections the proxy ended with a GOAWAY of
+    /// its own, by HTTP/2 error code (`enhance_your_calm` for a flood, `protocol_error`, ...).
+    pub http2_goaway_sent: IntCounterVec,
     /// Quiet spells after traffic in which the proxy gave memory back (`rest`).
     pub memory_trims: prometheus::IntCounter,
     /// Resident code pages of the binary unmapped by those trims, in bytes.
@@ -326,6 +329,12 @@ impl Metrics {
                 &r,
                 "spoke_capture_refused_total",
                 "captured connections closed unproxied: no_original_dst, not_redirected, loop, unknown_destination",
+                &["listener", "reason"],
+            ),
+            http2_goaway_sent: counter(
+                &r,
+                "spoke_http2_goaway_sent_total",
+                "downstream HTTP/2 connections the proxy closed with a GOAWAY of its own (floods, protocol errors), by error code",
                 &["listener", "reason"],
             ),
             memory_trims: plain_counter(

@@ -1224,15 +1224,41 @@ async fn assert_serves_h2(addr: SocketAddr) {
     assert_serves(addr).await;
 }
 
+/// `spoke_http2_goaway_sent_total` of listener `web`, summed over reasons, or for one.
+async fn goaways_sent(p: &spoke::app::Running, reason: Option<&str>) -> f64 {
+    let (_, text) = within(http(p.stats, "GET", "/metrics")).await;
+    let want = reason.map(|r| format!("reason=\"{r}\""));
+    text.lines()
+        .filter(|l| l.starts_with("spoke_http2_goaway_sent_total{"))
+        .filter(|l| l.contains("listener=\"web\""))
+        .filter(|l| want.as_ref().is_none_or(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `goaways_sent` once it reads `want` (the connection's task counts it when it ends, a
+/// moment after the GOAWAY went out), or what it reads after 3 s.
+async fn goaways_reach(p: &spoke::app::Running, reason: Option<&str>, want: f64) -> f64 {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = goaways_sent(p, reason).await;
+        if n == want || Instant::now() > until {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Streams opened and reset in one write by the flood test: beyond the 1,000 a peer may
 /// have reset before they are accepted.
 const FLOOD: u32 = 5000;
 
 #[tokio::test]
 async fn h2_rapid_reset_is_cut_off() {
-    let (up, _p, addr) = setup().await;
+    let (up, p, addr) = setup().await;
     assert_serves_h2(addr).await;
     raw_h2_get_is_answered(addr, false).await;
+    assert_eq!(goaways_sent(&p, None).await, 0.0);
     let heads_before = up.heads();
     let s = within(TcpStream::connect(addr)).await.unwrap();
     let (r, mut w) = s.into_split();
@@ -1262,6 +1288,8 @@ async fn h2_rapid_reset_is_cut_off() {
     );
     drop(w);
     assert_serves_h2(addr).await;
+    // The defence is a decision the proxy made about the peer: counted, by error code.
+    assert_eq!(goaways_reach(&p, Some("enhance_your_calm"), 1.0).await, 1.0);
 }
 
 /// A peer that cancels every stream it has open (as a sidecar does when its client goes
@@ -1269,7 +1297,7 @@ async fn h2_rapid_reset_is_cut_off() {
 /// keeps serving.
 #[tokio::test]
 async fn h2_cancelling_all_open_streams_keeps_the_connection() {
-    let (up, _p, addr) = setup().await;
+    let (up, p, addr) = setup().await;
     let s = within(TcpStream::connect(addr)).await.unwrap();
     let (mut r, mut w) = s.into_split();
     let mut out = PREFACE.to_vec();
@@ -1299,6 +1327,7 @@ async fn h2_cancelling_all_open_streams_keeps_the_connection() {
     assert_eq!(answer, Ok(true), "the request after 300 cancelled ones");
     drop(w);
     assert!(up.heads() >= 1);
+    assert_eq!(goaways_sent(&p, None).await, 0.0);
 }
 
 fn vm_rss_kib() -> u64 {
@@ -1312,7 +1341,7 @@ fn vm_rss_kib() -> u64 {
 
 #[tokio::test]
 async fn h2_continuation_flood_is_cut_off() {
-    let (up, _p, addr) = setup().await;
+    let (up, p, addr) = setup().await;
     raw_h2_get_is_answered(addr, true).await;
     let heads_before = up.heads();
     let rss_before = vm_rss_kib();
@@ -1398,6 +1427,13 @@ async fn h2_continuation_flood_is_cut_off() {
         heads_before,
         "the flooded request reached the upstream"
     );
+    if let H2End::GoAway(code) = end {
+        assert_eq!(
+            goaways_reach(&p, None, 1.0).await,
+            1.0,
+            "GOAWAY {code} not counted"
+        );
+    }
     drop(w);
     assert_serves_h2(addr).await;
 }

@@ -499,7 +499,8 @@ fn error_chain_has(e: &hyper::Error, pred: fn(&(dyn std::error::Error + 'static)
     false
 }
 
-fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
+/// The HTTP/2 error under a hyper error, if there is one.
+pub(super) fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(h2e) = s.downcast_ref::<h2::Error>() {

@@ -30,6 +30,34 @@ const MAX_PENDING_RESETS: usize = 1000;
 /// Streams we may reset for protocol errors before sending GOAWAY.
 const MAX_LOCAL_RESETS: usize = 256;
 
+/// How a downstream HTTP/2 connection that ended in an error is counted and logged. A GOAWAY
+/// the proxy sent itself (a flood defence, a protocol violation) is a decision about the
+/// peer: `spoke_http2_goaway_sent_total` and a `warn` event. Anything else (the peer went
+/// away, sent GOAWAY itself, an I/O error) is routine and stays at `debug`.
+fn connection_error(conn: &ConnCtx, e: &hyper::Error) {
+    let sent = super::attempt::h2_error(e)
+        .filter(|h| h.is_go_away() && !h.is_remote())
+        .and_then(h2::Error::reason);
+    let Some(reason) = sent else {
+        tracing::debug!(peer = %conn.peer, error = %e, "h2 connection ended with error");
+        return;
+    };
+    let reason = format!("{reason:?}").to_ascii_lowercase();
+    conn.listener
+        .shared
+        .metrics
+        .http2_goaway_sent
+        .with_label_values(&[&conn.listener.cfg.name, &reason])
+        .inc();
+    tracing::warn!(
+        listener = %conn.listener.cfg.name,
+        peer = %conn.peer,
+        reason,
+        error = %e,
+        "HTTP/2 connection closed with GOAWAY"
+    );
+}
+
 pub async fn serve<S>(conn: Arc<ConnCtx>, io: S, mut drain: drain::Watch)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -58,7 +86,7 @@ where
         tokio::select! {
             r = c.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(peer = %conn.peer, error = %e, "h2 connection ended with error");
+                    connection_error(&conn, &e);
                 }
                 return;
             }
