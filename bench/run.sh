@@ -656,6 +656,17 @@ measure_connrate() { # SCENARIO NAME PORT [PROXY_PID...] -> appends kind=connrat
     done
 }
 
+tcp_alternating() { # MEASURE PORTS: BENCH_RUNS rounds of MEASURE over scenario_tcp's started
+    # targets, one run of each per round; PORTS names the array of their ports
+    local measure=$1 i name
+    local -n ports=$2
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        for name in "${started[@]}"; do
+            MEASURE_RUN=$i BENCH_RUNS=1 "$measure" tcp "$name" "${ports[$name]}" ${pid[$name]:+"${pid[$name]}"}
+        done
+    done
+}
+
 scenario_tcp() {
     RESULTS=$RUN_DIR/tcp.jsonl
     : >"$RESULTS"
@@ -695,22 +706,14 @@ scenario_tcp() {
             log "  $name idle RSS ${idle[$name]} KiB, ${threads[$name]} threads"
         fi
     done
-    for ((i = 1; i <= BENCH_RUNS; i++)); do
-        for name in "${started[@]}"; do
-            MEASURE_RUN=$i BENCH_RUNS=1 measure_throughput tcp "$name" "${iperf[$name]}" ${pid[$name]:+"${pid[$name]}"}
-        done
-    done
+    tcp_alternating measure_throughput iperf
     for name in "${started[@]}"; do
         if [[ -n ${pid[$name]} ]]; then
             hwm_tp[$name]=$(proc_kib "${pid[$name]}" VmHWM)
             rss_tp[$name]=$(proc_kib "${pid[$name]}" VmRSS)
         fi
     done
-    for ((i = 1; i <= BENCH_RUNS; i++)); do
-        for name in "${started[@]}"; do
-            MEASURE_RUN=$i BENCH_RUNS=1 measure_connrate tcp "$name" "${echo_port[$name]}" ${pid[$name]:+"${pid[$name]}"}
-        done
-    done
+    tcp_alternating measure_connrate echo_port
     for name in "${started[@]}"; do
         STOP_RC=null
         if [[ -n ${pid[$name]} ]]; then

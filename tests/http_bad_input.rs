@@ -1249,6 +1249,19 @@ async fn goaways_reach(p: &spoke::app::Running, reason: Option<&str>, want: f64)
     }
 }
 
+/// A connection's opening frames, then `n` GET streams each followed by its RST_STREAM
+/// (CANCEL), all in one buffer.
+fn opened_and_reset(n: u32) -> Vec<u8> {
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    for i in 0..n {
+        let id = 2 * i + 1;
+        out.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, GET_BLOCK));
+        out.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
+    }
+    out
+}
+
 /// Streams opened and reset in one write by the flood test: beyond the 1,000 a peer may
 /// have reset before they are accepted.
 const FLOOD: u32 = 5000;
@@ -1263,13 +1276,7 @@ async fn h2_rapid_reset_is_cut_off() {
     let s = within(TcpStream::connect(addr)).await.unwrap();
     let (r, mut w) = s.into_split();
     let reader = tokio::spawn(read_until_goaway(r));
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
-    for i in 0..FLOOD {
-        let id = 2 * i + 1;
-        out.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, GET_BLOCK));
-        out.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
-    }
+    let out = opened_and_reset(FLOOD);
     let start = Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(2), w.write_all(&out)).await;
     let end = tokio::time::timeout(Duration::from_secs(3), reader)
@@ -1300,16 +1307,10 @@ async fn h2_cancelling_all_open_streams_keeps_the_connection() {
     let (up, p, addr) = setup().await;
     let s = within(TcpStream::connect(addr)).await.unwrap();
     let (mut r, mut w) = s.into_split();
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
     // A sidecar's h2 client when its downstream client goes away: 300 streams (its 100 in
     // flight and the ones it had queued for a free slot) opened and cancelled in one write,
     // every reset arriving before the stream is accepted.
-    for i in 0..300u32 {
-        let id = 2 * i + 1;
-        out.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, GET_BLOCK));
-        out.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
-    }
+    let mut out = opened_and_reset(300);
     // Then one request that is not cancelled, on the same connection.
     out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 601, GET_BLOCK));
     within(w.write_all(&out)).await.unwrap();
