@@ -3,7 +3,8 @@
 #
 #   bench/run.sh [SCENARIO...]     scenarios: tcp mtls http authz routes defaults tracing lb control scale startup   (default: all)
 #
-#   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS
+#   tcp      one hop of plain TCP: iperf3 throughput, short connections per second, RSS;
+#            every target runs at once and the runs alternate between them
 #   mtls     two hops of mutual TLS (client -> proxy A -> mTLS -> proxy B -> upstream) with
 #            certificates from `spoke ca` (bench/out/certs, recreated each run): throughput,
 #            new mTLS connections per second, RSS of A+B with BENCH_IDLE_CONNS idle
