@@ -405,6 +405,13 @@ impl Metrics {
                 .with_label_values(&[&port.to_string()]);
         }
         for l in &cfg.listeners {
+            // A flood defence's GOAWAY is what an alert on this metric watches for.
+            if l.protocol != crate::config::Protocol::Tcp
+                && l.protocol != crate::config::Protocol::Opaque
+            {
+                self.http2_goaway_sent
+                    .with_label_values(&[l.name.as_str(), "enhance_your_calm"]);
+            }
             let ListenerTarget::Capture(c) = l.target else {
                 continue;
             };

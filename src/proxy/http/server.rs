@@ -23,9 +23,10 @@ const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// only to reset them in the same write: at the end of every h2load run of the two-hop
 /// bench a busy inbound proxy saw more than 100 such streams. With h2's default of 20 (and
 /// still with 100) it answered with GOAWAY (ENHANCE_YOUR_CALM) and failed every other
-/// client's requests on the connection. 1,000 is nghttp2's burst for the same defence; a
-/// stream reset before it is accepted never reaches the upstream, and a flood beyond it
-/// still ends the connection.
+/// client's requests on the connection. 1,000 is nghttp2's initial burst for the same
+/// defence. This bounds one burst only: h2 counts the reset streams waiting to be accepted,
+/// not resets over time, so a client that paces its resets below the bound is not cut off
+/// (as it was not at 20).
 const MAX_PENDING_RESETS: usize = 1000;
 /// Streams we may reset for protocol errors before sending GOAWAY.
 const MAX_LOCAL_RESETS: usize = 256;
@@ -36,9 +37,9 @@ const MAX_LOCAL_RESETS: usize = 256;
 /// away, sent GOAWAY itself, an I/O error) is routine and stays at `debug`.
 fn connection_error(conn: &ConnCtx, e: &hyper::Error) {
     let sent = super::attempt::h2_error(e)
-        .filter(|h| h.is_go_away() && !h.is_remote())
-        .and_then(h2::Error::reason);
-    let Some(reason) = sent else {
+        .filter(|h| h.is_go_away() && h.is_library())
+        .and_then(|h| Some((h, h.reason()?)));
+    let Some((h2e, reason)) = sent else {
         tracing::debug!(peer = %conn.peer, error = %e, "h2 connection ended with error");
         return;
     };
@@ -53,7 +54,9 @@ fn connection_error(conn: &ConnCtx, e: &hyper::Error) {
         listener = %conn.listener.cfg.name,
         peer = %conn.peer,
         reason,
-        error = %e,
+        // h2's own text: its debug data tells apart causes that share a code
+        // (`too_many_resets`, `too_many_internal_resets`).
+        error = %h2e,
         "HTTP/2 connection closed with GOAWAY"
     );
 }
@@ -93,7 +96,11 @@ where
             _ = drain.draining() => c.as_mut().graceful_shutdown(),
         }
         tokio::select! {
-            _ = c.as_mut() => {}
+            r = c.as_mut() => {
+                if let Err(e) = r {
+                    connection_error(&conn, &e);
+                }
+            }
             _ = drain.closing() => {}
         }
     } else {
