@@ -118,9 +118,12 @@ def tcp_section(records: list[dict], meta: dict) -> list[str]:
         f"Run {meta.get('date', '?')}. Each number is the median of {meta.get('runs', '?')} runs: "
         f"iperf3 {meta.get('seconds', '?')} s single stream; short connections for "
         f"{meta.get('conn_seconds', '?')} s with {meta.get('conn_workers', '?')} client threads, "
-        f"{meta.get('payload', '?')} B echoed per connection. All targets run at once, each "
-        "idle while another is measured, and the runs alternate between them (run 1 of every "
-        "target, then run 2, ...). Loaded RSS is VmHWM (peak) after "
+        f"{meta.get('payload', '?')} B echoed per connection. "
+        + ("All targets run at once, each idle while another is measured, and the runs "
+           "alternate between them (run 1 of every target, then run 2, ...). "
+           if up.get("alternating") else
+           "One target after another, each started, measured and stopped in turn. ")
+        + "Loaded RSS is VmHWM (peak) after "
         "the throughput runs; peak RSS is VmHWM at the end, after the connection runs too. "
         "CPU is the proxy's utime+stime over the run, in % of one core. Ratios compare with the "
         "Envoy row of the same worker count (higher is better for throughput and conns/s, "

@@ -673,7 +673,7 @@ scenario_tcp() {
     : >"$RESULTS"
     log "scenario tcp: iperf3 ${BENCH_SECONDS}s and connrate ${BENCH_CONN_SECONDS}s x $BENCH_RUNS runs per target"
     start_upstreams
-    json_obj scenario tcp kind upstreams iperf_port "$IPERF_PORT" echo_port "$ECHO_PORT" \
+    json_obj scenario tcp kind upstreams alternating json:true iperf_port "$IPERF_PORT" echo_port "$ECHO_PORT" \
         iperf_server "$(show_cmd iperf3 -s -p "$IPERF_PORT" -B 127.0.0.1)" \
         echo_server "$(show_cmd "$OUT/echo-server" 127.0.0.1 "$ECHO_PORT")" \
         iperf_client "$(show_cmd iperf3 -c 127.0.0.1 -p PORT -t "$BENCH_SECONDS" -J)" \
