@@ -406,9 +406,7 @@ impl Metrics {
         }
         for l in &cfg.listeners {
             // A flood defence's GOAWAY is what an alert on this metric watches for.
-            if l.protocol != crate::config::Protocol::Tcp
-                && l.protocol != crate::config::Protocol::Opaque
-            {
+            if !l.protocol.never_http() {
                 self.http2_goaway_sent
                     .with_label_values(&[l.name.as_str(), "enhance_your_calm"]);
             }

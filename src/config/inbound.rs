@@ -32,7 +32,7 @@ pub(super) fn ports(e: &mut Errors, base: &str, raw: &[raw::InboundPort]) -> Vec
                 .collect();
             let tls = ip.tls.unwrap_or_default();
             let protocol = ip.protocol.unwrap_or_default();
-            if ip.app_protocol.is_some() && matches!(protocol, Protocol::Tcp | Protocol::Opaque) {
+            if ip.app_protocol.is_some() && protocol.never_http() {
                 e.push(
                     format!("{p}.app_protocol"),
                     format!(
@@ -136,7 +136,7 @@ fn rule(e: &mut Errors, p: &str, r: &raw::AuthzRule, tls: TlsMode, proto: Protoc
         paths,
         headers,
     };
-    if matches!(proto, Protocol::Tcp | Protocol::Opaque) && out.has_request_conditions() {
+    if proto.never_http() && out.has_request_conditions() {
         let proto = if proto == Protocol::Tcp {
             "tcp"
         } else {

@@ -112,6 +112,13 @@ pub enum Protocol {
     Opaque,
 }
 
+impl Protocol {
+    /// `tcp` and `opaque`: bytes are copied as they come and HTTP is never looked for.
+    pub fn never_http(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Opaque)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
